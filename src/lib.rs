@@ -1,0 +1,7 @@
+//! Strata: a union filesystem for container images, and the tools around it.
+//!
+//! The arrows point one way: the `strata` tools call the library modules, which call
+//! [`union`] (the filesystem) and [`sys`] (the only `unsafe` code).
+
+pub mod sys;
+pub mod union;

@@ -1,0 +1,1 @@
+//! The union filesystem: lower layers plus one upper layer, merged into one tree.
