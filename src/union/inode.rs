@@ -119,37 +119,41 @@ impl Node {
     }
 
     /// Remember an fd of this directory in `layer`, if the fd budget allows.
-    pub fn cache_fd(&self, layer: LayerIndex, fd: Arc<OwnedFd>, budget: &FdBudget) {
-        if budget.take() {
+    pub fn cache_fd(&self, layer: LayerIndex, fd: Arc<OwnedFd>) {
+        if FD_BUDGET.take() {
             let mut fds = self.dir_fds.lock();
             if fds.iter().any(|(l, _)| *l == layer) {
-                budget.give_back(1);
+                FD_BUDGET.give_back(1);
             } else {
                 fds.push((layer, fd));
             }
         }
     }
 
-    /// Drop the cached fds (the directory moved between layers or is gone).
-    pub fn clear_fds(&self, budget: &FdBudget) {
+    /// Drop the cached fds (the directory is gone).
+    pub fn clear_fds(&self) {
         let mut fds = self.dir_fds.lock();
-        budget.give_back(fds.len());
+        FD_BUDGET.give_back(fds.len());
         fds.clear();
     }
 }
 
-/// A cap on cached directory fds, so the daemon stays far below RLIMIT_NOFILE.
+/// A cap on cached directory fds, so the daemon stays far below RLIMIT_NOFILE. Shared by all
+/// nodes of the process: a node gives its share back when it is dropped.
 #[derive(Debug)]
 pub struct FdBudget {
     left: AtomicUsize,
 }
 
+/// The process-wide budget of cached directory fds.
+pub static FD_BUDGET: FdBudget = FdBudget {
+    left: AtomicUsize::new(0),
+};
+
 impl FdBudget {
-    /// A budget of `n` fds.
-    pub fn new(n: usize) -> Self {
-        FdBudget {
-            left: AtomicUsize::new(n),
-        }
+    /// Set the number of fds that may be cached.
+    pub fn set(&self, n: usize) {
+        self.left.store(n, Ordering::Release);
     }
 
     fn take(&self) -> bool {
@@ -160,6 +164,12 @@ impl FdBudget {
 
     fn give_back(&self, n: usize) {
         self.left.fetch_add(n, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        FD_BUDGET.give_back(self.dir_fds.get_mut().len());
     }
 }
 
@@ -174,13 +184,11 @@ pub struct NodeTable {
     /// file's upper object maps to its origin's id, so inode numbers survive copy-up.
     ids: Mutex<HashMap<ObjectKey, u64>>,
     next_allocated: AtomicU64,
-    /// Budget for cached directory fds.
-    pub fd_budget: FdBudget,
 }
 
 impl NodeTable {
     /// A table holding only `root`.
-    pub fn new(root: Node, fd_budget: usize) -> Self {
+    pub fn new(root: Node) -> Self {
         let root = Arc::new(root);
         root.lookups.store(1, Ordering::Relaxed);
         let mut nodes = HashMap::new();
@@ -189,7 +197,6 @@ impl NodeTable {
             nodes: RwLock::new(nodes),
             ids: Mutex::new(HashMap::new()),
             next_allocated: AtomicU64::new(ALLOCATED_BASE),
-            fd_budget: FdBudget::new(fd_budget),
         }
     }
 
@@ -271,8 +278,7 @@ impl NodeTable {
             node.lookups
                 .store(before.saturating_sub(n), Ordering::Relaxed);
             if before <= n {
-                let node = nodes.remove(&id).expect("present");
-                node.clear_fds(&self.fd_budget);
+                nodes.remove(&id);
             }
         }
     }

@@ -115,7 +115,7 @@ impl Union {
         let comps = node.path_components();
         let refs: Vec<&OsStr> = comps.iter().map(|c| c.as_os_str()).collect();
         let fd = Arc::new(self.layer(layer).open_dir(&refs, OFlags::PATH)?);
-        node.cache_fd(layer, fd.clone(), &self.nodes.fd_budget);
+        node.cache_fd(layer, fd.clone());
         Ok(fd)
     }
 

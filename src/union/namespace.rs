@@ -339,7 +339,7 @@ impl Union {
             cstate.unlinked = true;
             drop(cstate);
             self.nodes.retire(child.id);
-            child.clear_fds(&self.nodes.fd_budget);
+            child.clear_fds();
         }
         let l = listing_mut(&mut pstate);
         l.entries.shift_remove(name);
@@ -667,7 +667,7 @@ impl Union {
             if dst_last_link {
                 dnode.state.write().unlinked = true;
                 self.nodes.retire(dnode.id);
-                dnode.clear_fds(&self.nodes.fd_budget);
+                dnode.clear_fds();
             }
         }
         *src.loc.write() = super::inode::Location {

@@ -14,7 +14,7 @@ use super::dir::LayerIndex;
 use super::format::{self, XattrNamespace};
 use super::handle::HandleTable;
 use super::idmap::IdMapper;
-use super::inode::{Node, NodeTable, ROOT_ID};
+use super::inode::{self, Node, NodeTable, ROOT_ID};
 use super::layer::Layer;
 use super::options::MountOptions;
 use super::Union;
@@ -156,13 +156,13 @@ impl Union {
         let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(1024);
-        let budget = (nofile as f64 * FD_CACHE_SHARE) as usize;
+        inode::FD_BUDGET.set((nofile as f64 * FD_CACHE_SHARE) as usize);
         Ok(Union {
             layers,
             has_upper,
             work,
             xattr_ns,
-            nodes: NodeTable::new(root, budget),
+            nodes: NodeTable::new(root),
             handles: HandleTable::default(),
             ids: IdMapper::from_options(&options),
             options,
