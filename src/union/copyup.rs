@@ -26,6 +26,15 @@ const COPY_CHUNK: usize = 1 << 20;
 impl Union {
     /// Make sure `node` lives in the upper layer, copying it (and its parents) up if needed.
     pub fn copy_up(&self, node: &Arc<Node>) -> Result<(), Errno> {
+        self.copy_up_with(node, true)
+    }
+
+    /// Copy `node` up for a truncation to size 0: its data need not be copied.
+    pub fn copy_up_empty(&self, node: &Arc<Node>) -> Result<(), Errno> {
+        self.copy_up_with(node, false)
+    }
+
+    fn copy_up_with(&self, node: &Arc<Node>, with_data: bool) -> Result<(), Errno> {
         self.check_writable()?;
         if node.state.read().top() == 0 {
             return Ok(());
@@ -43,7 +52,7 @@ impl Union {
         }
         let name = node.location().name;
         let src = state.top();
-        let upper_key = self.copy_object(&parent, src, &name)?;
+        let upper_key = self.copy_object(&parent, src, &name, with_data)?;
         self.nodes.alias(upper_key, node.id);
         state.layers.insert(0, 0);
         if !node.is_dir {
@@ -70,13 +79,14 @@ impl Union {
         parent: &Node,
         src: LayerIndex,
         name: &OsStr,
+        with_data: bool,
     ) -> Result<(u64, u64), Errno> {
         let src_dir = self.dir_fd(parent, src)?;
         let dst_dir = self.dir_fd(parent, 0)?;
         let work = self.work_fd()?;
         let st = rfs::statat(src_dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
         let tmp = self.temp_name();
-        let result = self.make_copy(src_dir.as_fd(), name, &st, work.as_fd(), &tmp);
+        let result = self.make_copy(src_dir.as_fd(), name, &st, work.as_fd(), &tmp, with_data);
         if let Err(e) = result {
             let _ = remove_any(work.as_fd(), &tmp);
             return Err(e);
@@ -96,6 +106,7 @@ impl Union {
         st: &rfs::Stat,
         work: BorrowedFd<'_>,
         tmp: &OsStr,
+        with_data: bool,
     ) -> Result<(), Errno> {
         let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
         let ftype = FileType::from_raw_mode(st.st_mode);
@@ -113,7 +124,9 @@ impl Union {
                     OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
-                copy_data(from.as_fd(), to.as_fd(), st.st_size as u64)?;
+                if with_data {
+                    copy_data(from.as_fd(), to.as_fd(), st.st_size as u64)?;
+                }
                 copy_xattrs(
                     &XattrTarget::Entry(src_dir, name),
                     &XattrTarget::Entry(work, tmp),

@@ -115,7 +115,11 @@ impl Union {
         }
         if wants_write(flags) {
             self.check_writable()?;
-            self.copy_up(node)?;
+            if flags & libc::O_TRUNC != 0 {
+                self.copy_up_empty(node)?;
+            } else {
+                self.copy_up(node)?;
+            }
         }
         let top = node.state.read().top();
         let loc = node.location();
