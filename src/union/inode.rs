@@ -40,6 +40,8 @@ pub struct NodeState {
     pub listing: Option<Arc<Listing>>,
     /// The node's last name was removed; it lives on only through open files.
     pub unlinked: bool,
+    /// For an upper file whose data is still in a lower layer (metacopy): that layer.
+    pub metacopy: Option<LayerIndex>,
 }
 
 impl NodeState {
@@ -86,6 +88,7 @@ impl Node {
                 layers,
                 listing: None,
                 unlinked: false,
+                metacopy: None,
             }),
             dir_fds: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
