@@ -66,7 +66,7 @@ impl Union {
         self.copy_up(&parent)?;
         let pstate = parent.state.write();
         let mut state = node.state.write();
-        if state.unlinked {
+        if node.is_unlinked() {
             return Err(Errno::NOENT);
         }
         let name = node.location().name;
