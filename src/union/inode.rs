@@ -261,6 +261,15 @@ impl NodeTable {
         make: impl FnOnce(u64) -> Node,
     ) -> Arc<Node> {
         let mut id = self.id_for(key, fs_index);
+        {
+            // The common case, a known node, only needs the read lock: `forget` removes
+            // nodes under the write lock, so it sees this count.
+            let nodes = self.nodes.read();
+            if let Some(node) = nodes.get(&id).filter(|n| !n.is_unlinked()) {
+                node.lookups.fetch_add(1, Ordering::Relaxed);
+                return node.clone();
+            }
+        }
         let mut nodes = self.nodes.write();
         if let Some(node) = nodes.get(&id) {
             if !node.is_unlinked() {
