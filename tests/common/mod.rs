@@ -890,3 +890,16 @@ pub fn long_name(c: char, n: usize) -> String {
 pub fn lstat(p: &Path) -> fs::Metadata {
     fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
 }
+
+/// `truncate(2)` by path (no open descriptor, so FUSE gets a setattr without a file handle);
+/// rustix has only `ftruncate`, hence libc.
+pub fn truncate_path(p: &Path, len: u64) -> io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::truncate(c.as_ptr(), len as libc::off_t) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
