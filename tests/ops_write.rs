@@ -407,6 +407,7 @@ fn o_creat_on_directory_is_eisdir(b: Backend) {
             OpenOptions::new()
                 .write(true)
                 .create(true)
+                .truncate(false)
                 .open(r.join("d")),
             libc::EISDIR,
         );
