@@ -1,1 +1,197 @@
-fn main() {}
+//! `stratafs`: mount an ordered stack of lower directories plus an optional writable upper
+//! directory as one union, with fuse-overlayfs's command line.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use fuser::{Config, MountOption, Session, SessionACL};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use strata::sys::{self, Forked};
+use strata::union::fs::StrataFs;
+use strata::union::options::MountOptions;
+use strata::union::Union;
+
+/// Mount read-only lower directories and one writable upper directory as one union tree,
+/// with kernel overlayfs semantics and on-disk format.
+#[derive(Parser, Debug)]
+#[command(
+    name = "stratafs",
+    version,
+    after_help = "Examples:\n  stratafs -o lowerdir=/img/top:/img/base,upperdir=/c/upper,workdir=/c/work /c/rootfs\n  stratafs -o lowerdir=/img/top:/img/base /mnt/ro        (read-only)\n  fusermount3 -u /c/rootfs                                 (unmount)\n\nOptions (-o, comma-separated): lowerdir=A:B (leftmost is the top; \\: escapes a colon),\nupperdir=, workdir=, volatile, fsync=0|1, uidmapping=IN:OUT:LEN[:...], gidmapping=...,\nsquash_to_root, squash_to_uid=, squash_to_gid=, static_nlink, timeout=SECS, threaded=N,\nallow_other, allow_root, ro, nodev, nosuid, noexec, debug, fsname=.\nAs a mount helper: mount -t fuse.stratafs SOURCE MNT -o OPTS runs 'stratafs SOURCE MNT -o OPTS'."
+)]
+struct Args {
+    /// Stay in the foreground instead of returning once the mount serves requests.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Log every request (implies -f).
+    #[arg(short = 'd', long = "debug")]
+    debug: bool,
+    /// Mount options, comma-separated; may be repeated.
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    options: Vec<String>,
+    /// `[SOURCE] MOUNTPOINT`: the source is only a label (as mount(8) passes it).
+    #[arg(required = true, num_args = 1..=2, value_name = "MOUNTPOINT")]
+    paths: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stratafs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let mut options = MountOptions::parse(args.options.iter().map(String::as_str))?;
+    options.debug |= args.debug;
+    let (source, mountpoint) = match args.paths.as_slice() {
+        [m] => (None, m.clone()),
+        [s, m] => (Some(s.to_string_lossy().into_owned()), m.clone()),
+        _ => unreachable!("clap enforces 1..=2"),
+    };
+    if options.fsname.is_none() {
+        options.fsname = source;
+    }
+    init_logging(options.debug);
+    for ignored in &options.ignored {
+        tracing::warn!("option '{ignored}' is accepted but has no effect");
+    }
+    match std::fs::metadata(&mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("mountpoint '{}' is not a directory", mountpoint.display()),
+        Err(e) => bail!("mountpoint '{}': {e}", mountpoint.display()),
+    }
+    // Modes of created files are exactly what the kernel asks for (it applied the umask).
+    rustix::process::umask(rustix::fs::Mode::empty());
+    let union = Union::new(options)?;
+    let foreground = args.foreground || args.debug;
+    let notify = if foreground { None } else { Some(daemonize()?) };
+    match serve(union, &mountpoint, notify) {
+        Ok(()) => Ok(()),
+        Err((e, Some(mut pipe))) => {
+            // Tell the waiting parent why, so it can print the message and fail.
+            let _ = write!(pipe, "{e:#}");
+            Err(e)
+        }
+        Err((e, None)) => Err(e),
+    }
+}
+
+fn init_logging(debug: bool) {
+    let filter = if debug {
+        tracing_subscriber::EnvFilter::new("debug")
+    } else {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Fork; the parent waits until the child reports the mount ready (exit 0) or fails (its
+/// message, exit 1). The child gets the write end of the report pipe.
+fn daemonize() -> Result<std::fs::File> {
+    let (read, write) = rustix::pipe::pipe().context("pipe")?;
+    match sys::fork_single_threaded().context("fork")? {
+        Forked::Parent(_) => {
+            drop(write);
+            let mut msg = String::new();
+            std::fs::File::from(read).read_to_string(&mut msg).ok();
+            if msg == "ready" {
+                std::process::exit(0);
+            }
+            if msg.is_empty() {
+                msg = "the daemon exited before the mount was ready".into();
+            }
+            eprintln!("stratafs: {msg}");
+            std::process::exit(1);
+        }
+        Forked::Child => {
+            drop(read);
+            rustix::process::setsid().context("setsid")?;
+            Ok(std::fs::File::from(write))
+        }
+    }
+}
+
+type ServeError = (anyhow::Error, Option<std::fs::File>);
+
+fn serve(
+    union: Union,
+    mountpoint: &std::path::Path,
+    notify: Option<std::fs::File>,
+) -> std::result::Result<(), ServeError> {
+    let opts = &union.options;
+    let mut mount_options = vec![
+        MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "stratafs".into())),
+        MountOption::Subtype("stratafs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    for flag in &opts.kernel_flags {
+        mount_options.push(match flag.as_str() {
+            "ro" => MountOption::RO,
+            "nodev" => MountOption::NoDev,
+            "nosuid" => MountOption::NoSuid,
+            "noexec" => MountOption::NoExec,
+            "sync" => MountOption::Sync,
+            _ => MountOption::DirSync,
+        });
+    }
+    let root = rustix::process::geteuid().is_root();
+    // As root (like fuse-overlayfs), container processes of any uid must reach the rootfs.
+    let acl = if opts.allow_other || (root && !opts.allow_root) {
+        SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = acl;
+    config.n_threads = Some(opts.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2)
+    }));
+    config.clone_fd = true;
+    let fs = StrataFs::new(Arc::new(union), root);
+    let mut session = match Session::new(fs, mountpoint, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            let e = anyhow::anyhow!("cannot mount on '{}': {e}", mountpoint.display());
+            return Err((e, notify));
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => return Err((e.into(), notify)),
+    };
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!("unmount on signal failed: {e}");
+            }
+        }
+    });
+    if let Some(mut pipe) = notify {
+        let _ = pipe.write_all(b"ready");
+        drop(pipe);
+        let _ = sys::detach_stdio();
+    }
+    session
+        .run()
+        .map_err(|e| (anyhow::anyhow!("serving the mount: {e}"), None))
+}

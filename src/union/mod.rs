@@ -1,1 +1,314 @@
-//! The union filesystem: lower layers plus one upper layer, merged into one tree.
+//! The union filesystem: an ordered stack of read-only lower layers plus one writable upper
+//! layer, merged into one tree with kernel overlayfs's semantics and on-disk format.
+//!
+//! Every operation here answers with `Result<_, Errno>` and knows nothing of FUSE; [`fs`] is
+//! the one adapter that turns kernel requests into these calls.
+
+pub mod attr;
+pub mod copyup;
+pub mod dir;
+pub mod format;
+pub mod fs;
+pub mod handle;
+pub mod idmap;
+pub mod inode;
+pub mod layer;
+pub mod namespace;
+pub mod options;
+pub mod setup;
+pub mod xattr;
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, OFlags};
+use rustix::io::Errno;
+
+use dir::{LayerIndex, Listing, ListingBuilder};
+use format::XattrNamespace;
+use idmap::IdMapper;
+use inode::{Node, NodeTable, ROOT_ID};
+use layer::Layer;
+use options::MountOptions;
+
+/// Longest name a directory entry may have (the upper filesystem's limit).
+pub const NAME_MAX: usize = 255;
+
+/// Who is asking: the credentials of the process behind a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective user id, as the client sees ids.
+    pub uid: u32,
+    /// Effective group id, as the client sees ids.
+    pub gid: u32,
+}
+
+/// A mounted union: the layers, the node table and the open files.
+pub struct Union {
+    /// All layers; index 0 is the upper layer when `has_upper`.
+    pub layers: Vec<Layer>,
+    /// Whether layer 0 is writable.
+    pub has_upper: bool,
+    /// `O_PATH` fd of the work directory's `work/` scratch subdirectory (with an upper only).
+    pub work: Option<OwnedFd>,
+    /// Namespace of the private xattrs written to the upper layer.
+    pub xattr_ns: XattrNamespace,
+    /// The node table.
+    pub nodes: NodeTable,
+    /// Open files and directories.
+    pub handles: handle::HandleTable,
+    /// Translation between client-visible and stored ids.
+    pub ids: IdMapper,
+    /// The mount's options.
+    pub options: MountOptions,
+    /// Counter for unique temporary names in the work directory.
+    temp_counter: AtomicU64,
+}
+
+impl std::fmt::Debug for Union {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Union")
+            .field("layers", &self.layers.len())
+            .field("has_upper", &self.has_upper)
+            .finish()
+    }
+}
+
+impl Union {
+    /// The layer at `index`.
+    pub fn layer(&self, index: LayerIndex) -> &Layer {
+        &self.layers[index as usize]
+    }
+
+    /// Whether `index` is the writable layer.
+    pub fn is_upper(&self, index: LayerIndex) -> bool {
+        self.has_upper && index == 0
+    }
+
+    /// Fail with EROFS unless the mount is writable.
+    pub fn check_writable(&self) -> Result<(), Errno> {
+        if self.has_upper {
+            Ok(())
+        } else {
+            Err(Errno::ROFS)
+        }
+    }
+
+    /// A unique name for a temporary object in the work directory.
+    pub fn temp_name(&self) -> OsString {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#strata-{}-{n}", std::process::id()))
+    }
+
+    /// The work directory fd (only for writable mounts).
+    pub fn work_fd(&self) -> Result<&OwnedFd, Errno> {
+        self.work.as_ref().ok_or(Errno::ROFS)
+    }
+
+    /// An `O_PATH` fd of directory `node` in `layer` (cached on the node).
+    pub fn dir_fd(&self, node: &Node, layer: LayerIndex) -> Result<Arc<OwnedFd>, Errno> {
+        if let Some(fd) = node.cached_fd(layer) {
+            return Ok(fd);
+        }
+        let comps = node.path_components();
+        let refs: Vec<&OsStr> = comps.iter().map(|c| c.as_os_str()).collect();
+        let fd = Arc::new(self.layer(layer).open_dir(&refs, OFlags::PATH)?);
+        node.cache_fd(layer, fd.clone());
+        Ok(fd)
+    }
+
+    /// The node `id`.
+    pub fn node(&self, id: u64) -> Result<Arc<Node>, Errno> {
+        self.nodes.get(id)
+    }
+
+    /// The directory node `id`, or ENOTDIR.
+    pub fn dir_node(&self, id: u64) -> Result<Arc<Node>, Errno> {
+        let node = self.nodes.get(id)?;
+        if node.is_dir {
+            Ok(node)
+        } else {
+            Err(Errno::NOTDIR)
+        }
+    }
+
+    /// The merged listing of directory `node`, read from its layers on first use.
+    pub fn listing(&self, node: &Node) -> Result<Arc<Listing>, Errno> {
+        if let Some(l) = node.state.read().listing.clone() {
+            return Ok(l);
+        }
+        let mut state = node.state.write();
+        if let Some(l) = state.listing.clone() {
+            return Ok(l);
+        }
+        let listing = Arc::new(self.build_listing(node, &state.layers)?);
+        state.listing = Some(listing.clone());
+        Ok(listing)
+    }
+
+    /// Read and merge the layers of directory `node`.
+    fn build_listing(&self, node: &Node, layers: &[LayerIndex]) -> Result<Listing, Errno> {
+        let mut builder = ListingBuilder::new(self.has_upper);
+        for &layer in layers {
+            let fd = self.dir_fd(node, layer)?;
+            let raw = dir::read_dir_at(fd.as_fd())?;
+            if !builder.add_layer(layer, raw) {
+                break;
+            }
+        }
+        Ok(builder.finish())
+    }
+
+    /// The layers a directory named `name` in `parent` really merges: the listing's candidates,
+    /// cut after the first opaque one.
+    fn effective_dir_layers(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        candidates: &[LayerIndex],
+    ) -> Result<Vec<LayerIndex>, Errno> {
+        let mut out = Vec::with_capacity(candidates.len());
+        for (i, &layer) in candidates.iter().enumerate() {
+            out.push(layer);
+            if i + 1 == candidates.len() {
+                break;
+            }
+            let pfd = self.dir_fd(parent, layer)?;
+            let fd = rfs::openat(
+                pfd.as_fd(),
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                rfs::Mode::empty(),
+            )?;
+            let opaque = format::has_opaque_xattr(fd.as_fd())
+                || rfs::statat(
+                    fd.as_fd(),
+                    OsStr::new(".wh..wh..opq"),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .is_ok();
+            if opaque {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Look up `name` in directory `parent_id`, counting a kernel reference on success.
+    pub fn lookup(&self, parent_id: u64, name: &OsStr) -> Result<(Arc<Node>, rfs::Stat), Errno> {
+        if name.len() > NAME_MAX {
+            return Err(Errno::NAMETOOLONG);
+        }
+        let parent = self.dir_node(parent_id)?;
+        let listing = self.listing(&parent)?;
+        let entry = listing.entries.get(name).ok_or(Errno::NOENT)?;
+        self.instantiate(&parent, name, entry)
+    }
+
+    /// Build (or find) the node for listing entry `entry` named `name` in `parent`.
+    fn instantiate(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        entry: &dir::Entry,
+    ) -> Result<(Arc<Node>, rfs::Stat), Errno> {
+        let top = entry.top();
+        let pfd = self.dir_fd(parent, top)?;
+        let st = rfs::statat(pfd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        let layers = if is_dir && entry.layers.len() > 1 {
+            self.effective_dir_layers(parent, name, &entry.layers)?
+        } else {
+            vec![top]
+        };
+        let layer = self.layer(top);
+        let node = self
+            .nodes
+            .lookup_or_insert((layer.dev, st.st_ino), layer.fs_index, |id| {
+                Node::new(id, is_dir, Some(parent.clone()), name, layers.clone())
+            });
+        let st = if node.state.read().top() != top {
+            // A hard-link alias of a node that has been copied up: answer from the copy.
+            self.stat_node(&node)?
+        } else {
+            st
+        };
+        let st = self.client_stat(&node, st);
+        Ok((node, st))
+    }
+
+    /// Stat the visible object of `node` (layer values, before id mapping).
+    pub fn stat_node(&self, node: &Node) -> Result<rfs::Stat, Errno> {
+        let top = node.state.read().top();
+        if node.is_dir {
+            let fd = self.dir_fd(node, top)?;
+            rfs::fstat(fd.as_fd())
+        } else {
+            let loc = node.location();
+            let parent = loc.parent.ok_or(Errno::STALE)?;
+            let pfd = self.dir_fd(&parent, top)?;
+            rfs::statat(pfd.as_fd(), &loc.name, AtFlags::SYMLINK_NOFOLLOW)
+        }
+    }
+
+    /// Turn a layer's stat of `node` into what the client sees: the node id as inode number,
+    /// mapped owners, and nlink 1 for merged directories (as the kernel reports them).
+    pub fn client_stat(&self, node: &Node, mut st: rfs::Stat) -> rfs::Stat {
+        st.st_ino = node.id;
+        if node.is_dir && (self.options.static_nlink || node.state.read().layers.len() > 1) {
+            st.st_nlink = 1;
+        }
+        st.st_uid = self.ids.uid_to_client(st.st_uid);
+        st.st_gid = self.ids.gid_to_client(st.st_gid);
+        st
+    }
+
+    /// Attributes of node `id` as the client sees them.
+    pub fn getattr(&self, id: u64) -> Result<rfs::Stat, Errno> {
+        let node = self.node(id)?;
+        let st = self.stat_node(&node)?;
+        Ok(self.client_stat(&node, st))
+    }
+
+    /// Take back `n` kernel references to node `id`.
+    pub fn forget(&self, id: u64, n: u64) {
+        self.nodes.forget(id, n);
+    }
+
+    /// Contents of symlink `id`.
+    pub fn readlink(&self, id: u64) -> Result<Vec<u8>, Errno> {
+        let node = self.node(id)?;
+        if node.is_dir {
+            return Err(Errno::INVAL);
+        }
+        let top = node.state.read().top();
+        let loc = node.location();
+        let parent = loc.parent.ok_or(Errno::STALE)?;
+        let pfd = self.dir_fd(&parent, top)?;
+        let target = rfs::readlinkat(pfd.as_fd(), &loc.name, Vec::new())?;
+        Ok(target.into_bytes())
+    }
+
+    /// Filesystem statistics of the upper layer (or the top lower layer when read-only).
+    pub fn statfs(&self) -> Result<rfs::StatVfs, Errno> {
+        let fd = rfs::openat(
+            self.layers[0].root.as_fd(),
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rfs::Mode::empty(),
+        )?;
+        rfs::fstatvfs(fd.as_fd())
+    }
+
+    /// The root node id.
+    pub fn root_id(&self) -> u64 {
+        ROOT_ID
+    }
+}
+
+/// Map an I/O error from std into an errno.
+pub fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_io_error(e).unwrap_or(Errno::IO)
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a fresh Debian machine that has only the Rust toolchain.
+# Installs the Debian packages the tests use, then builds and runs every test. Needs root:
+# the tests mount FUSE and kernel overlay filesystems.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: run as root (the tests mount filesystems)" >&2
+    exit 1
+fi
+
+packages=(fuse3 fuse-overlayfs unionfs-fuse attr acl busybox-static uidmap
+          runc crun podman skopeo fio e2fsprogs util-linux procps psmisc)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+modprobe fuse 2>/dev/null || true
+modprobe overlay 2>/dev/null || true
+[ -e /dev/fuse ] || { echo "scripts/test.sh: /dev/fuse is missing" >&2; exit 1; }
+
+cargo build --locked --all-targets
+# Every mounting test has its own deadline; this one only stops a runaway suite.
+timeout --signal=KILL 2400 cargo test --locked --all-targets -- --test-threads=4

@@ -1,0 +1,121 @@
+//! Changing attributes: chmod, chown, truncate and utimens, each after a copy-up.
+
+use std::os::fd::AsFd;
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+use rustix::io::Errno;
+
+use super::Union;
+
+/// A time to set: a given instant or "now".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSet {
+    /// Seconds and nanoseconds since the epoch.
+    At(i64, u32),
+    /// The current time.
+    Now,
+}
+
+/// The changes of one setattr request; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct AttrChanges {
+    /// New permission bits (type bits are ignored).
+    pub mode: Option<u32>,
+    /// New owner, as the client sees ids.
+    pub uid: Option<u32>,
+    /// New group, as the client sees ids.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+    /// The open file the request came through (ftruncate, futimens).
+    pub fh: Option<u64>,
+}
+
+fn timespec(t: Option<TimeSet>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        Some(TimeSet::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
+        Some(TimeSet::At(s, ns)) => Timespec {
+            tv_sec: s as _,
+            tv_nsec: ns as _,
+        },
+    }
+}
+
+impl Union {
+    /// Apply `changes` to node `id` and return its new attributes.
+    pub fn setattr(&self, id: u64, changes: &AttrChanges) -> Result<rfs::Stat, Errno> {
+        self.check_writable()?;
+        let node = self.node(id)?;
+        self.copy_up(&node)?;
+        // Directories are addressed as "." in their own fd; others by name in the parent.
+        let (dir, name) = if node.is_dir {
+            (self.dir_fd(&node, 0)?, std::ffi::OsString::from("."))
+        } else {
+            let loc = node.location();
+            let parent = loc.parent.ok_or(Errno::STALE)?;
+            (self.dir_fd(&parent, 0)?, loc.name)
+        };
+        let dir = dir.as_fd();
+        if let Some(size) = changes.size {
+            if node.is_dir {
+                return Err(Errno::ISDIR);
+            }
+            let via_handle = changes
+                .fh
+                .and_then(|fh| self.handles.file(fh).ok())
+                .filter(|h| !h.lower);
+            match via_handle {
+                Some(h) => rfs::ftruncate(&h.fd, size)?,
+                None => {
+                    let fd = rfs::openat(
+                        dir,
+                        &name,
+                        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    rfs::ftruncate(&fd, size)?;
+                }
+            }
+        }
+        if changes.uid.is_some() || changes.gid.is_some() {
+            let uid = changes
+                .uid
+                .map(|u| self.ids.uid_to_host(u))
+                .transpose()?
+                .map(rfs::Uid::from_raw);
+            let gid = changes
+                .gid
+                .map(|g| self.ids.gid_to_host(g))
+                .transpose()?
+                .map(rfs::Gid::from_raw);
+            rfs::chownat(dir, &name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        if let Some(mode) = changes.mode {
+            rfs::chmodat(
+                dir,
+                &name,
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )?;
+        }
+        if changes.atime.is_some() || changes.mtime.is_some() {
+            let times = Timestamps {
+                last_access: timespec(changes.atime),
+                last_modification: timespec(changes.mtime),
+            };
+            rfs::utimensat(dir, &name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        self.getattr(id)
+    }
+}

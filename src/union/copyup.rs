@@ -1,0 +1,355 @@
+//! Copy-up: bringing an object from a lower layer into the upper one before it changes.
+//!
+//! The copy is made in the work directory (data, owner, mode, xattrs, times; the data is
+//! fsynced unless the mount is volatile) and only then renamed into place in the upper layer,
+//! so a crash at any point leaves the old view or the new one, never a partial file. Parent
+//! directories are copied up first, top-down.
+
+use std::ffi::{OsStr, OsString};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::Arc;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom, Timestamps};
+use rustix::io::Errno;
+
+use super::dir::LayerIndex;
+use super::format;
+use super::inode::Node;
+use super::xattr::{proc_path, XattrTarget};
+use super::Union;
+
+/// Size of the bounce buffer when neither reflink nor `copy_file_range` works.
+const COPY_CHUNK: usize = 1 << 20;
+
+impl Union {
+    /// Make sure `node` lives in the upper layer, copying it (and its parents) up if needed.
+    pub fn copy_up(&self, node: &Arc<Node>) -> Result<(), Errno> {
+        self.check_writable()?;
+        if node.state.read().top() == 0 {
+            return Ok(());
+        }
+        let loc = node.location();
+        let parent = loc.parent.clone().ok_or(Errno::STALE)?;
+        self.copy_up(&parent)?;
+        let pstate = parent.state.write();
+        let mut state = node.state.write();
+        if state.top() == 0 {
+            return Ok(());
+        }
+        if state.unlinked {
+            return Err(Errno::NOENT);
+        }
+        let name = node.location().name;
+        let src = state.top();
+        let upper_key = self.copy_object(&parent, src, &name)?;
+        self.nodes.alias(upper_key, node.id);
+        state.layers.insert(0, 0);
+        if !node.is_dir {
+            state.layers.truncate(1);
+        }
+        drop(state);
+        let mut pstate = pstate;
+        if let Some(listing) = pstate.listing.as_mut() {
+            if let Some(entry) = Arc::make_mut(listing).entries.get_mut(&name) {
+                entry.layers.insert(0, 0);
+                if !node.is_dir {
+                    entry.layers.truncate(1);
+                }
+                entry.covers_lower = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy `name` of directory `parent` from layer `src` into the upper layer, atomically.
+    /// Returns the (device, inode) of the new upper object.
+    fn copy_object(
+        &self,
+        parent: &Node,
+        src: LayerIndex,
+        name: &OsStr,
+    ) -> Result<(u64, u64), Errno> {
+        let src_dir = self.dir_fd(parent, src)?;
+        let dst_dir = self.dir_fd(parent, 0)?;
+        let work = self.work_fd()?;
+        let st = rfs::statat(src_dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
+        let tmp = self.temp_name();
+        let result = self.make_copy(src_dir.as_fd(), name, &st, work.as_fd(), &tmp);
+        if let Err(e) = result {
+            let _ = remove_any(work.as_fd(), &tmp);
+            return Err(e);
+        }
+        rfs::renameat(work, &tmp, dst_dir.as_fd(), name).inspect_err(|_| {
+            let _ = remove_any(work.as_fd(), &tmp);
+        })?;
+        let up = rfs::statat(dst_dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok((up.st_dev, up.st_ino))
+    }
+
+    /// Build a copy of `name` (stat `st`) from `src_dir` as `tmp` in the work directory.
+    fn make_copy(
+        &self,
+        src_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &rfs::Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+    ) -> Result<(), Errno> {
+        let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
+        let ftype = FileType::from_raw_mode(st.st_mode);
+        match ftype {
+            FileType::RegularFile => {
+                let from = rfs::openat(
+                    src_dir,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let to = rfs::openat(
+                    work,
+                    tmp,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                copy_data(from.as_fd(), to.as_fd(), st.st_size as u64)?;
+                copy_xattrs(
+                    &XattrTarget::Entry(src_dir, name),
+                    &XattrTarget::Entry(work, tmp),
+                )?;
+                rfs::fchown(&to, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+                rfs::fchmod(&to, mode)?;
+                rfs::futimens(&to, &times_of(st))?;
+                if !self.options.volatile {
+                    rfs::fsync(&to)?;
+                }
+            }
+            FileType::Directory => {
+                rfs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
+                copy_xattrs(
+                    &XattrTarget::Entry(src_dir, name),
+                    &XattrTarget::Entry(work, tmp),
+                )?;
+                let fd = rfs::openat(
+                    work,
+                    tmp,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                rfs::fchown(&fd, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+                rfs::fchmod(&fd, mode)?;
+                rfs::futimens(&fd, &times_of(st))?;
+            }
+            FileType::Symlink => {
+                let target = rfs::readlinkat(src_dir, name, Vec::new())?;
+                rfs::symlinkat(target.as_c_str(), work, tmp)?;
+                copy_xattrs(
+                    &XattrTarget::Entry(src_dir, name),
+                    &XattrTarget::Entry(work, tmp),
+                )?;
+                rfs::chownat(
+                    work,
+                    tmp,
+                    Some(uid(st.st_uid)),
+                    Some(gid(st.st_gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+                rfs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+            _ => {
+                rfs::mknodat(work, tmp, ftype, mode, st.st_rdev)?;
+                copy_xattrs(
+                    &XattrTarget::Entry(src_dir, name),
+                    &XattrTarget::Entry(work, tmp),
+                )?;
+                rfs::chownat(
+                    work,
+                    tmp,
+                    Some(uid(st.st_uid)),
+                    Some(gid(st.st_gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+                rfs::chmodat(work, tmp, mode, AtFlags::empty())?;
+                rfs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn uid(raw: u32) -> rfs::Uid {
+    rfs::Uid::from_raw(raw)
+}
+
+fn gid(raw: u32) -> rfs::Gid {
+    rfs::Gid::from_raw(raw)
+}
+
+/// Access and modification times of a stat result, for `utimensat`.
+pub fn times_of(st: &rfs::Stat) -> Timestamps {
+    Timestamps {
+        last_access: rfs::Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: rfs::Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    }
+}
+
+/// Copy `size` bytes of file data: a reflink where the filesystem shares extents, else
+/// `copy_file_range` over the data segments only (holes stay holes), else read and write.
+pub fn copy_data(from: BorrowedFd<'_>, to: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
+    if size == 0 {
+        return Ok(());
+    }
+    if rfs::ioctl_ficlone(to, from).is_ok() {
+        return Ok(());
+    }
+    let mut offset = 0u64;
+    while offset < size {
+        let data = match rfs::seek(from, SeekFrom::Data(offset)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break,
+            Err(_) => offset,
+        };
+        let hole = rfs::seek(from, SeekFrom::Hole(data)).unwrap_or(size);
+        copy_range(from, to, data, hole.min(size))?;
+        offset = hole;
+    }
+    rfs::ftruncate(to, size)
+}
+
+fn copy_range(from: BorrowedFd<'_>, to: BorrowedFd<'_>, start: u64, end: u64) -> Result<(), Errno> {
+    let mut pos = start;
+    while pos < end {
+        let (mut off_in, mut off_out) = (pos, pos);
+        let want = (end - pos).min(1 << 30) as usize;
+        match rfs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want) {
+            Ok(0) => break,
+            Ok(n) => pos += n as u64,
+            Err(Errno::XDEV) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => {
+                return bounce_copy(from, to, pos, end);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn bounce_copy(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+) -> Result<(), Errno> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut pos = start;
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = rustix::io::pread(from, &mut buf[..want], pos)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += rustix::io::pwrite(to, &buf[done..n], pos + done as u64)?;
+        }
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Copy every xattr except overlay bookkeeping from `from` to `to`.
+pub fn copy_xattrs(from: &XattrTarget<'_>, to: &XattrTarget<'_>) -> Result<(), Errno> {
+    let names = match from.list() {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if format::is_private_xattr(name) {
+            continue;
+        }
+        let name = OsStr::from_bytes(name);
+        let value = match from.get(name) {
+            Ok(v) => v,
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match to.set(name, &value, rfs::XattrFlags::empty()) {
+            Ok(()) => {}
+            // Namespaces the upper filesystem or our privileges do not allow (the kernel
+            // skips these too rather than failing the copy-up).
+            Err(Errno::NOTSUP) | Err(Errno::PERM) if !name.as_bytes().starts_with(b"user.") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Remove `name` in `dir`, whatever it is (a directory with all its content).
+pub fn remove_any(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Err(Errno::ISDIR) | Err(Errno::PERM) => {
+            let sub = rfs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            remove_contents(sub.as_fd())?;
+            rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+        }
+        other => other,
+    }
+}
+
+/// Remove everything inside the directory open (readable) as `dir`.
+pub fn remove_contents(dir: BorrowedFd<'_>) -> Result<(), Errno> {
+    loop {
+        let names = list_names(dir)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in names {
+            match remove_any(dir, &name) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn list_names(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
+    rfs::seek(dir, SeekFrom::Start(0))?;
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 * 1024];
+    let mut raw = RawDir::new(dir, &mut buf);
+    let mut out = Vec::new();
+    while let Some(e) = raw.next() {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(OsString::from_vec(n.to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// Path naming `name` in `dir` through procfs, for calls that only take paths.
+pub fn entry_path(dir: BorrowedFd<'_>, name: &OsStr) -> OsString {
+    proc_path(dir, Some(name))
+}
+
+/// An fd of `name` in `dir` opened for data access with `flags` (never following a symlink).
+pub fn open_entry(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> Result<OwnedFd, Errno> {
+    rfs::openat(
+        dir,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}

@@ -1,0 +1,260 @@
+//! Merged directories: the listing of one union directory, computed once from its layers
+//! (top-down, stopping at an opaque one, dropping whiteouts) and then kept up to date by the
+//! operations made through the mount, so lookups and readdir are hash-map hits.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use indexmap::IndexMap;
+use rustix::fs::{self as rfs, AtFlags, FileType, RawDir};
+use rustix::io::Errno;
+
+use super::format::{self, EntryKind, WhiteoutForm};
+
+/// Index of a layer in the mount: 0 is the upper layer when the mount has one.
+pub type LayerIndex = u16;
+
+/// One name of a merged directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The type of the topmost object under this name.
+    pub kind: FileType,
+    /// Layers that hold this name, top first: for a directory every layer whose directory of
+    /// this name merges into it (before opacity is checked); for anything else only the top.
+    pub layers: Vec<LayerIndex>,
+    /// Whether some lower layer has this name, so that removing it needs a whiteout.
+    pub covers_lower: bool,
+    /// The layer and inode number the entry was first seen with, for readdir's `d_ino`.
+    pub ino: (LayerIndex, u64),
+}
+
+impl Entry {
+    /// The layer holding the visible object.
+    pub fn top(&self) -> LayerIndex {
+        self.layers[0]
+    }
+}
+
+/// The merged content of one directory.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Visible names in a stable order (upper layer first, then what lower layers add).
+    pub entries: IndexMap<OsString, Entry>,
+    /// Whiteouts present in the upper layer's copy of this directory, and their form.
+    pub upper_whiteouts: HashMap<OsString, WhiteoutForm>,
+}
+
+/// One raw directory read from one layer.
+pub struct LayerDir {
+    /// Entries that are shown, hidden or mark opacity, with their inode numbers.
+    pub entries: Vec<(OsString, EntryKind, u64)>,
+    /// Whether the directory is opaque (xattr or `.wh..wh..opq`).
+    pub opaque: bool,
+}
+
+/// Read the directory open as `dir` (readable fd) and classify each entry.
+pub fn read_layer_dir(dir: BorrowedFd<'_>) -> Result<LayerDir, Errno> {
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 * 1024];
+    let mut raw = RawDir::new(dir, &mut buf);
+    let mut entries = Vec::new();
+    let mut opaque = format::has_opaque_xattr(dir);
+    while let Some(entry) = raw.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let ino = entry.ino();
+        let mut ftype = entry.file_type();
+        if ftype == FileType::Unknown || ftype == FileType::CharacterDevice {
+            let st = rfs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)?;
+            if format::is_device_whiteout(&st) {
+                entries.push((
+                    OsStr::from_bytes(name).to_owned(),
+                    EntryKind::Whiteout(WhiteoutForm::Device),
+                    ino,
+                ));
+                continue;
+            }
+            ftype = FileType::from_raw_mode(st.st_mode);
+        }
+        if name == format::OPAQUE_MARKER {
+            opaque = true;
+            entries.push((
+                OsStr::from_bytes(name).to_owned(),
+                EntryKind::OpaqueMarker,
+                ino,
+            ));
+        } else if let Some(target) = format::oci_whiteout_target(name) {
+            entries.push((
+                OsStr::from_bytes(target).to_owned(),
+                EntryKind::Whiteout(WhiteoutForm::OciFile),
+                ino,
+            ));
+        } else {
+            entries.push((
+                OsStr::from_bytes(name).to_owned(),
+                EntryKind::Visible(ftype),
+                ino,
+            ));
+        }
+    }
+    Ok(LayerDir { entries, opaque })
+}
+
+/// Builds a [`Listing`] from the layers of a directory, top layer first.
+pub struct ListingBuilder {
+    listing: Listing,
+    /// Names whited out by a layer above: nothing below shows or counts.
+    whited_out: HashSet<OsString>,
+    /// Names whose merge has stopped (a non-directory above or below): lower objects still
+    /// exist under them, but do not merge.
+    stopped: HashSet<OsString>,
+    has_upper: bool,
+}
+
+impl ListingBuilder {
+    /// Start an empty listing; `has_upper` says whether layer 0 is the writable one.
+    pub fn new(has_upper: bool) -> Self {
+        ListingBuilder {
+            listing: Listing::default(),
+            whited_out: HashSet::new(),
+            stopped: HashSet::new(),
+            has_upper,
+        }
+    }
+
+    /// Merge the next layer down. Returns false when that layer is opaque, so nothing below it
+    /// may be added.
+    pub fn add_layer(&mut self, layer: LayerIndex, dir: LayerDir) -> bool {
+        let is_lower = !(self.has_upper && layer == 0);
+        // A whiteout hides the layers below its own, never an entry beside it.
+        let mut new_whiteouts = Vec::new();
+        for (name, kind, ino) in dir.entries {
+            if self.whited_out.contains(&name) {
+                continue;
+            }
+            match kind {
+                EntryKind::OpaqueMarker => {}
+                EntryKind::Whiteout(form) => {
+                    if !is_lower {
+                        self.listing.upper_whiteouts.insert(name.clone(), form);
+                    }
+                    new_whiteouts.push(name);
+                }
+                EntryKind::Visible(ftype) => {
+                    if let Some(existing) = self.listing.entries.get_mut(&name) {
+                        existing.covers_lower |= is_lower;
+                        let merges = existing.kind == FileType::Directory
+                            && ftype == FileType::Directory
+                            && !self.stopped.contains(&name);
+                        if merges {
+                            existing.layers.push(layer);
+                        } else {
+                            self.stopped.insert(name);
+                        }
+                    } else {
+                        if ftype != FileType::Directory {
+                            self.stopped.insert(name.clone());
+                        }
+                        self.listing.entries.insert(
+                            name,
+                            Entry {
+                                kind: ftype,
+                                layers: vec![layer],
+                                covers_lower: is_lower,
+                                ino: (layer, ino),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        self.whited_out.extend(new_whiteouts);
+        !dir.opaque
+    }
+
+    /// The finished listing.
+    pub fn finish(self) -> Listing {
+        self.listing
+    }
+}
+
+/// Read `dir` (an `O_PATH` or readable fd of a directory) as a readable fd and classify it.
+pub fn read_dir_at(dir: BorrowedFd<'_>) -> Result<LayerDir, Errno> {
+    let fd = rfs::openat(
+        dir.as_fd(),
+        ".",
+        rfs::OFlags::RDONLY | rfs::OFlags::DIRECTORY | rfs::OFlags::CLOEXEC,
+        rfs::Mode::empty(),
+    )?;
+    read_layer_dir(fd.as_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(entries: &[(&str, EntryKind)], opaque: bool) -> LayerDir {
+        LayerDir {
+            entries: entries
+                .iter()
+                .map(|(n, k)| (OsString::from(n), *k, 0))
+                .collect(),
+            opaque,
+        }
+    }
+
+    const F: EntryKind = EntryKind::Visible(FileType::RegularFile);
+    const D: EntryKind = EntryKind::Visible(FileType::Directory);
+    const W: EntryKind = EntryKind::Whiteout(WhiteoutForm::Device);
+
+    #[test]
+    fn upper_shadows_and_whiteouts_hide() {
+        let mut b = ListingBuilder::new(true);
+        assert!(b.add_layer(0, dir(&[("a", F), ("gone", W)], false)));
+        assert!(b.add_layer(1, dir(&[("a", F), ("gone", F), ("b", D)], false)));
+        assert!(b.add_layer(2, dir(&[("b", D), ("c", F)], false)));
+        let l = b.finish();
+        let names: Vec<_> = l.entries.keys().cloned().collect();
+        assert_eq!(names, vec!["a", "b", "c"]);
+        assert_eq!(l.entries[OsStr::new("a")].layers, vec![0]);
+        assert!(l.entries[OsStr::new("a")].covers_lower);
+        assert_eq!(l.entries[OsStr::new("b")].layers, vec![1, 2]);
+        assert!(l.upper_whiteouts.contains_key(OsStr::new("gone")));
+    }
+
+    #[test]
+    fn opaque_layer_stops_merge() {
+        let mut b = ListingBuilder::new(true);
+        assert!(!b.add_layer(0, dir(&[("x", F)], true)));
+        let l = b.finish();
+        assert_eq!(l.entries.len(), 1);
+        assert!(!l.entries[OsStr::new("x")].covers_lower);
+    }
+
+    #[test]
+    fn file_over_dir_stops_dir_merge() {
+        let mut b = ListingBuilder::new(false);
+        b.add_layer(0, dir(&[("d", F)], false));
+        b.add_layer(1, dir(&[("d", D)], false));
+        b.add_layer(2, dir(&[("d", D)], false));
+        let l = b.finish();
+        assert_eq!(l.entries[OsStr::new("d")].kind, FileType::RegularFile);
+        assert_eq!(l.entries[OsStr::new("d")].layers, vec![0]);
+    }
+
+    #[test]
+    fn whiteout_in_middle_layer_hides_only_below() {
+        let mut b = ListingBuilder::new(false);
+        b.add_layer(0, dir(&[("d", D)], false));
+        b.add_layer(1, dir(&[("d", W)], false));
+        b.add_layer(2, dir(&[("d", D), ("e", F)], false));
+        let l = b.finish();
+        assert_eq!(l.entries[OsStr::new("d")].layers, vec![0]);
+        assert!(l.upper_whiteouts.is_empty());
+    }
+}

@@ -1,0 +1,753 @@
+//! The FUSE adapter: a thin translation of each kernel request into a call on [`Union`] and of
+//! its `Result` into a fuser reply. Also the fast-path policy: passthrough, cache flags, TTLs.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackingId, BsdFileFlags, Errno as FErrno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use parking_lot::Mutex;
+use rustix::fs as rfs;
+use rustix::io::Errno;
+
+use super::attr::{AttrChanges, TimeSet};
+use super::handle::FileHandle as UnionFile;
+use super::namespace::NewObject;
+use super::{Caller, Union};
+
+/// Largest write the kernel may send in one request.
+const MAX_WRITE: u32 = 1 << 20;
+/// Largest readahead we ask the kernel for.
+const MAX_READAHEAD: u32 = 1 << 20;
+/// Stacking depth of backing files (lowers may themselves be on an overlay or FUSE mount).
+const MAX_STACK_DEPTH: u32 = 1;
+
+fn ferr(e: Errno) -> FErrno {
+    FErrno::from_i32(e.raw_os_error())
+}
+
+fn system_time(sec: i64, nsec: u64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec)
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match rfs::FileType::from_raw_mode(mode) {
+        rfs::FileType::Directory => FileType::Directory,
+        rfs::FileType::Symlink => FileType::Symlink,
+        rfs::FileType::CharacterDevice => FileType::CharDevice,
+        rfs::FileType::BlockDevice => FileType::BlockDevice,
+        rfs::FileType::Fifo => FileType::NamedPipe,
+        rfs::FileType::Socket => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn kind_of(t: rfs::FileType) -> FileType {
+    file_type(t.as_raw_mode())
+}
+
+/// fuser's attribute struct from a (client-view) stat.
+pub fn file_attr(st: &rfs::Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(st.st_ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: system_time(st.st_atime, st.st_atime_nsec),
+        mtime: system_time(st.st_mtime, st.st_mtime_nsec),
+        ctime: system_time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSet::At(d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if ns > 0 {
+                    s -= 1;
+                    ns = 1_000_000_000 - ns;
+                }
+                TimeSet::At(s, ns)
+            }
+        },
+    }
+}
+
+/// One backing file registered with the kernel, shared by all opens of a node in one layer.
+struct Backing {
+    id: Weak<BackingId>,
+    upper: bool,
+}
+
+/// The `fuser::Filesystem` over a [`Union`].
+pub struct StrataFs {
+    union: Arc<Union>,
+    ttl: Duration,
+    /// Whether the kernel accepted passthrough and we may register backing files.
+    passthrough: AtomicBool,
+    /// Backing ids by node, so every open of an inode uses the same one (a kernel rule).
+    backing_by_node: Mutex<HashMap<u64, Backing>>,
+    /// Strong references per open file handle; dropping the last one closes the backing id.
+    backing_by_fh: Mutex<HashMap<u64, Arc<BackingId>>>,
+}
+
+thread_local! {
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl StrataFs {
+    /// Serve `union`; `passthrough` says whether to try FUSE passthrough (needs
+    /// CAP_SYS_ADMIN in the initial user namespace).
+    pub fn new(union: Arc<Union>, passthrough: bool) -> Self {
+        let ttl = union.options.timeout;
+        StrataFs {
+            union,
+            ttl,
+            passthrough: AtomicBool::new(passthrough),
+            backing_by_node: Mutex::new(HashMap::new()),
+            backing_by_fh: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn caller(req: &Request) -> Caller {
+        Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+        }
+    }
+
+    /// A backing id for `handle`, reusing the node's if it is for the same layer. `None` when
+    /// passthrough is off or another layer's file already backs this inode.
+    fn backing_for(
+        &self,
+        fh: u64,
+        handle: &UnionFile,
+        open: impl FnOnce(&rfs::Stat) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let node = handle.node.id;
+        let upper = !handle.lower;
+        let mut by_node = self.backing_by_node.lock();
+        if let Some(b) = by_node.get(&node) {
+            if let Some(id) = b.id.upgrade() {
+                if b.upper != upper {
+                    return None;
+                }
+                self.backing_by_fh.lock().insert(fh, id.clone());
+                return Some(id);
+            }
+        }
+        let st = rfs::fstat(&handle.fd).ok()?;
+        match open(&st) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                by_node.insert(
+                    node,
+                    Backing {
+                        id: Arc::downgrade(&id),
+                        upper,
+                    },
+                );
+                self.backing_by_fh.lock().insert(fh, id.clone());
+                Some(id)
+            }
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    tracing::info!(
+                        "passthrough refused (no CAP_SYS_ADMIN): serving reads ourselves"
+                    );
+                    self.passthrough.store(false, Ordering::Relaxed);
+                } else {
+                    tracing::debug!("passthrough unavailable for node {node}: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Open flags for a handle served without passthrough.
+    fn plain_open_flags(&self, handle: &UnionFile) -> FopenFlags {
+        if handle.lower {
+            // Lower files never change: keep their page cache across opens.
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else if self.node_has_backing(handle.node.id) {
+            // The inode is in passthrough mode through another file: go around the cache.
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
+    fn node_has_backing(&self, node: u64) -> bool {
+        self.backing_by_node
+            .lock()
+            .get(&node)
+            .is_some_and(|b| b.id.strong_count() > 0)
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, result: Result<rfs::Stat, Errno>) {
+        match result {
+            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+}
+
+impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_READAHEAD);
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        for flag in wanted.iter() {
+            let _ = config.add_capabilities(flag);
+        }
+        if self.passthrough.load(Ordering::Relaxed) {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(MAX_STACK_DEPTH).is_ok();
+            if !ok {
+                tracing::info!("kernel has no FUSE passthrough: serving reads ourselves");
+                self.passthrough.store(false, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.union.lookup(parent.0, name) {
+            Ok((_, st)) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
+            Err(Errno::NOENT) => {
+                // A negative entry the kernel may cache: names change only through us.
+                let mut attr = file_attr(&crate::sys::zeroed_stat());
+                attr.ino = INodeNo(0);
+                reply.entry(&self.ttl, &attr, Generation(0));
+            }
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let result = match fh {
+            Some(fh) => self
+                .union
+                .fgetattr(fh.0)
+                .or_else(|_| self.union.getattr(ino.0)),
+            None => self.union.getattr(ino.0),
+        };
+        match result {
+            Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let changes = AttrChanges {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            fh: fh.map(|f| f.0),
+        };
+        match self.union.setattr(ino.0, &changes) {
+            Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.union.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let what = NewObject::Node {
+            mode,
+            rdev: rdev as u64,
+        };
+        let r = self
+            .union
+            .create_object(parent.0, name, what, Self::caller(req));
+        self.reply_entry(reply, r.map(|(_, st, _)| st));
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .union
+            .create_object(parent.0, name, NewObject::Dir(mode), Self::caller(req));
+        self.reply_entry(reply, r.map(|(_, st, _)| st));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.union.create_object(
+            parent.0,
+            link_name,
+            NewObject::Symlink(target.as_os_str()),
+            Self::caller(req),
+        );
+        self.reply_entry(reply, r.map(|(_, st, _)| st));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .union
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.union.link(ino.0, newparent.0, newname);
+        self.reply_entry(reply, r.map(|(_, st)| st));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (fh, handle) = match self.union.open(ino.0, flags.0) {
+            Ok(x) => x,
+            Err(e) => return reply.error(ferr(e)),
+        };
+        match self.backing_for(fh, &handle, |_| reply.open_backing(handle.fd.as_fd())) {
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(fh), self.plain_open_flags(&handle)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match self.union.read_into(fh.0, offset, size, &mut buf) {
+                Ok(()) => reply.data(&buf),
+                Err(e) => reply.error(ferr(e)),
+            }
+        })
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.union.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.union.release(fh.0);
+        self.backing_by_fh.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.fsync(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.union.readdir(fh.0, offset, usize::MAX) {
+            Ok(e) => e,
+            Err(e) => return reply.error(ferr(e)),
+        };
+        for e in entries {
+            if reply.add(INodeNo(e.ino), e.next_offset, kind_of(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.union.readdir(fh.0, offset, usize::MAX) {
+            Ok(e) => e,
+            Err(e) => return reply.error(ferr(e)),
+        };
+        for e in entries {
+            let full = match e.index {
+                None => {
+                    let attr = FileAttr {
+                        ino: INodeNo(e.ino),
+                        kind: FileType::Directory,
+                        ..file_attr(&crate::sys::zeroed_stat())
+                    };
+                    // The kernel makes no dentry for `.` and `..`: no lookup is counted.
+                    reply.add(
+                        INodeNo(e.ino),
+                        e.next_offset,
+                        &e.name,
+                        &Duration::ZERO,
+                        &attr,
+                        Generation(0),
+                    )
+                }
+                Some(i) => match self.union.lookup_in_snapshot(fh.0, i) {
+                    Ok((node, st)) => {
+                        let full = reply.add(
+                            INodeNo(node.id),
+                            e.next_offset,
+                            &e.name,
+                            &self.ttl,
+                            &file_attr(&st),
+                            Generation(0),
+                        );
+                        if full {
+                            self.union.forget(node.id, 1);
+                        }
+                        full
+                    }
+                    // Gone since opendir: skip it.
+                    Err(_) => false,
+                },
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.union.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.fsyncdir(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.union.getxattr(ino.0, name));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.union.listxattr(ino.0));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel checks modes itself; this only checks existence.
+        match self.union.getattr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let what = NewObject::File { mode, flags };
+        let (node, st, fd) = match self
+            .union
+            .create_object(parent.0, name, what, Self::caller(req))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(ferr(e)),
+        };
+        let Some(fd) = fd else {
+            return reply.error(FErrno::EIO);
+        };
+        let (fh, handle) = self.union.handles.add_file(UnionFile {
+            fd,
+            node,
+            lower: false,
+        });
+        let attr = file_attr(&st);
+        match self.backing_for(fh, &handle, |_| reply.open_backing(handle.fd.as_fd())) {
+            Some(id) => reply.created_passthrough(
+                &self.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &id,
+            ),
+            None => reply.created(
+                &self.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                self.plain_open_flags(&handle),
+            ),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.union.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, Errno>) {
+    match result {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(FErrno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(ferr(e)),
+    }
+}

@@ -1,0 +1,290 @@
+//! The node table: one node per union object the kernel knows, indexed by node id and by the
+//! (device, inode) of the objects behind it, so hard links share a node and copy-up keeps it.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use rustix::io::Errno;
+
+use super::dir::{LayerIndex, Listing};
+
+/// The FUSE node id of the root directory.
+pub const ROOT_ID: u64 = 1;
+
+/// Inode numbers of one filesystem occupy the low bits; the filesystem's index the high bits
+/// (the kernel's `xino` idea), so layers on different filesystems never collide.
+const XINO_SHIFT: u32 = 48;
+/// Ids handed out when the natural one is taken by a node that is gone from the tree.
+const ALLOCATED_BASE: u64 = 1 << 62;
+
+/// Where a node sits in the union: its parent directory and its name there.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// The parent directory (`None` only for the root).
+    pub parent: Option<Arc<Node>>,
+    /// The name in the parent.
+    pub name: OsString,
+}
+
+/// The mutable part of a node.
+#[derive(Debug, Default)]
+pub struct NodeState {
+    /// Layers holding the object, top first. A non-directory has exactly one; a directory has
+    /// every layer that merges into it (opacity already applied).
+    pub layers: Vec<LayerIndex>,
+    /// The merged listing of a directory, once read.
+    pub listing: Option<Arc<Listing>>,
+    /// The node's last name was removed; it lives on only through open files.
+    pub unlinked: bool,
+}
+
+impl NodeState {
+    /// The layer holding the visible object.
+    pub fn top(&self) -> LayerIndex {
+        self.layers[0]
+    }
+}
+
+/// One object of the union that the kernel holds a reference to.
+#[derive(Debug)]
+pub struct Node {
+    /// The FUSE node id, also reported as the inode number.
+    pub id: u64,
+    /// Whether this is a directory (a node never changes type).
+    pub is_dir: bool,
+    /// Parent and name; changed by rename.
+    pub loc: RwLock<Location>,
+    /// Layers, listing and liveness; namespace changes in a directory hold its write lock.
+    pub state: RwLock<NodeState>,
+    /// Cached `O_PATH` fds of this directory in each of its layers.
+    dir_fds: Mutex<Vec<(LayerIndex, Arc<OwnedFd>)>>,
+    /// How many lookups the kernel holds (FUSE `forget` takes them back).
+    lookups: AtomicU64,
+}
+
+impl Node {
+    /// A node with no kernel references yet.
+    pub fn new(
+        id: u64,
+        is_dir: bool,
+        parent: Option<Arc<Node>>,
+        name: &OsStr,
+        layers: Vec<LayerIndex>,
+    ) -> Node {
+        Node {
+            id,
+            is_dir,
+            loc: RwLock::new(Location {
+                parent,
+                name: name.to_owned(),
+            }),
+            state: RwLock::new(NodeState {
+                layers,
+                listing: None,
+                unlinked: false,
+            }),
+            dir_fds: Mutex::new(Vec::new()),
+            lookups: AtomicU64::new(0),
+        }
+    }
+
+    /// Names from the root down to this node.
+    pub fn path_components(&self) -> Vec<OsString> {
+        let mut out = Vec::new();
+        let mut loc = self.loc.read().clone();
+        while let Some(parent) = loc.parent {
+            out.push(loc.name);
+            loc = parent.loc.read().clone();
+        }
+        out.reverse();
+        out
+    }
+
+    /// The parent directory and the name in it.
+    pub fn location(&self) -> Location {
+        self.loc.read().clone()
+    }
+
+    /// A cached fd of this directory in `layer`.
+    pub fn cached_fd(&self, layer: LayerIndex) -> Option<Arc<OwnedFd>> {
+        self.dir_fds
+            .lock()
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map(|(_, fd)| fd.clone())
+    }
+
+    /// Remember an fd of this directory in `layer`, if the fd budget allows.
+    pub fn cache_fd(&self, layer: LayerIndex, fd: Arc<OwnedFd>) {
+        if FD_BUDGET.take() {
+            let mut fds = self.dir_fds.lock();
+            if fds.iter().any(|(l, _)| *l == layer) {
+                FD_BUDGET.give_back(1);
+            } else {
+                fds.push((layer, fd));
+            }
+        }
+    }
+
+    /// Drop the cached fds (the directory is gone).
+    pub fn clear_fds(&self) {
+        let mut fds = self.dir_fds.lock();
+        FD_BUDGET.give_back(fds.len());
+        fds.clear();
+    }
+}
+
+/// A cap on cached directory fds, so the daemon stays far below RLIMIT_NOFILE. Shared by all
+/// nodes of the process: a node gives its share back when it is dropped.
+#[derive(Debug)]
+pub struct FdBudget {
+    left: AtomicUsize,
+}
+
+/// The process-wide budget of cached directory fds.
+pub static FD_BUDGET: FdBudget = FdBudget {
+    left: AtomicUsize::new(0),
+};
+
+impl FdBudget {
+    /// Set the number of fds that may be cached.
+    pub fn set(&self, n: usize) {
+        self.left.store(n, Ordering::Release);
+    }
+
+    fn take(&self) -> bool {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.left.fetch_add(n, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        FD_BUDGET.give_back(self.dir_fds.get_mut().len());
+    }
+}
+
+/// Identity of an object in a layer.
+pub type ObjectKey = (u64, u64);
+
+/// All nodes the kernel knows, and the identities behind them.
+#[derive(Debug)]
+pub struct NodeTable {
+    nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    /// (device, inode) of layer objects to node id: hard links share an id, and a copied-up
+    /// file's upper object maps to its origin's id, so inode numbers survive copy-up.
+    ids: Mutex<HashMap<ObjectKey, u64>>,
+    next_allocated: AtomicU64,
+}
+
+impl NodeTable {
+    /// A table holding only `root`.
+    pub fn new(root: Node) -> Self {
+        let root = Arc::new(root);
+        root.lookups.store(1, Ordering::Relaxed);
+        let mut nodes = HashMap::new();
+        nodes.insert(ROOT_ID, root);
+        NodeTable {
+            nodes: RwLock::new(nodes),
+            ids: Mutex::new(HashMap::new()),
+            next_allocated: AtomicU64::new(ALLOCATED_BASE),
+        }
+    }
+
+    /// The node with id `id`, if the kernel still holds it.
+    pub fn get(&self, id: u64) -> Result<Arc<Node>, Errno> {
+        self.nodes.read().get(&id).cloned().ok_or(Errno::STALE)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> Arc<Node> {
+        self.get(ROOT_ID).expect("root is never forgotten")
+    }
+
+    /// The id for the object `key` on the filesystem with index `fs_index`.
+    pub fn id_for(&self, key: ObjectKey, fs_index: u64) -> u64 {
+        let mut ids = self.ids.lock();
+        if let Some(id) = ids.get(&key) {
+            return *id;
+        }
+        let natural = key.1 | (fs_index << XINO_SHIFT);
+        let id = if key.1 >> XINO_SHIFT == 0 && natural != ROOT_ID && natural < ALLOCATED_BASE {
+            natural
+        } else {
+            self.next_allocated.fetch_add(1, Ordering::Relaxed)
+        };
+        ids.insert(key, id);
+        id
+    }
+
+    /// Make `key` (a new object, e.g. a copy-up's upper file) map to the existing id `id`.
+    pub fn alias(&self, key: ObjectKey, id: u64) {
+        self.ids.lock().insert(key, id);
+    }
+
+    /// Forget every identity of the gone node `id` and give `key` a fresh id, so an object
+    /// that reuses the inode number is never confused with it.
+    pub fn retire(&self, id: u64) {
+        self.ids.lock().retain(|_, v| *v != id);
+    }
+
+    /// Find or add the node for the layer object `key` and count one kernel lookup of it.
+    /// `make` builds a new node with the id it is given. A node whose object is gone (unlinked
+    /// but still open) is never reused: the new object gets a fresh id.
+    pub fn lookup_or_insert(
+        &self,
+        key: ObjectKey,
+        fs_index: u64,
+        make: impl FnOnce(u64) -> Node,
+    ) -> Arc<Node> {
+        let mut id = self.id_for(key, fs_index);
+        let mut nodes = self.nodes.write();
+        if let Some(node) = nodes.get(&id) {
+            if !node.state.read().unlinked {
+                node.lookups.fetch_add(1, Ordering::Relaxed);
+                return node.clone();
+            }
+            id = self.next_allocated.fetch_add(1, Ordering::Relaxed);
+            self.ids.lock().insert(key, id);
+        }
+        let node = Arc::new(make(id));
+        node.lookups.store(1, Ordering::Relaxed);
+        nodes.insert(id, node.clone());
+        node
+    }
+
+    /// Count one more kernel lookup of a node already in the table.
+    pub fn add_lookup(&self, node: &Node) {
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Take back `n` kernel lookups of `id`; the node goes when none are left.
+    pub fn forget(&self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        let mut nodes = self.nodes.write();
+        if let Some(node) = nodes.get(&id) {
+            let before = node.lookups.load(Ordering::Relaxed);
+            node.lookups
+                .store(before.saturating_sub(n), Ordering::Relaxed);
+            if before <= n {
+                nodes.remove(&id);
+            }
+        }
+    }
+
+    /// Undo one lookup that was counted but not handed to the kernel.
+    pub fn unref(&self, id: u64) {
+        self.forget(id, 1);
+    }
+}

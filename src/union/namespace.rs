@@ -1,0 +1,679 @@
+//! Changes to the names of the union: create, mkdir, mknod, symlink, link, unlink, rmdir and
+//! rename. Each writes the upper layer in the kernel's format (0/0 whiteouts, opaque xattrs)
+//! with atomic renames through the work directory, then updates the cached listings.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use super::copyup::remove_any;
+use super::dir::{Entry, Listing};
+use super::format::{self, WhiteoutForm};
+use super::inode::Node;
+use super::layer::valid_name;
+use super::{Caller, Union, NAME_MAX};
+
+/// What to create, for [`Union::create_object`].
+pub enum NewObject<'a> {
+    /// A directory with this mode.
+    Dir(u32),
+    /// A regular file opened with these flags, with this mode.
+    File { mode: u32, flags: i32 },
+    /// A device, fifo or socket (`mode` includes the type bits).
+    Node { mode: u32, rdev: u64 },
+    /// A symlink to this target.
+    Symlink(&'a OsStr),
+}
+
+fn check_name(name: &OsStr) -> Result<(), Errno> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::NAMETOOLONG);
+    }
+    if !valid_name(name) {
+        return Err(Errno::INVAL);
+    }
+    Ok(())
+}
+
+fn listing_mut(state: &mut super::inode::NodeState) -> &mut Listing {
+    Arc::make_mut(state.listing.as_mut().expect("listing read before locking"))
+}
+
+impl Union {
+    /// Make the object in `dir` (fd) called `name`; for files returns the open fd.
+    fn make(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        what: &NewObject<'_>,
+    ) -> Result<Option<OwnedFd>, Errno> {
+        match what {
+            NewObject::Dir(mode) => {
+                rfs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))?;
+                Ok(None)
+            }
+            NewObject::File { mode, flags } => {
+                let oflags = OFlags::from_bits_retain(*flags as _)
+                    & (OFlags::ACCMODE
+                        | OFlags::APPEND
+                        | OFlags::SYNC
+                        | OFlags::DSYNC
+                        | OFlags::DIRECT);
+                let fd = rfs::openat(
+                    dir,
+                    name,
+                    oflags | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                    Mode::from_raw_mode(mode & 0o7777),
+                )?;
+                Ok(Some(fd))
+            }
+            NewObject::Node { mode, rdev } => {
+                let ftype = FileType::from_raw_mode(*mode);
+                rfs::mknodat(dir, name, ftype, Mode::from_raw_mode(mode & 0o7777), *rdev)?;
+                Ok(None)
+            }
+            NewObject::Symlink(target) => {
+                rfs::symlinkat(*target, dir, name)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Owner of a new object made by `caller` in `parent_st`'s directory (BSD group semantics
+    /// under a setgid directory), as stored ids.
+    fn new_owner(&self, caller: Caller, parent_st: &rfs::Stat) -> Result<(u32, u32), Errno> {
+        let uid = self.ids.uid_to_host(caller.uid)?;
+        let gid = if parent_st.st_mode & libc::S_ISGID != 0 {
+            parent_st.st_gid
+        } else {
+            self.ids.gid_to_host(caller.gid)?
+        };
+        Ok((uid, gid))
+    }
+
+    /// Create `name` in directory `parent_id` for `caller`. Over a whiteout the object is made
+    /// in the work directory and renamed into place, so it appears whole or not at all.
+    pub fn create_object(
+        &self,
+        parent_id: u64,
+        name: &OsStr,
+        what: NewObject<'_>,
+        caller: Caller,
+    ) -> Result<(Arc<Node>, rfs::Stat, Option<OwnedFd>), Errno> {
+        self.check_writable()?;
+        check_name(name)?;
+        let parent = self.dir_node(parent_id)?;
+        self.copy_up(&parent)?;
+        self.listing(&parent)?;
+        let mut pstate = parent.state.write();
+        if pstate.unlinked {
+            return Err(Errno::NOENT);
+        }
+        let listing = pstate.listing.clone().expect("read above");
+        if listing.entries.contains_key(name) {
+            return Err(Errno::EXIST);
+        }
+        let upper = self.dir_fd(&parent, 0)?;
+        let parent_st = rfs::fstat(upper.as_fd())?;
+        let (uid, gid) = self.new_owner(caller, &parent_st)?;
+        let whiteout = listing.upper_whiteouts.get(name).copied();
+        let is_dir = matches!(what, NewObject::Dir(_));
+        let (mode_bits, is_symlink) = match &what {
+            NewObject::Dir(m) => {
+                let setgid = parent_st.st_mode & libc::S_ISGID;
+                (m & 0o7777 | setgid, false)
+            }
+            NewObject::File { mode, .. } | NewObject::Node { mode, .. } => (mode & 0o7777, false),
+            NewObject::Symlink(_) => (0o777, true),
+        };
+        let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> Result<(), Errno> {
+            rfs::chownat(
+                dir,
+                n,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+            if !is_symlink && (mode_bits & 0o7000 != 0) {
+                // chown cleared set-id bits; the caller asked for them.
+                rfs::chmodat(dir, n, Mode::from_raw_mode(mode_bits), AtFlags::empty())?;
+            }
+            Ok(())
+        };
+        let fd = match whiteout {
+            None => {
+                let fd = self.make(upper.as_fd(), name, &what)?;
+                if let Err(e) = finish(upper.as_fd(), name) {
+                    let _ = remove_any(upper.as_fd(), name);
+                    return Err(e);
+                }
+                fd
+            }
+            Some(form) => {
+                let work = self.work_fd()?;
+                let tmp = self.temp_name();
+                let fd = self.make(work.as_fd(), &tmp, &what)?;
+                let placed = (|| {
+                    finish(work.as_fd(), &tmp)?;
+                    if is_dir {
+                        let d = rfs::openat(
+                            work.as_fd(),
+                            &tmp,
+                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )?;
+                        // A directory replacing a whiteout must hide what lies below.
+                        format::set_opaque(d.as_fd(), self.xattr_ns)?;
+                    }
+                    self.replace_whiteout(work.as_fd(), &tmp, upper.as_fd(), name, form)
+                })();
+                if let Err(e) = placed {
+                    let _ = remove_any(work.as_fd(), &tmp);
+                    return Err(e);
+                }
+                fd
+            }
+        };
+        let st = rfs::statat(upper.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
+        let l = listing_mut(&mut pstate);
+        l.upper_whiteouts.remove(name);
+        l.entries.insert(
+            name.to_owned(),
+            Entry {
+                kind: FileType::from_raw_mode(st.st_mode),
+                layers: vec![0],
+                covers_lower: whiteout.is_some(),
+                ino: (0, st.st_ino),
+            },
+        );
+        let layer = self.layer(0);
+        let node = self
+            .nodes
+            .lookup_or_insert((layer.dev, st.st_ino), layer.fs_index, |id| {
+                Node::new(id, is_dir, Some(parent.clone()), name, vec![0])
+            });
+        if is_dir {
+            node.state.write().listing = Some(Arc::new(Listing::default()));
+        }
+        drop(pstate);
+        let st = self.client_stat(&node, st);
+        Ok((node, st, fd))
+    }
+
+    /// Move `tmp` from the work dir onto the whiteout `name` in `upper`, atomically where the
+    /// whiteout is a device.
+    fn replace_whiteout(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        upper: BorrowedFd<'_>,
+        name: &OsStr,
+        form: WhiteoutForm,
+    ) -> Result<(), Errno> {
+        match form {
+            WhiteoutForm::Device => {
+                let st = rfs::statat(work, tmp, AtFlags::SYMLINK_NOFOLLOW)?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    rfs::renameat_with(work, tmp, upper, name, RenameFlags::EXCHANGE)?;
+                    rfs::unlinkat(work, tmp, AtFlags::empty())
+                } else {
+                    rfs::renameat(work, tmp, upper, name)
+                }
+            }
+            WhiteoutForm::OciFile => {
+                rfs::renameat_with(work, tmp, upper, name, RenameFlags::NOREPLACE)?;
+                format::remove_whiteout(upper, name, form)
+            }
+        }
+    }
+
+    /// Put a whiteout at `name` in `upper`, replacing whatever is there, atomically.
+    fn whiteout_over(
+        &self,
+        upper: BorrowedFd<'_>,
+        name: &OsStr,
+        existing_is_dir: bool,
+    ) -> Result<WhiteoutForm, Errno> {
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        match rfs::mknodat(
+            work.as_fd(),
+            &tmp,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            0,
+        ) {
+            Ok(()) => {}
+            Err(Errno::PERM) | Err(Errno::ACCESS) => {
+                // No device whiteouts here: remove, then leave a `.wh.` file beside.
+                remove_any(upper, name)?;
+                return format::create_whiteout(upper, name);
+            }
+            Err(e) => return Err(e),
+        }
+        if existing_is_dir {
+            rfs::renameat_with(work.as_fd(), &tmp, upper, name, RenameFlags::EXCHANGE)?;
+            remove_any(work.as_fd(), &tmp)?;
+        } else {
+            rfs::renameat(work.as_fd(), &tmp, upper, name)?;
+        }
+        Ok(WhiteoutForm::Device)
+    }
+
+    /// Remove the non-directory `name` from directory `parent_id`.
+    pub fn unlink(&self, parent_id: u64, name: &OsStr) -> Result<(), Errno> {
+        self.remove(parent_id, name, false)
+    }
+
+    /// Remove the empty directory `name` from directory `parent_id`.
+    pub fn rmdir(&self, parent_id: u64, name: &OsStr) -> Result<(), Errno> {
+        self.remove(parent_id, name, true)
+    }
+
+    fn remove(&self, parent_id: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        self.check_writable()?;
+        if name.len() > NAME_MAX {
+            return Err(Errno::NAMETOOLONG);
+        }
+        let parent = self.dir_node(parent_id)?;
+        let (child, _) = self.lookup(parent_id, name)?;
+        let result = self.remove_node(&parent, name, &child, dir);
+        self.nodes.unref(child.id);
+        result
+    }
+
+    fn remove_node(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        child: &Arc<Node>,
+        dir: bool,
+    ) -> Result<(), Errno> {
+        match (dir, child.is_dir) {
+            (true, false) => return Err(Errno::NOTDIR),
+            (false, true) => return Err(Errno::ISDIR),
+            _ => {}
+        }
+        if dir && !self.listing(child)?.entries.is_empty() {
+            return Err(Errno::NOTEMPTY);
+        }
+        self.copy_up(parent)?;
+        let mut pstate = parent.state.write();
+        let listing = pstate.listing.clone().ok_or(Errno::NOENT)?;
+        let entry = listing.entries.get(name).ok_or(Errno::NOENT)?.clone();
+        let mut cstate = child.state.write();
+        if dir && !cstate.listing.as_ref().is_none_or(|l| l.entries.is_empty()) {
+            return Err(Errno::NOTEMPTY);
+        }
+        let upper = self.dir_fd(parent, 0)?;
+        let needs_whiteout = entry.covers_lower || entry.top() != 0;
+        let mut last_link = true;
+        let whiteout = if entry.top() == 0 {
+            let st = rfs::statat(upper.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
+            last_link = dir || st.st_nlink <= 1;
+            if needs_whiteout {
+                Some(self.whiteout_over(upper.as_fd(), name, dir)?)
+            } else if dir {
+                match rfs::unlinkat(upper.as_fd(), name, AtFlags::REMOVEDIR) {
+                    Err(Errno::NOTEMPTY) => {
+                        // Only whiteouts inside: move it out of sight, then clean it.
+                        let work = self.work_fd()?;
+                        let tmp = self.temp_name();
+                        rfs::renameat(upper.as_fd(), name, work.as_fd(), &tmp)?;
+                        remove_any(work.as_fd(), &tmp)?;
+                    }
+                    other => other?,
+                }
+                None
+            } else {
+                rfs::unlinkat(upper.as_fd(), name, AtFlags::empty())?;
+                None
+            }
+        } else {
+            Some(format::create_whiteout(upper.as_fd(), name)?)
+        };
+        if last_link {
+            cstate.unlinked = true;
+            drop(cstate);
+            self.nodes.retire(child.id);
+            child.clear_fds();
+        }
+        let l = listing_mut(&mut pstate);
+        l.entries.shift_remove(name);
+        if let Some(form) = whiteout {
+            l.upper_whiteouts.insert(name.to_owned(), form);
+        }
+        Ok(())
+    }
+
+    /// Add the name `newname` in `newparent_id` for the non-directory `id`.
+    pub fn link(
+        &self,
+        id: u64,
+        newparent_id: u64,
+        newname: &OsStr,
+    ) -> Result<(Arc<Node>, rfs::Stat), Errno> {
+        self.check_writable()?;
+        check_name(newname)?;
+        let node = self.node(id)?;
+        if node.is_dir {
+            return Err(Errno::PERM);
+        }
+        let newparent = self.dir_node(newparent_id)?;
+        self.copy_up(&node)?;
+        self.copy_up(&newparent)?;
+        self.listing(&newparent)?;
+        let loc = node.location();
+        let src_parent = loc.parent.ok_or(Errno::STALE)?;
+        let src_dir = self.dir_fd(&src_parent, 0)?;
+        let mut pstate = newparent.state.write();
+        let listing = pstate.listing.clone().expect("read above");
+        if listing.entries.contains_key(newname) {
+            return Err(Errno::EXIST);
+        }
+        let upper = self.dir_fd(&newparent, 0)?;
+        let whiteout = listing.upper_whiteouts.get(newname).copied();
+        match whiteout {
+            None => rfs::linkat(
+                src_dir.as_fd(),
+                &loc.name,
+                upper.as_fd(),
+                newname,
+                AtFlags::empty(),
+            )?,
+            Some(form) => {
+                let work = self.work_fd()?;
+                let tmp = self.temp_name();
+                rfs::linkat(
+                    src_dir.as_fd(),
+                    &loc.name,
+                    work.as_fd(),
+                    &tmp,
+                    AtFlags::empty(),
+                )?;
+                self.replace_whiteout(work.as_fd(), &tmp, upper.as_fd(), newname, form)
+                    .inspect_err(|_| {
+                        let _ = rfs::unlinkat(work.as_fd(), &tmp, AtFlags::empty());
+                    })?;
+            }
+        }
+        let st = rfs::statat(upper.as_fd(), newname, AtFlags::SYMLINK_NOFOLLOW)?;
+        let l = listing_mut(&mut pstate);
+        l.upper_whiteouts.remove(newname);
+        l.entries.insert(
+            newname.to_owned(),
+            Entry {
+                kind: FileType::from_raw_mode(st.st_mode),
+                layers: vec![0],
+                covers_lower: whiteout.is_some(),
+                ino: (0, st.st_ino),
+            },
+        );
+        drop(pstate);
+        self.nodes.add_lookup(&node);
+        let st = self.client_stat(&node, st);
+        Ok((node, st))
+    }
+
+    /// Rename `name` in `parent_id` to `newname` in `newparent_id`; `flags` are renameat2's.
+    pub fn rename(
+        &self,
+        parent_id: u64,
+        name: &OsStr,
+        newparent_id: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        self.check_writable()?;
+        check_name(newname)?;
+        let flags = RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?;
+        if flags.contains(RenameFlags::WHITEOUT)
+            || flags.contains(RenameFlags::EXCHANGE | RenameFlags::NOREPLACE)
+        {
+            return Err(Errno::INVAL);
+        }
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
+        let parent = self.dir_node(parent_id)?;
+        let newparent = self.dir_node(newparent_id)?;
+        let (src, _) = self.lookup(parent_id, name)?;
+        let dst = match self.lookup(newparent_id, newname) {
+            Ok((n, _)) => Some(n),
+            Err(Errno::NOENT) => None,
+            Err(e) => {
+                self.nodes.unref(src.id);
+                return Err(e);
+            }
+        };
+        let result = self.rename_nodes(
+            &parent,
+            name,
+            &src,
+            &newparent,
+            newname,
+            dst.as_ref(),
+            flags,
+            exchange,
+        );
+        self.nodes.unref(src.id);
+        if let Some(d) = &dst {
+            self.nodes.unref(d.id);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename_nodes(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        src: &Arc<Node>,
+        newparent: &Arc<Node>,
+        newname: &OsStr,
+        dst: Option<&Arc<Node>>,
+        flags: RenameFlags,
+        exchange: bool,
+    ) -> Result<(), Errno> {
+        if let Some(d) = dst {
+            if flags.contains(RenameFlags::NOREPLACE) {
+                return Err(Errno::EXIST);
+            }
+            if Arc::ptr_eq(d, src) {
+                // Two names of one file (or the same name): POSIX says do nothing.
+                return Ok(());
+            }
+            if !exchange {
+                match (src.is_dir, d.is_dir) {
+                    (true, false) => return Err(Errno::NOTDIR),
+                    (false, true) => return Err(Errno::ISDIR),
+                    (true, true) if !self.listing(d)?.entries.is_empty() => {
+                        return Err(Errno::NOTEMPTY)
+                    }
+                    _ => {}
+                }
+            }
+        } else if exchange {
+            return Err(Errno::NOENT);
+        }
+        // Directories with lower parts cannot move (the kernel's EXDEV without redirect_dir):
+        // tools fall back to copying.
+        let has_lower = |n: &Node| {
+            let s = n.state.read();
+            s.top() != 0 || s.layers.len() > 1
+        };
+        if src.is_dir && has_lower(src) {
+            return Err(Errno::XDEV);
+        }
+        if exchange && dst.is_some_and(|d| d.is_dir && has_lower(d)) {
+            return Err(Errno::XDEV);
+        }
+        self.copy_up(src)?;
+        if exchange {
+            self.copy_up(dst.expect("checked"))?;
+        }
+        self.copy_up(newparent)?;
+        self.listing(newparent)?;
+        let same_dir = Arc::ptr_eq(parent, newparent);
+        let (mut first, mut second) = if same_dir {
+            (parent.state.write(), None)
+        } else if parent.id < newparent.id {
+            let a = parent.state.write();
+            let b = newparent.state.write();
+            (a, Some(b))
+        } else {
+            let b = newparent.state.write();
+            let a = parent.state.write();
+            (a, Some(b))
+        };
+        let src_listing = first.listing.clone().ok_or(Errno::NOENT)?;
+        let dst_listing = match &second {
+            Some(s) => s.listing.clone().ok_or(Errno::NOENT)?,
+            None => src_listing.clone(),
+        };
+        let src_entry = src_listing.entries.get(name).ok_or(Errno::NOENT)?.clone();
+        let dst_entry = dst_listing.entries.get(newname).cloned();
+        if dst_entry.is_some() != dst.is_some() {
+            return Err(Errno::NOENT);
+        }
+        let from = self.dir_fd(parent, 0)?;
+        let to = self.dir_fd(newparent, 0)?;
+        if exchange {
+            rfs::renameat_with(
+                from.as_fd(),
+                name,
+                to.as_fd(),
+                newname,
+                RenameFlags::EXCHANGE,
+            )?;
+            let d = dst_entry.expect("exchange has a target");
+            let mut s_new = src_entry.clone();
+            s_new.covers_lower = d.covers_lower;
+            s_new.layers = vec![0];
+            let mut d_new = d.clone();
+            d_new.covers_lower = src_entry.covers_lower;
+            d_new.layers = vec![0];
+            listing_mut(&mut first)
+                .entries
+                .insert(name.to_owned(), d_new);
+            let target = second.as_mut().unwrap_or(&mut first);
+            listing_mut(target)
+                .entries
+                .insert(newname.to_owned(), s_new);
+            let dnode = dst.expect("exchange has a target");
+            let (sloc, dloc) = (src.location(), dnode.location());
+            *src.loc.write() = dloc;
+            *dnode.loc.write() = sloc;
+            return Ok(());
+        }
+        let target_whiteout = dst_listing.upper_whiteouts.get(newname).copied();
+        let target_covers = dst_entry
+            .as_ref()
+            .is_some_and(|d| d.covers_lower || d.top() != 0)
+            || target_whiteout.is_some();
+        if let (Some(d), Some(dnode)) = (&dst_entry, dst) {
+            if d.top() == 0 && d.kind == FileType::Directory {
+                // A directory that is empty in the union may still hold whiteouts.
+                let fd = self.dir_fd(dnode, 0)?;
+                let rd = rfs::openat(
+                    fd.as_fd(),
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                super::copyup::remove_contents(rd.as_fd())?;
+            }
+        }
+        let dst_last_link = match (&dst_entry, dst) {
+            (Some(d), Some(dnode)) if d.top() == 0 && !dnode.is_dir => {
+                rfs::statat(to.as_fd(), newname, AtFlags::SYMLINK_NOFOLLOW)?.st_nlink <= 1
+            }
+            (Some(_), Some(_)) => true,
+            _ => false,
+        };
+        if src.is_dir && target_covers {
+            let fd = rfs::openat(
+                from.as_fd(),
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            format::set_opaque(fd.as_fd(), self.xattr_ns)?;
+        }
+        let mut src_whiteout = None;
+        if src.is_dir && target_whiteout == Some(WhiteoutForm::Device) {
+            rfs::renameat_with(
+                from.as_fd(),
+                name,
+                to.as_fd(),
+                newname,
+                RenameFlags::EXCHANGE,
+            )?;
+            if src_entry.covers_lower {
+                src_whiteout = Some(WhiteoutForm::Device);
+            } else {
+                rfs::unlinkat(from.as_fd(), name, AtFlags::empty())?;
+            }
+        } else {
+            let with_whiteout = src_entry.covers_lower;
+            let done = if with_whiteout {
+                rfs::renameat_with(
+                    from.as_fd(),
+                    name,
+                    to.as_fd(),
+                    newname,
+                    RenameFlags::WHITEOUT,
+                )
+            } else {
+                rfs::renameat(from.as_fd(), name, to.as_fd(), newname)
+            };
+            match done {
+                Ok(()) if with_whiteout => src_whiteout = Some(WhiteoutForm::Device),
+                Ok(()) => {}
+                Err(Errno::INVAL) | Err(Errno::PERM) if with_whiteout => {
+                    rfs::renameat(from.as_fd(), name, to.as_fd(), newname)?;
+                    src_whiteout = Some(format::create_whiteout(from.as_fd(), name)?);
+                }
+                Err(e) => return Err(e),
+            }
+            if target_whiteout == Some(WhiteoutForm::OciFile) {
+                format::remove_whiteout(to.as_fd(), newname, WhiteoutForm::OciFile)?;
+            }
+        }
+        // Book-keeping: listings and node locations.
+        {
+            let l = listing_mut(&mut first);
+            l.entries.shift_remove(name);
+            if let Some(form) = src_whiteout {
+                l.upper_whiteouts.insert(name.to_owned(), form);
+            }
+        }
+        {
+            let target = second.as_mut().unwrap_or(&mut first);
+            let l = listing_mut(target);
+            l.upper_whiteouts.remove(newname);
+            l.entries.insert(
+                newname.to_owned(),
+                Entry {
+                    kind: src_entry.kind,
+                    layers: vec![0],
+                    covers_lower: target_covers,
+                    ino: src_entry.ino,
+                },
+            );
+        }
+        if let Some(dnode) = dst {
+            if dst_last_link {
+                dnode.state.write().unlinked = true;
+                self.nodes.retire(dnode.id);
+                dnode.clear_fds();
+            }
+        }
+        *src.loc.write() = super::inode::Location {
+            parent: Some(newparent.clone()),
+            name: newname.to_owned(),
+        };
+        Ok(())
+    }
+}

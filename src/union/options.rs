@@ -1,0 +1,425 @@
+//! Mount options: the fuse-overlayfs `-o` syntax, parsed into a typed configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// One contiguous range of an id mapping: ids `inside..inside+len` seen by clients are
+/// `outside..outside+len` on disk (fuse-overlayfs's `uidmapping=INSIDE:OUTSIDE:LEN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    /// First id as the client sees it.
+    pub inside: u32,
+    /// First id as stored in the layers.
+    pub outside: u32,
+    /// Number of ids in the range.
+    pub len: u32,
+}
+
+/// Everything a mount of the union needs to know, with the defaults fuse-overlayfs uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Lower layers, top first (leftmost in `lowerdir=`). Never empty for a valid mount.
+    pub lowerdirs: Vec<PathBuf>,
+    /// The writable layer; `None` makes the mount read-only.
+    pub upperdir: Option<PathBuf>,
+    /// Scratch directory on the upper's filesystem for atomic copy-up.
+    pub workdir: Option<PathBuf>,
+    /// Skip fsync of copied-up files (`volatile`, `fsync=0`): faster, not crash-safe.
+    pub volatile: bool,
+    /// Client-visible to on-disk uid translation (empty: identity).
+    pub uid_map: Vec<IdRange>,
+    /// Client-visible to on-disk gid translation (empty: identity).
+    pub gid_map: Vec<IdRange>,
+    /// Report every file as owned by this uid (`squash_to_root`, `squash_to_uid=`).
+    pub squash_uid: Option<u32>,
+    /// Report every file as owned by this gid (`squash_to_root`, `squash_to_gid=`).
+    pub squash_gid: Option<u32>,
+    /// Report nlink 1 for directories (`static_nlink`).
+    pub static_nlink: bool,
+    /// Kernel entry and attribute cache time (`timeout=`); lowers are immutable, so long is safe.
+    pub timeout: Duration,
+    /// Worker threads serving requests (`threaded=`, default: one per CPU, at least 2).
+    pub threads: Option<usize>,
+    /// Log every request (`-d`, `-o debug`).
+    pub debug: bool,
+    /// Let other users access the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Let root access the mount (`allow_root`).
+    pub allow_root: bool,
+    /// Generic mount flags passed on to the kernel (`nodev`, `nosuid`, `noexec`, `ro`, ...).
+    pub kernel_flags: Vec<String>,
+    /// Options accepted for compatibility that have no effect yet, for a warning.
+    pub ignored: Vec<String>,
+    /// The mount source shown in /proc/mounts (`fsname=`, or the helper's SOURCE argument).
+    pub fsname: Option<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            lowerdirs: Vec::new(),
+            upperdir: None,
+            workdir: None,
+            volatile: false,
+            uid_map: Vec::new(),
+            gid_map: Vec::new(),
+            squash_uid: None,
+            squash_gid: None,
+            static_nlink: false,
+            timeout: Duration::from_secs(86400),
+            threads: None,
+            debug: false,
+            allow_other: false,
+            allow_root: false,
+            kernel_flags: Vec::new(),
+            ignored: Vec::new(),
+            fsname: None,
+        }
+    }
+}
+
+/// A malformed `-o` option, naming the option.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum OptionError {
+    /// The option needs a value (`name=value`) and has none or an empty one.
+    #[error("option '{0}' needs a value")]
+    MissingValue(String),
+    /// The option's value cannot be parsed.
+    #[error("option '{option}': invalid value '{value}': {why}")]
+    BadValue {
+        /// The option's name.
+        option: String,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// An option stratafs does not know at all.
+    #[error("unknown option '{0}'")]
+    Unknown(String),
+    /// `upperdir` without `workdir` or the reverse.
+    #[error("upperdir and workdir must be given together")]
+    UpperWithoutWork,
+    /// No `lowerdir` at all.
+    #[error("option 'lowerdir' is required")]
+    NoLower,
+}
+
+/// Options fuse-overlayfs and mount(8) accept that change nothing for stratafs.
+const ACCEPTED_NOOPS: &[&str] = &[
+    "rw",
+    "dev",
+    "suid",
+    "exec",
+    "async",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "diratime",
+    "nodiratime",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "defaults",
+    "private",
+    "shared",
+    "slave",
+    "rprivate",
+    "noacl",
+    "default_permissions",
+    "ino32_t",
+    "splice_write",
+    "splice_read",
+    "splice_move",
+    "nonempty",
+    "auto_unmount",
+    "index=on",
+    "index=off",
+    "redirect_dir=off",
+    "metacopy=off",
+];
+
+/// Generic flags that the kernel applies to the mount itself.
+const KERNEL_FLAGS: &[&str] = &["ro", "nodev", "nosuid", "noexec", "sync", "dirsync"];
+
+impl MountOptions {
+    /// Parse every `-o` argument (each a comma-separated list) into one configuration.
+    pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Self, OptionError> {
+        let mut opts = MountOptions::default();
+        for arg in args {
+            for option in split_options(arg) {
+                opts.apply(&option)?;
+            }
+        }
+        if opts.lowerdirs.is_empty() {
+            return Err(OptionError::NoLower);
+        }
+        if opts.upperdir.is_some() != opts.workdir.is_some() {
+            return Err(OptionError::UpperWithoutWork);
+        }
+        Ok(opts)
+    }
+
+    /// Whether clients may change the tree.
+    pub fn writable(&self) -> bool {
+        self.upperdir.is_some() && !self.kernel_flags.iter().any(|f| f == "ro")
+    }
+
+    fn apply(&mut self, option: &str) -> Result<(), OptionError> {
+        if option.is_empty() {
+            // podman passes `a,,b`: an empty option means nothing.
+            return Ok(());
+        }
+        let (name, value) = match option.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (option, None),
+        };
+        let need = |v: Option<&str>| -> Result<String, OptionError> {
+            match v {
+                Some(v) if !v.is_empty() => Ok(v.to_string()),
+                _ => Err(OptionError::MissingValue(name.to_string())),
+            }
+        };
+        match name {
+            "lowerdir" => {
+                let v = need(value)?;
+                self.lowerdirs = split_lowerdirs(&v)
+                    .into_iter()
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect();
+                if self.lowerdirs.is_empty() {
+                    return Err(OptionError::MissingValue(name.into()));
+                }
+            }
+            "upperdir" => self.upperdir = Some(PathBuf::from(need(value)?)),
+            "workdir" => self.workdir = Some(PathBuf::from(need(value)?)),
+            "volatile" => self.volatile = true,
+            "fsync" => {
+                let v = need(value)?;
+                self.volatile = match v.as_str() {
+                    "0" => true,
+                    "1" => false,
+                    _ => return Err(bad(name, &v, "expected 0 or 1")),
+                };
+            }
+            "uidmapping" => self.uid_map = parse_mapping(name, &need(value)?)?,
+            "gidmapping" => self.gid_map = parse_mapping(name, &need(value)?)?,
+            "squash_to_root" => {
+                self.squash_uid = Some(0);
+                self.squash_gid = Some(0);
+            }
+            "squash_to_uid" => self.squash_uid = Some(parse_num(name, &need(value)?)?),
+            "squash_to_gid" => self.squash_gid = Some(parse_num(name, &need(value)?)?),
+            "static_nlink" => self.static_nlink = true,
+            "timeout" => {
+                let v = need(value)?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| bad(name, &v, "expected a number of seconds"))?;
+                self.timeout = Duration::from_secs_f64(secs);
+            }
+            "threaded" => {
+                let v = need(value)?;
+                let n: usize = parse_num(name, &v)? as usize;
+                self.threads = Some(n.max(1));
+            }
+            "debug" => self.debug = true,
+            "allow_other" => self.allow_other = true,
+            "allow_root" => self.allow_root = true,
+            "fsname" => self.fsname = Some(need(value)?),
+            "xino" => {
+                let v = need(value)?;
+                if !matches!(v.as_str(), "on" | "off" | "auto") {
+                    return Err(bad(name, &v, "expected on, off or auto"));
+                }
+                self.ignored.push(option.to_string());
+            }
+            "context" | "fscontext" | "defcontext" | "rootcontext" | "max_read" | "blksize"
+            | "subtype" | "uid" | "gid" | "umask" | "max_write" => {
+                need(value)?;
+                self.ignored.push(option.to_string());
+            }
+            _ if KERNEL_FLAGS.contains(&option) => self.kernel_flags.push(option.to_string()),
+            _ if ACCEPTED_NOOPS.contains(&option) => {}
+            _ => return Err(OptionError::Unknown(option.to_string())),
+        }
+        Ok(())
+    }
+}
+
+fn bad(option: &str, value: &str, why: &str) -> OptionError {
+    OptionError::BadValue {
+        option: option.into(),
+        value: value.into(),
+        why: why.into(),
+    }
+}
+
+fn parse_num(option: &str, value: &str) -> Result<u32, OptionError> {
+    value
+        .parse()
+        .map_err(|_| bad(option, value, "expected a non-negative integer"))
+}
+
+/// Split one `-o` argument at commas; a backslash escapes the next character (so `\,` and `\:`
+/// survive into paths), and the escape of a colon is kept for [`split_lowerdirs`].
+fn split_options(arg: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = arg.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    if next == ':' {
+                        cur.push('\\');
+                    }
+                    cur.push(next);
+                }
+            }
+            ',' => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Split `lowerdir=` at unescaped colons (`\:` is a colon inside a path).
+fn split_lowerdirs(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    cur.push(next);
+                }
+            }
+            ':' => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Parse `INSIDE:OUTSIDE:LEN[:INSIDE:OUTSIDE:LEN...]`; podman writes a leading colon.
+fn parse_mapping(option: &str, value: &str) -> Result<Vec<IdRange>, OptionError> {
+    let fields: Vec<&str> = value
+        .strip_prefix(':')
+        .unwrap_or(value)
+        .split(':')
+        .collect();
+    if fields.len() % 3 != 0 || fields.iter().any(|f| f.is_empty()) {
+        return Err(bad(option, value, "expected INSIDE:OUTSIDE:LEN triples"));
+    }
+    let mut ranges = Vec::new();
+    for triple in fields.chunks(3) {
+        let range = IdRange {
+            inside: parse_num(option, triple[0])?,
+            outside: parse_num(option, triple[1])?,
+            len: parse_num(option, triple[2])?,
+        };
+        if range.len == 0 {
+            return Err(bad(option, value, "a range of length 0"));
+        }
+        ranges.push(range);
+    }
+    Ok(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_podman_command_line() {
+        let o = MountOptions::parse([
+            "lowerdir=/g/l/A:/g/l/B,upperdir=/g/x/diff,workdir=/g/x/work,,volatile",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.lowerdirs,
+            vec![PathBuf::from("/g/l/A"), PathBuf::from("/g/l/B")]
+        );
+        assert_eq!(o.upperdir, Some(PathBuf::from("/g/x/diff")));
+        assert!(o.volatile);
+        assert!(o.writable());
+    }
+
+    #[test]
+    fn escaped_colon_stays_in_path() {
+        let o = MountOptions::parse([r"lowerdir=/a\:b:/c"]).unwrap();
+        assert_eq!(
+            o.lowerdirs,
+            vec![PathBuf::from("/a:b"), PathBuf::from("/c")]
+        );
+    }
+
+    #[test]
+    fn mappings_with_leading_colon_and_several_triples() {
+        let o = MountOptions::parse([
+            "lowerdir=/l,uidmapping=:0:1:1001:1001:0:1:1002:1002:64535,gidmapping=0:200000:65536",
+        ])
+        .unwrap();
+        assert_eq!(o.uid_map.len(), 3);
+        assert_eq!(
+            o.uid_map[2],
+            IdRange {
+                inside: 1002,
+                outside: 1002,
+                len: 64535
+            }
+        );
+        assert_eq!(o.gid_map[0].outside, 200000);
+    }
+
+    #[test]
+    fn malformed_options_name_the_option() {
+        let e = MountOptions::parse(["lowerdir=/l,uidmapping=1:2"]).unwrap_err();
+        assert!(e.to_string().contains("uidmapping"), "{e}");
+        let e = MountOptions::parse(["lowerdir=/l,bogus"]).unwrap_err();
+        assert_eq!(e, OptionError::Unknown("bogus".into()));
+        let e = MountOptions::parse(["lowerdir="]).unwrap_err();
+        assert_eq!(e, OptionError::MissingValue("lowerdir".into()));
+        let e = MountOptions::parse(["lowerdir=/l,upperdir=/u"]).unwrap_err();
+        assert_eq!(e, OptionError::UpperWithoutWork);
+        let e = MountOptions::parse(["upperdir=/u,workdir=/w"]).unwrap_err();
+        assert_eq!(e, OptionError::NoLower);
+        let e = MountOptions::parse(["lowerdir=/l,timeout=abc"]).unwrap_err();
+        assert!(e.to_string().contains("timeout"));
+    }
+
+    #[test]
+    fn read_only_without_upper_or_with_ro() {
+        assert!(!MountOptions::parse(["lowerdir=/l"]).unwrap().writable());
+        let o = MountOptions::parse(["lowerdir=/l,upperdir=/u,workdir=/w,ro"]).unwrap();
+        assert!(!o.writable());
+    }
+
+    #[test]
+    fn squash_and_compat_options() {
+        let o = MountOptions::parse([
+            "lowerdir=/l,squash_to_uid=300000,squash_to_gid=300000,static_nlink,noacl,xino=auto,threaded=4,fsync=0,context=\"system_u:object_r:container_file_t:s0\"",
+        ])
+        .unwrap();
+        assert_eq!(o.squash_uid, Some(300000));
+        assert!(o.static_nlink && o.volatile);
+        assert_eq!(o.threads, Some(4));
+        let o = MountOptions::parse(["lowerdir=/l,squash_to_root"]).unwrap();
+        assert_eq!((o.squash_uid, o.squash_gid), (Some(0), Some(0)));
+    }
+}
