@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -280,7 +279,7 @@ fn script_hard_links(r: PathBuf) {
     fs::write(r.join("hl/two"), b"changed through two").unwrap();
 }
 
-fn strip_mtimes(s: &BTreeMap<Vec<u8>, Entry>) -> BTreeMap<Vec<u8>, Entry> {
+fn strip_mtimes(s: &Snapshot) -> Snapshot {
     s.iter()
         .map(|(k, e)| {
             let mut e = e.clone();
@@ -296,7 +295,7 @@ fn write_then_read(
     writer: Backend,
     reader: Backend,
     body: fn(PathBuf),
-) -> (Fixture, BTreeMap<Vec<u8>, Entry>, BTreeMap<Vec<u8>, Entry>) {
+) -> (Fixture, Snapshot, Snapshot) {
     let fx = rich_fixture();
     let m = fx.mount(writer);
     let written = m.with_timeout(DEADLINE, move |r| {
@@ -326,7 +325,7 @@ fn rich_fixture_view_is_as_expected_under_kernel() {
     );
 }
 
-fn run_script(b: Backend, body: fn(PathBuf)) -> BTreeMap<Vec<u8>, Entry> {
+fn run_script(b: Backend, body: fn(PathBuf)) -> Snapshot {
     let fx = rich_fixture();
     let m = fx.mount(b);
     m.with_timeout(DEADLINE, move |r| {

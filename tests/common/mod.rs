@@ -752,8 +752,11 @@ pub struct Entry {
     pub links: Vec<Vec<u8>>,
 }
 
+/// A whole tree: relative path bytes to entry.
+pub type Snapshot = BTreeMap<Vec<u8>, Entry>;
+
 /// Walks `root` (not following symlinks) and records every entry by relative path bytes.
-pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
+pub fn snapshot(root: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
     let mut inos: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
     let mut ino_of: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
