@@ -548,6 +548,23 @@ impl<'a> Mount<'a> {
         }
     }
 
+    /// Waits up to `secs` for the daemon to exit by itself (after a signal or an external
+    /// unmount); `None` if it is still running.
+    pub fn wait_daemon_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        let child = self.daemon.as_mut()?;
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                self.daemon = None;
+                return Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(secs) {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Unmounts now (what drop does), returning the daemon's exit status if it had one.
     pub fn unmount(mut self) -> Option<std::process::ExitStatus> {
         self.teardown()
@@ -904,5 +921,41 @@ pub fn truncate_path(p: &Path, len: u64) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// PIDs of stratafs processes (our binary) whose command line names `mnt`: the daemons a
+/// test started, found after they went to the background.
+pub fn stratafs_pids_for(mnt: &Path) -> Vec<u32> {
+    let exe = fs::canonicalize(env!("CARGO_BIN_EXE_stratafs")).unwrap();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(target) = fs::read_link(e.path().join("exe")) else {
+            continue;
+        };
+        if target != exe {
+            continue;
+        }
+        let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == mnt.as_os_str().as_bytes())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether process `pid` still exists (and is not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }
