@@ -23,7 +23,7 @@ struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        unmount(&self.0);
+        let _ = unmount(&self.0);
         for pid in stratafs_pids_for(&self.0) {
             kill_pid(pid, Signal::KILL);
         }

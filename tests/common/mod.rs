@@ -402,9 +402,13 @@ pub fn run(cmd: &mut Command) -> (bool, String) {
 }
 
 /// Unmounts `p`: politely first (fusermount3 -u for FUSE, umount otherwise), then lazily.
-pub fn unmount(p: &Path) {
+/// Returns false if a lazy unmount was needed (something kept the mount busy).
+pub fn unmount(p: &Path) -> bool {
+    let mut clean = true;
     for _ in 0..8 {
-        let Some(ty) = mounted_type(p) else { return };
+        let Some(ty) = mounted_type(p) else {
+            return clean;
+        };
         let ok = if ty.starts_with("fuse") {
             run(Command::new("fusermount3").arg("-u").arg(p)).0
                 || run(Command::new("umount").arg(p)).0
@@ -412,9 +416,11 @@ pub fn unmount(p: &Path) {
             run(Command::new("umount").arg(p)).0
         };
         if !ok {
+            clean = false;
             run(Command::new("umount").arg("-l").arg(p));
         }
     }
+    clean
 }
 
 impl<'a> Mount<'a> {
@@ -571,7 +577,8 @@ impl<'a> Mount<'a> {
     }
 
     fn teardown(&mut self) -> Option<std::process::ExitStatus> {
-        unmount(&self.root);
+        // After a lazy unmount a daemon serves open files until they close: do not wait long.
+        let grace = if unmount(&self.root) { 5000 } else { 300 };
         let mut status = None;
         if let Some(mut c) = self.daemon.take() {
             let start = Instant::now();
@@ -580,7 +587,7 @@ impl<'a> Mount<'a> {
                     status = Some(s);
                     break;
                 }
-                if start.elapsed() > Duration::from_secs(5) {
+                if start.elapsed() > Duration::from_millis(grace) {
                     kill_pid(c.id(), rustix::process::Signal::KILL);
                     let _ = c.wait();
                     break;
