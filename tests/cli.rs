@@ -317,6 +317,12 @@ fn read_only_mount_refuses_writes_with_erofs(b: Backend) {
             rofs,
         );
         assert_rerrno(
+            "access W_OK",
+            rustix::fs::access(r.join("f"), rustix::fs::Access::WRITE_OK),
+            rofs,
+        );
+        rustix::fs::access(r.join("f"), rustix::fs::Access::READ_OK).unwrap();
+        assert_rerrno(
             "setxattr",
             rustix::fs::lsetxattr(r.join("f"), "user.x", b"1", rustix::fs::XattrFlags::empty()),
             rofs,

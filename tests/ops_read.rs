@@ -34,6 +34,11 @@ both_backends!(
     missing_names_give_enoent,
     lookup_through_file_gives_enotdir,
     special_files_in_lower_keep_type_and_rdev,
+    statfs_reports_the_upper_filesystem,
+    readdir_offsets_stay_stable_while_entries_change,
+    dot_and_dotdot_resolve,
+    private_overlay_xattrs_cannot_be_set_through_the_mount,
+    user_xattrs_on_symlinks_are_eperm,
 );
 
 fn top_layer_wins(b: Backend) {
@@ -642,4 +647,141 @@ fn user_overlay_opaque_matches_kernel_userxattr() {
         views[0].keys()
     );
     assert_same_tree("kernel vs stratafs", &views[0], &views[1]);
+}
+
+fn statfs_reports_the_upper_filesystem(b: Backend) {
+    let fx = Fixture::new(1);
+    let m = fx.mount(b);
+    let upper = fx.upper.clone();
+    m.with_timeout(DEADLINE, move |r| {
+        let v = rustix::fs::statvfs(&r).unwrap();
+        let u = rustix::fs::statvfs(&upper).unwrap();
+        assert_eq!(
+            v.f_blocks * v.f_frsize,
+            u.f_blocks * u.f_frsize,
+            "total size"
+        );
+        assert_eq!(v.f_files, u.f_files, "total inodes");
+    });
+}
+
+fn readdir_offsets_stay_stable_while_entries_change(b: Backend) {
+    let fx = Fixture::new(2);
+    for i in 0..150 {
+        fx.lower(0).file(format!("d/top{i:03}"), b"");
+        fx.lower(1).file(format!("d/low{i:03}"), b"");
+    }
+    fx.lower(1).file("d/top000", b"shadowed");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let d = r.join("d");
+        let fd = rustix::fs::open(
+            &d,
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 512];
+        let mut dir = rustix::fs::RawDir::new(&fd, &mut buf);
+        let mut seen: Vec<String> = Vec::new();
+        while seen.len() < 40 {
+            let e = dir.next().expect("early end").unwrap();
+            seen.push(e.file_name().to_string_lossy().into_owned());
+        }
+        // Change the directory under the open stream: remove and add entries.
+        let mut removed = Vec::new();
+        for i in (100..150).step_by(5) {
+            for prefix in ["top", "low"] {
+                let n = format!("{prefix}{i:03}");
+                if !seen.contains(&n) {
+                    fs::remove_file(d.join(&n)).unwrap();
+                    removed.push(n);
+                }
+            }
+        }
+        for i in 0..20 {
+            fs::write(d.join(format!("new{i:02}")), b"").unwrap();
+        }
+        while let Some(e) = dir.next() {
+            seen.push(e.unwrap().file_name().to_string_lossy().into_owned());
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        let before = sorted.len();
+        sorted.dedup();
+        assert_eq!(before, sorted.len(), "readdir returned duplicates");
+        for prefix in ["top", "low"] {
+            for i in 0..150 {
+                let n = format!("{prefix}{i:03}");
+                if !removed.contains(&n) {
+                    assert!(sorted.contains(&n), "{n} was never returned");
+                }
+            }
+        }
+        for n in &sorted {
+            let known = n == "."
+                || n == ".."
+                || n.starts_with("new")
+                || n.starts_with("top")
+                || n.starts_with("low");
+            assert!(known, "unexpected entry {n}");
+        }
+    });
+}
+
+fn dot_and_dotdot_resolve(b: Backend) {
+    let fx = Fixture::new(2);
+    fx.lower(0).dir("a/b");
+    fx.lower(1).dir("a/c");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let root = lstat(&r).ino();
+        let a = lstat(&r.join("a")).ino();
+        assert_eq!(lstat(&r.join("a/..")).ino(), root);
+        assert_eq!(lstat(&r.join("a/b/..")).ino(), a);
+        assert_eq!(lstat(&r.join("a/c/../.")).ino(), a);
+        assert_eq!(lstat(&r.join("a/./b")).ino(), lstat(&r.join("a/b")).ino());
+    });
+}
+
+fn private_overlay_xattrs_cannot_be_set_through_the_mount(b: Backend) {
+    let fx = Fixture::new(2);
+    fx.lower(0).dir("d");
+    fx.lower(1).file("d/old", b"o");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        // Forging an opaque marker through the mount must not hide d/old (the kernel escapes
+        // the name or refuses; either way the union is unchanged).
+        let _ = rustix::fs::lsetxattr(
+            r.join("d"),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        );
+        assert_eq!(list(&r.join("d")), ["old"]);
+    });
+    drop(m);
+    assert_ne!(
+        get_xattr(&fx.upper.join("d"), "trusted.overlay.opaque"),
+        Ok(b"y".to_vec()),
+        "a client forged a real opaque marker in the upper"
+    );
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| assert_eq!(list(&r.join("d")), ["old"]));
+}
+
+fn user_xattrs_on_symlinks_are_eperm(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("f", b"x").symlink("l", "f");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        assert_rerrno(
+            "user xattr on symlink",
+            rustix::fs::lsetxattr(r.join("l"), "user.x", b"1", rustix::fs::XattrFlags::empty()),
+            libc::EPERM,
+        );
+        // Following the link sets it on the target.
+        rustix::fs::setxattr(r.join("l"), "user.x", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+        assert_eq!(get_xattr(&r.join("f"), "user.x"), Ok(b"1".to_vec()));
+    });
 }

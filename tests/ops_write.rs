@@ -34,6 +34,9 @@ both_backends!(
     o_creat_on_directory_is_eisdir,
     write_to_read_only_descriptor_is_ebadf,
     o_directory_on_file_is_enotdir,
+    read_only_fd_opened_before_copy_up_sees_new_data,
+    concurrent_creates_in_one_dir,
+    open_fd_survives_rename_of_its_file,
 );
 
 fn create_new_file_in_root_and_in_lower_dir(b: Backend) {
@@ -443,5 +446,88 @@ fn o_directory_on_file_is_enotdir(b: Backend) {
                 .open(r.join("f")),
             libc::ENOTDIR,
         );
+    });
+}
+
+fn read_only_fd_opened_before_copy_up_sees_new_data(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("f", b"old data");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let ro = fs::File::open(r.join("f")).unwrap();
+        let mut buf = [0u8; 8];
+        ro.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"old data");
+        let w = OpenOptions::new().write(true).open(r.join("f")).unwrap();
+        w.write_all_at(b"NEW", 0).unwrap();
+        drop(w);
+        ro.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(
+            &buf, b"NEW data",
+            "fd opened before copy-up reads stale data"
+        );
+    });
+}
+
+fn concurrent_creates_in_one_dir(b: Backend) {
+    let fx = Fixture::new(1);
+    for i in 0..50 {
+        fx.lower(0).file(format!("d/lower{i}"), b"l");
+    }
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let d = r.join("d");
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    for i in 0..60 {
+                        let p = d.join(format!("t{t}_{i}"));
+                        fs::write(&p, format!("{t}/{i}")).unwrap();
+                        if i % 3 == 0 {
+                            fs::remove_file(d.join(format!("lower{}", (t * 6 + i / 10) % 50))).ok();
+                        }
+                        if i % 4 == 0 {
+                            fs::create_dir(d.join(format!("dir{t}_{i}"))).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let names = list(&d);
+        for t in 0..8 {
+            for i in 0..60 {
+                let n = format!("t{t}_{i}");
+                assert!(names.contains(&n), "{n} missing");
+                assert_eq!(read(&d.join(&n)), format!("{t}/{i}").as_bytes());
+            }
+        }
+        let files = names.iter().filter(|n| n.starts_with('t')).count();
+        let dirs = names.iter().filter(|n| n.starts_with("dir")).count();
+        assert_eq!((files, dirs), (480, 120));
+        for n in names.iter().filter(|n| n.starts_with("lower")) {
+            lstat(&d.join(n));
+        }
+    });
+}
+
+fn open_fd_survives_rename_of_its_file(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("a/f", b"content").dir("b");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(r.join("a/f"))
+            .unwrap();
+        fs::rename(r.join("a/f"), r.join("b/g")).unwrap();
+        f.write_all_at(b"C", 0).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 7);
+        drop(f);
+        assert_eq!(read(&r.join("b/g")), b"Content");
     });
 }
