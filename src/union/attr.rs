@@ -57,7 +57,11 @@ impl Union {
     pub fn setattr(&self, id: u64, changes: &AttrChanges) -> Result<rfs::Stat, Errno> {
         self.check_writable()?;
         let node = self.node(id)?;
-        self.copy_up(&node)?;
+        match changes.size {
+            Some(0) => self.copy_up_empty(&node)?,
+            Some(_) => self.copy_up(&node)?,
+            None => self.copy_up_meta(&node)?,
+        }
         // Directories are addressed as "." in their own fd; others by name in the parent.
         let (dir, name) = if node.is_dir {
             (self.dir_fd(&node, 0)?, std::ffi::OsString::from("."))

@@ -15,7 +15,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom,
 use rustix::io::Errno;
 
 use super::dir::LayerIndex;
-use super::format;
+use super::format::{self, XattrNamespace};
 use super::inode::Node;
 use super::xattr::{proc_path, XattrTarget};
 use super::Union;
@@ -23,32 +23,68 @@ use super::Union;
 /// Size of the bounce buffer when neither reflink nor `copy_file_range` works.
 const COPY_CHUNK: usize = 1 << 20;
 
+/// How much of a file a copy-up brings into the upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Metadata and data: the file is about to be written.
+    Full,
+    /// Metadata only; the file is about to be truncated to size 0.
+    Empty,
+    /// Metadata only; the data stays in the lower file until something writes (the kernel's
+    /// `metacopy`). Falls back to `Full` where metacopy does not apply.
+    Meta,
+}
+
 impl Union {
-    /// Make sure `node` lives in the upper layer, copying it (and its parents) up if needed.
+    /// Make sure `node` lives in the upper layer with its data, copying it (and its parents)
+    /// up if needed.
     pub fn copy_up(&self, node: &Arc<Node>) -> Result<(), Errno> {
+        self.copy_up_with(node, CopyMode::Full)
+    }
+
+    /// Copy `node` up for a truncation to size 0: its data need not be copied.
+    pub fn copy_up_empty(&self, node: &Arc<Node>) -> Result<(), Errno> {
+        self.copy_up_with(node, CopyMode::Empty)
+    }
+
+    /// Copy `node` up for a change of metadata only (chmod, chown, utimes, xattrs).
+    pub fn copy_up_meta(&self, node: &Arc<Node>) -> Result<(), Errno> {
+        self.copy_up_with(node, CopyMode::Meta)
+    }
+
+    /// Copy up `node` as `mode` says; completes a metacopy when data is needed.
+    pub fn copy_up_with(&self, node: &Arc<Node>, mode: CopyMode) -> Result<(), Errno> {
         self.check_writable()?;
-        if node.state.read().top() == 0 {
-            return Ok(());
+        {
+            let state = node.state.read();
+            if state.top() == 0 && (state.metacopy.is_none() || mode == CopyMode::Meta) {
+                return Ok(());
+            }
         }
         let loc = node.location();
         let parent = loc.parent.clone().ok_or(Errno::STALE)?;
         self.copy_up(&parent)?;
         let pstate = parent.state.write();
         let mut state = node.state.write();
-        if state.top() == 0 {
-            return Ok(());
-        }
-        if state.unlinked {
+        if node.is_unlinked() {
             return Err(Errno::NOENT);
         }
         let name = node.location().name;
+        if state.top() == 0 {
+            if let (Some(data_layer), false) = (state.metacopy, mode == CopyMode::Meta) {
+                self.complete_metacopy(&parent, &name, data_layer, mode == CopyMode::Full)?;
+                state.metacopy = None;
+            }
+            return Ok(());
+        }
         let src = state.top();
-        let upper_key = self.copy_object(&parent, src, &name)?;
+        let (upper_key, metacopy) = self.copy_object(&parent, src, &name, mode)?;
         self.nodes.alias(upper_key, node.id);
         state.layers.insert(0, 0);
         if !node.is_dir {
             state.layers.truncate(1);
         }
+        state.metacopy = metacopy.then_some(src);
         drop(state);
         let mut pstate = pstate;
         if let Some(listing) = pstate.listing.as_mut() {
@@ -63,6 +99,39 @@ impl Union {
         Ok(())
     }
 
+    /// Bring the data of the metacopy file `name` (in `parent`'s upper directory) up from
+    /// `data_layer` (or only drop the marker when `with_data` is false and the caller truncates
+    /// to zero). Until the marker goes, reads still come from the lower file, so a crash in
+    /// the middle loses nothing.
+    fn complete_metacopy(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        data_layer: LayerIndex,
+        with_data: bool,
+    ) -> Result<(), Errno> {
+        let upper_dir = self.dir_fd(parent, 0)?;
+        let upper = open_entry(upper_dir.as_fd(), name, OFlags::RDWR)?;
+        if with_data {
+            let lower_dir = self.dir_fd(parent, data_layer)?;
+            let lower = open_entry(lower_dir.as_fd(), name, OFlags::RDONLY)?;
+            let size = rfs::fstat(&lower)?.st_size as u64;
+            copy_data(lower.as_fd(), upper.as_fd(), size)?;
+        } else {
+            rfs::ftruncate(&upper, 0)?;
+        }
+        if !self.options.volatile {
+            rfs::fsync(&upper)?;
+        }
+        for ns in [XattrNamespace::Trusted, XattrNamespace::User] {
+            match rfs::fremovexattr(&upper, ns.metacopy()) {
+                Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Copy `name` of directory `parent` from layer `src` into the upper layer, atomically.
     /// Returns the (device, inode) of the new upper object.
     fn copy_object(
@@ -70,13 +139,24 @@ impl Union {
         parent: &Node,
         src: LayerIndex,
         name: &OsStr,
-    ) -> Result<(u64, u64), Errno> {
+        mode: CopyMode,
+    ) -> Result<((u64, u64), bool), Errno> {
         let src_dir = self.dir_fd(parent, src)?;
         let dst_dir = self.dir_fd(parent, 0)?;
         let work = self.work_fd()?;
         let st = rfs::statat(src_dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
         let tmp = self.temp_name();
-        let result = self.make_copy(src_dir.as_fd(), name, &st, work.as_fd(), &tmp);
+        let metacopy = mode == CopyMode::Meta
+            && self.options.metacopy
+            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_size > 0;
+        let data = match mode {
+            CopyMode::Full => DataCopy::Bytes,
+            CopyMode::Meta if !metacopy => DataCopy::Bytes,
+            CopyMode::Meta => DataCopy::Marker,
+            CopyMode::Empty => DataCopy::Nothing,
+        };
+        let result = self.make_copy(src_dir.as_fd(), name, &st, work.as_fd(), &tmp, data);
         if let Err(e) = result {
             let _ = remove_any(work.as_fd(), &tmp);
             return Err(e);
@@ -85,7 +165,7 @@ impl Union {
             let _ = remove_any(work.as_fd(), &tmp);
         })?;
         let up = rfs::statat(dst_dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
-        Ok((up.st_dev, up.st_ino))
+        Ok(((up.st_dev, up.st_ino), metacopy))
     }
 
     /// Build a copy of `name` (stat `st`) from `src_dir` as `tmp` in the work directory.
@@ -96,6 +176,7 @@ impl Union {
         st: &rfs::Stat,
         work: BorrowedFd<'_>,
         tmp: &OsStr,
+        data: DataCopy,
     ) -> Result<(), Errno> {
         let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
         let ftype = FileType::from_raw_mode(st.st_mode);
@@ -113,7 +194,20 @@ impl Union {
                     OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
-                copy_data(from.as_fd(), to.as_fd(), st.st_size as u64)?;
+                match data {
+                    DataCopy::Bytes => copy_data(from.as_fd(), to.as_fd(), st.st_size as u64)?,
+                    DataCopy::Marker => {
+                        // Same size, no blocks: the data stays below until a write.
+                        rfs::ftruncate(&to, st.st_size as u64)?;
+                        rfs::fsetxattr(
+                            &to,
+                            self.xattr_ns.metacopy(),
+                            b"",
+                            rfs::XattrFlags::empty(),
+                        )?;
+                    }
+                    DataCopy::Nothing => {}
+                }
                 copy_xattrs(
                     &XattrTarget::Entry(src_dir, name),
                     &XattrTarget::Entry(work, tmp),
@@ -121,7 +215,7 @@ impl Union {
                 rfs::fchown(&to, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
                 rfs::fchmod(&to, mode)?;
                 rfs::futimens(&to, &times_of(st))?;
-                if !self.options.volatile {
+                if !self.options.volatile && data == DataCopy::Bytes {
                     rfs::fsync(&to)?;
                 }
             }
@@ -176,6 +270,17 @@ impl Union {
         }
         Ok(())
     }
+}
+
+/// What a regular file's copy gets of the original's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataCopy {
+    /// All of it.
+    Bytes,
+    /// None, and a metacopy marker saying where it still is.
+    Marker,
+    /// None (the file is about to be emptied).
+    Nothing,
 }
 
 fn uid(raw: u32) -> rfs::Uid {
@@ -352,4 +457,82 @@ pub fn open_entry(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> Result<Ow
         flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
+}
+
+impl Union {
+    /// Bring the data of every metacopy file in the upper layer up, so the upper layer reads
+    /// the same under kernel overlayfs without `metacopy=on`. Run when the mount ends.
+    /// Returns how many files were completed.
+    pub fn complete_all_metacopies(&self) -> Result<usize, Errno> {
+        if !self.has_upper {
+            return Ok(0);
+        }
+        let root = rfs::openat(
+            self.layer(0).root.as_fd(),
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut path = Vec::new();
+        self.complete_in_dir(root.as_fd(), &mut path)
+    }
+
+    fn complete_in_dir(
+        &self,
+        dir: BorrowedFd<'_>,
+        path: &mut Vec<OsString>,
+    ) -> Result<usize, Errno> {
+        let mut done = 0;
+        for name in list_names(dir)? {
+            let st = match rfs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(_) => continue,
+            };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    let sub = open_entry(dir, &name, OFlags::RDONLY | OFlags::DIRECTORY)?;
+                    path.push(name);
+                    done += self.complete_in_dir(sub.as_fd(), path)?;
+                    path.pop();
+                }
+                FileType::RegularFile if format::has_metacopy(dir, &name) => {
+                    self.complete_one(dir, path, &name)?;
+                    done += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(done)
+    }
+
+    /// Copy the data of the metacopy file `name` (upper directory `dir` at `path`) from the
+    /// topmost lower layer that has it, then drop the marker.
+    fn complete_one(
+        &self,
+        dir: BorrowedFd<'_>,
+        path: &[OsString],
+        name: &OsStr,
+    ) -> Result<(), Errno> {
+        let comps: Vec<&OsStr> = path.iter().map(|c| c.as_os_str()).collect();
+        for layer in self.layers.iter().skip(1) {
+            let Ok(ldir) = layer.open_dir(&comps, OFlags::PATH) else {
+                continue;
+            };
+            let Ok(lower) = open_entry(ldir.as_fd(), name, OFlags::RDONLY) else {
+                continue;
+            };
+            let upper = open_entry(dir, name, OFlags::RDWR)?;
+            let size = rfs::fstat(&upper)?.st_size as u64;
+            copy_data(lower.as_fd(), upper.as_fd(), size)?;
+            if !self.options.volatile {
+                rfs::fsync(&upper)?;
+            }
+            for ns in [XattrNamespace::Trusted, XattrNamespace::User] {
+                let _ = rfs::fremovexattr(&upper, ns.metacopy());
+            }
+            return Ok(());
+        }
+        tracing::warn!("metacopy file {:?}/{:?} has no lower data", path, name);
+        Ok(())
+    }
 }

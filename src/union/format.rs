@@ -28,6 +28,11 @@ pub const TRUSTED_OPAQUE: &str = "trusted.overlay.opaque";
 /// The kernel's opaque xattr in `userxattr` (rootless) form.
 pub const USER_OPAQUE: &str = "user.overlay.opaque";
 
+/// The kernel's metacopy marker as root writes it.
+pub const TRUSTED_METACOPY: &str = "trusted.overlay.metacopy";
+/// The kernel's metacopy marker in `userxattr` form.
+pub const USER_METACOPY: &str = "user.overlay.metacopy";
+
 /// Which xattr namespace the upper layer's private markers are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XattrNamespace {
@@ -38,6 +43,14 @@ pub enum XattrNamespace {
 }
 
 impl XattrNamespace {
+    /// Name of the metacopy marker (the data is still in the lower file) in this namespace.
+    pub fn metacopy(self) -> &'static str {
+        match self {
+            XattrNamespace::Trusted => TRUSTED_METACOPY,
+            XattrNamespace::User => USER_METACOPY,
+        }
+    }
+
     /// Name of the opaque xattr in this namespace.
     pub fn opaque(self) -> &'static str {
         match self {
@@ -97,6 +110,14 @@ pub fn has_opaque_xattr(dir: BorrowedFd<'_>) -> bool {
         }
     }
     false
+}
+
+/// Whether the file `name` in `dir` carries a metacopy marker (its data is below).
+pub fn has_metacopy(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    let path = super::xattr::proc_path(dir, Some(name));
+    [TRUSTED_METACOPY, USER_METACOPY]
+        .iter()
+        .any(|x| rfs::lgetxattr(&path, *x, &mut [0u8; 0][..]).is_ok())
 }
 
 /// Write a whiteout for `name` in `dir`: a 0/0 device, or a `.wh.NAME` file where `mknod` is

@@ -115,9 +115,18 @@ impl Union {
         }
         if wants_write(flags) {
             self.check_writable()?;
-            self.copy_up(node)?;
+            if flags & libc::O_TRUNC != 0 {
+                self.copy_up_empty(node)?;
+            } else {
+                self.copy_up(node)?;
+            }
         }
-        let top = node.state.read().top();
+        let (top, metacopy) = {
+            let s = node.state.read();
+            (s.top(), s.metacopy)
+        };
+        // A metacopy file's data is still in the lower file (only reads get here).
+        let top = metacopy.unwrap_or(top);
         let loc = node.location();
         let parent = loc.parent.ok_or(Errno::STALE)?;
         let pfd = self.dir_fd(&parent, top)?;

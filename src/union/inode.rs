@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -38,8 +38,8 @@ pub struct NodeState {
     pub layers: Vec<LayerIndex>,
     /// The merged listing of a directory, once read.
     pub listing: Option<Arc<Listing>>,
-    /// The node's last name was removed; it lives on only through open files.
-    pub unlinked: bool,
+    /// For an upper file whose data is still in a lower layer (metacopy): that layer.
+    pub metacopy: Option<LayerIndex>,
 }
 
 impl NodeState {
@@ -64,6 +64,9 @@ pub struct Node {
     dir_fds: Mutex<Vec<(LayerIndex, Arc<OwnedFd>)>>,
     /// How many lookups the kernel holds (FUSE `forget` takes them back).
     lookups: AtomicU64,
+    /// The node's last name was removed; it lives on only through open files. Atomic so the
+    /// node table can read it without taking the state lock (which would invert lock order).
+    unlinked: AtomicBool,
 }
 
 impl Node {
@@ -85,11 +88,22 @@ impl Node {
             state: RwLock::new(NodeState {
                 layers,
                 listing: None,
-                unlinked: false,
+                metacopy: None,
             }),
             dir_fds: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
+            unlinked: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the node's last name is gone.
+    pub fn is_unlinked(&self) -> bool {
+        self.unlinked.load(Ordering::Acquire)
+    }
+
+    /// Record that the node's last name is gone.
+    pub fn set_unlinked(&self) {
+        self.unlinked.store(true, Ordering::Release);
     }
 
     /// Names from the root down to this node.
@@ -247,9 +261,18 @@ impl NodeTable {
         make: impl FnOnce(u64) -> Node,
     ) -> Arc<Node> {
         let mut id = self.id_for(key, fs_index);
+        {
+            // The common case, a known node, only needs the read lock: `forget` removes
+            // nodes under the write lock, so it sees this count.
+            let nodes = self.nodes.read();
+            if let Some(node) = nodes.get(&id).filter(|n| !n.is_unlinked()) {
+                node.lookups.fetch_add(1, Ordering::Relaxed);
+                return node.clone();
+            }
+        }
         let mut nodes = self.nodes.write();
         if let Some(node) = nodes.get(&id) {
-            if !node.state.read().unlinked {
+            if !node.is_unlinked() {
                 node.lookups.fetch_add(1, Ordering::Relaxed);
                 return node.clone();
             }

@@ -223,14 +223,30 @@ impl Union {
         } else {
             vec![top]
         };
+        let metacopy = if self.is_upper(top)
+            && entry.covers_lower
+            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && format::has_metacopy(pfd.as_fd(), name)
+        {
+            self.find_data_layer(parent, name)?
+        } else {
+            None
+        };
         let layer = self.layer(top);
         let node = self
             .nodes
             .lookup_or_insert((layer.dev, st.st_ino), layer.fs_index, |id| {
-                Node::new(id, is_dir, Some(parent.clone()), name, layers.clone())
+                let mut n = Node::new(id, is_dir, Some(parent.clone()), name, layers.clone());
+                n.state.get_mut().metacopy = metacopy;
+                n
             });
-        let st = if node.state.read().top() != top {
-            // A hard-link alias of a node that has been copied up: answer from the copy.
+        let restat = {
+            let s = node.state.read();
+            s.top() != top || s.metacopy.is_some()
+        };
+        let st = if restat {
+            // A hard-link alias of a node that has been copied up answers from the copy; a
+            // metacopy file reports its data's blocks.
             self.stat_node(&node)?
         } else {
             st
@@ -239,9 +255,28 @@ impl Union {
         Ok((node, st))
     }
 
+    /// The topmost lower layer of `parent` holding a regular file `name`: where the data of
+    /// a metacopy upper file is.
+    fn find_data_layer(&self, parent: &Node, name: &OsStr) -> Result<Option<LayerIndex>, Errno> {
+        let layers = parent.state.read().layers.clone();
+        for l in layers.into_iter().filter(|l| !self.is_upper(*l)) {
+            let fd = self.dir_fd(parent, l)?;
+            if let Ok(st) = rfs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+                    return Ok(Some(l));
+                }
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
     /// Stat the visible object of `node` (layer values, before id mapping).
     pub fn stat_node(&self, node: &Node) -> Result<rfs::Stat, Errno> {
-        let top = node.state.read().top();
+        let (top, metacopy) = {
+            let s = node.state.read();
+            (s.top(), s.metacopy)
+        };
         if node.is_dir {
             let fd = self.dir_fd(node, top)?;
             rfs::fstat(fd.as_fd())
@@ -249,7 +284,15 @@ impl Union {
             let loc = node.location();
             let parent = loc.parent.ok_or(Errno::STALE)?;
             let pfd = self.dir_fd(&parent, top)?;
-            rfs::statat(pfd.as_fd(), &loc.name, AtFlags::SYMLINK_NOFOLLOW)
+            let mut st = rfs::statat(pfd.as_fd(), &loc.name, AtFlags::SYMLINK_NOFOLLOW)?;
+            if let Some(data) = metacopy {
+                // The blocks in use are the lower file's (as the kernel reports them).
+                let dfd = self.dir_fd(&parent, data)?;
+                if let Ok(d) = rfs::statat(dfd.as_fd(), &loc.name, AtFlags::SYMLINK_NOFOLLOW) {
+                    st.st_blocks = d.st_blocks;
+                }
+            }
+            Ok(st)
         }
     }
 

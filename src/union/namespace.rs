@@ -109,7 +109,7 @@ impl Union {
         self.copy_up(&parent)?;
         self.listing(&parent)?;
         let mut pstate = parent.state.write();
-        if pstate.unlinked {
+        if parent.is_unlinked() {
             return Err(Errno::NOENT);
         }
         let listing = pstate.listing.clone().expect("read above");
@@ -304,7 +304,7 @@ impl Union {
         let mut pstate = parent.state.write();
         let listing = pstate.listing.clone().ok_or(Errno::NOENT)?;
         let entry = listing.entries.get(name).ok_or(Errno::NOENT)?.clone();
-        let mut cstate = child.state.write();
+        let cstate = child.state.write();
         if dir && !cstate.listing.as_ref().is_none_or(|l| l.entries.is_empty()) {
             return Err(Errno::NOTEMPTY);
         }
@@ -336,7 +336,7 @@ impl Union {
             Some(format::create_whiteout(upper.as_fd(), name)?)
         };
         if last_link {
-            cstate.unlinked = true;
+            child.set_unlinked();
             drop(cstate);
             self.nodes.retire(child.id);
             child.clear_fds();
@@ -665,7 +665,7 @@ impl Union {
         }
         if let Some(dnode) = dst {
             if dst_last_link {
-                dnode.state.write().unlinked = true;
+                dnode.set_unlinked();
                 self.nodes.retire(dnode.id);
                 dnode.clear_fds();
             }

@@ -26,6 +26,9 @@ pub struct MountOptions {
     pub upperdir: Option<PathBuf>,
     /// Scratch directory on the upper's filesystem for atomic copy-up.
     pub workdir: Option<PathBuf>,
+    /// Copy up only metadata for chmod/chown/utimes/xattr changes; data follows on first write
+    /// (`metacopy=on`, the default; `metacopy=off` copies data at once).
+    pub metacopy: bool,
     /// Skip fsync of copied-up files (`volatile`, `fsync=0`): faster, not crash-safe.
     pub volatile: bool,
     /// Client-visible to on-disk uid translation (empty: identity).
@@ -62,6 +65,7 @@ impl Default for MountOptions {
             lowerdirs: Vec::new(),
             upperdir: None,
             workdir: None,
+            metacopy: true,
             volatile: false,
             uid_map: Vec::new(),
             gid_map: Vec::new(),
@@ -144,7 +148,6 @@ const ACCEPTED_NOOPS: &[&str] = &[
     "index=on",
     "index=off",
     "redirect_dir=off",
-    "metacopy=off",
 ];
 
 /// Generic flags that the kernel applies to the mount itself.
@@ -203,6 +206,14 @@ impl MountOptions {
             "upperdir" => self.upperdir = Some(PathBuf::from(need(value)?)),
             "workdir" => self.workdir = Some(PathBuf::from(need(value)?)),
             "volatile" => self.volatile = true,
+            "metacopy" => {
+                let v = need(value)?;
+                self.metacopy = match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad(name, &v, "expected on or off")),
+                };
+            }
             "fsync" => {
                 let v = need(value)?;
                 self.volatile = match v.as_str() {

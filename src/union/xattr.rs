@@ -132,7 +132,7 @@ impl Union {
     pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
         refuse_private(name)?;
         let node = self.node(id)?;
-        self.copy_up(&node)?;
+        self.copy_up_meta(&node)?;
         let flags = XattrFlags::from_bits(flags as _).ok_or(Errno::INVAL)?;
         self.with_xattr_target(id, |t| t.set(name, value, flags))
     }
@@ -143,7 +143,7 @@ impl Union {
         let node = self.node(id)?;
         // Removing what is not there must not copy anything up.
         self.with_xattr_target(id, |t| t.get(name))?;
-        self.copy_up(&node)?;
+        self.copy_up_meta(&node)?;
         self.with_xattr_target(id, |t| t.remove(name))
     }
 }
