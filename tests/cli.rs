@@ -456,3 +456,31 @@ fn colon_in_lowerdir_path_can_be_escaped() {
     let got = with_timeout(DEADLINE, "read", move || read(&mnt.join("f")));
     assert_eq!(got, b"colon layer");
 }
+
+#[test]
+fn missing_dev_fuse_is_refused_with_a_clear_message() {
+    // In a private mount namespace, hide /dev behind an empty tmpfs.
+    let fx = Fixture::new(1);
+    let o = opts(s(&fx.lowers[0]), Some(&fx.upper), Some(&fx.work));
+    let script = format!(
+        "mount -t tmpfs tmpfs /dev && exec {BIN} -o {o} {}",
+        s(&fx.mnt)
+    );
+    let out = with_timeout(DEADLINE, "stratafs without /dev/fuse", move || {
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let (_, err) = text(&out);
+    assert!(
+        !out.status.success(),
+        "stratafs succeeded without /dev/fuse"
+    );
+    assert!(
+        err.contains("/dev/fuse"),
+        "message does not name /dev/fuse:\n{err}"
+    );
+    assert!(mounted_type(&fx.mnt).is_none());
+}

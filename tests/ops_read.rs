@@ -39,6 +39,8 @@ both_backends!(
     dot_and_dotdot_resolve,
     private_overlay_xattrs_cannot_be_set_through_the_mount,
     user_xattrs_on_symlinks_are_eperm,
+    block_counts_match_the_lower_file,
+    permissions_are_checked_for_unprivileged_callers,
 );
 
 fn top_layer_wins(b: Backend) {
@@ -784,4 +786,106 @@ fn user_xattrs_on_symlinks_are_eperm(b: Backend) {
         rustix::fs::setxattr(r.join("l"), "user.x", b"1", rustix::fs::XattrFlags::empty()).unwrap();
         assert_eq!(get_xattr(&r.join("f"), "user.x"), Ok(b"1".to_vec()));
     });
+}
+
+fn block_counts_match_the_lower_file(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("f", &[1u8; 100_000]).file("empty", b"");
+    let want = lstat(&fx.lowers[0].join("f")).blocks();
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, move |r| {
+        let md = lstat(&r.join("f"));
+        assert_eq!(md.blocks(), want, "st_blocks (du relies on it)");
+        assert!(md.blksize() > 0);
+        assert_eq!(lstat(&r.join("empty")).blocks(), 0);
+    });
+}
+
+/// Runs `args` as uid/gid 1000 with no supplementary groups; returns (success, stderr).
+fn as_user(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    with_timeout(DEADLINE, "command as uid 1000", move || {
+        let o = std::process::Command::new("setpriv")
+            .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--"])
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    })
+}
+
+fn permissions_are_checked_for_unprivileged_callers(b: Backend) {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new(1);
+    // The temp dir is 0700; let uid 1000 reach the mount point.
+    fs::set_permissions(fx.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    fx.lower(0)
+        .file_mode("secret", b"s", 0o600)
+        .file_mode("public", b"p", 0o644)
+        .file_mode("mine", b"m", 0o600)
+        .chown("mine", 1000, 1000)
+        .dir_mode("closed", 0o700)
+        .file("closed/inner", b"i")
+        .dir_mode("shared", 0o755)
+        .dir_mode("userdir", 0o755)
+        .chown("userdir", 1000, 1000);
+    let m = fx.mount(b);
+    let r = m.root.clone();
+    let p = |rel: &str| r.join(rel).to_str().unwrap().to_string();
+    assert!(
+        !as_user(&["cat", &p("secret")]).0,
+        "uid 1000 read a 0600 root file"
+    );
+    assert!(
+        as_user(&["cat", &p("public")]).0,
+        "uid 1000 cannot read a 0644 file"
+    );
+    assert!(
+        as_user(&["cat", &p("mine")]).0,
+        "uid 1000 cannot read its own 0600 file"
+    );
+    assert!(
+        !as_user(&["cat", &p("closed/inner")]).0,
+        "uid 1000 went through a 0700 dir"
+    );
+    assert!(
+        !as_user(&["ls", &p("closed")]).0,
+        "uid 1000 listed a 0700 dir"
+    );
+    assert!(
+        !as_user(&["touch", &p("shared/new")]).0,
+        "uid 1000 created in a root 0755 dir"
+    );
+    assert!(
+        !as_user(&["sh", "-c", &format!("echo x >> {}", p("public"))]).0,
+        "uid 1000 wrote a root 0644 file"
+    );
+    assert!(
+        !as_user(&["rm", "-f", &p("public")]).0,
+        "uid 1000 unlinked in a root dir"
+    );
+    assert!(
+        as_user(&["touch", &p("userdir/new")]).0,
+        "uid 1000 cannot create in its dir"
+    );
+    assert!(
+        as_user(&["sh", "-c", &format!("echo more >> {}", p("mine"))]).0,
+        "uid 1000 cannot write its own file"
+    );
+    assert!(
+        !as_user(&["chmod", "777", &p("public")]).0,
+        "uid 1000 chmod-ed a root file"
+    );
+    let created = lstat(&r.join("userdir/new"));
+    assert_eq!(
+        (created.uid(), created.gid()),
+        (1000, 1000),
+        "owner of a file uid 1000 made"
+    );
+    assert_eq!(read(&r.join("mine")), b"mmore\n");
+    assert_eq!(read(&r.join("public")), b"p");
 }
