@@ -486,3 +486,56 @@ fn missing_dev_fuse_is_refused_with_a_clear_message() {
     );
     assert!(mounted_type(&fx.mnt).is_none());
 }
+
+#[test]
+fn debug_flag_stays_in_foreground_and_logs_requests() {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("f", b"x");
+    let log = fx.root().join("debug.log");
+    let logf = fs::File::create(&log).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "-d",
+            "-o",
+            &format!("lowerdir={}", s(&fx.lowers[0])),
+            s(&fx.mnt),
+        ])
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let _c = Cleanup(fx.mnt.clone());
+    let start = Instant::now();
+    while !mounted_type(&fx.mnt).is_some_and(|t| t.starts_with("fuse")) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "stratafs -d exited early ({st}): {}",
+                fs::read_to_string(&log).unwrap()
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not mounted within 10s"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mnt = fx.mnt.clone();
+    with_timeout(DEADLINE, "read under -d", move || read(&mnt.join("f")));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "-d must stay in the foreground"
+    );
+    let _ = unmount(&fx.mnt);
+    let pid = child.id();
+    let status = run_with_deadline(5, move || child.wait());
+    if status.is_none() {
+        kill_pid(pid, Signal::KILL);
+        panic!("stratafs -d did not exit after unmount");
+    }
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().count() >= 3,
+        "-d logged almost nothing:\n{text}"
+    );
+}

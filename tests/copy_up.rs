@@ -25,6 +25,7 @@ both_backends!(
     setxattr_and_removexattr_on_lower_file,
     read_only_open_does_not_copy_up,
     copy_up_of_special_files_by_metadata_change,
+    metadata_change_on_lower_dir_keeps_it_merged,
 );
 
 const MTIME: (i64, i64) = (1_200_000_000, 987_654_321);
@@ -524,4 +525,28 @@ fn copy_up_killed_midway_leaves_old_or_new_content() {
         );
         current = got;
     }
+}
+
+fn metadata_change_on_lower_dir_keeps_it_merged(b: Backend) {
+    let fx = Fixture::new(2);
+    fx.lower(0).file("d/top", b"t").dir("e");
+    fx.lower(1).file("d/bottom", b"b").file("e/below", b"b");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        fs::set_permissions(r.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+        rustix::fs::lsetxattr(r.join("e"), "user.x", b"1", rustix::fs::XattrFlags::empty())
+            .unwrap();
+        set_times(&r.join("e"), ATIME, MTIME);
+        assert_eq!(list(&r.join("d")), ["bottom", "top"]);
+        assert_eq!(list(&r.join("e")), ["below"]);
+        let e = lstat(&r.join("e"));
+        assert_eq!((e.mtime(), e.mtime_nsec()), MTIME);
+    });
+    drop(m);
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        assert_eq!(list(&r.join("d")), ["bottom", "top"]);
+        assert_eq!(list(&r.join("e")), ["below"]);
+        assert_eq!(lstat(&r.join("d")).mode() & 0o7777, 0o700);
+    });
 }

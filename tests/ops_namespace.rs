@@ -45,6 +45,10 @@ both_backends!(
     names_of_256_bytes_are_enametoolong,
     non_utf8_names_are_bytes,
     deep_tree_beyond_path_max_via_openat,
+    rename_over_lower_file_then_unlink_does_not_uncover_it,
+    rename_away_from_lower_name_then_recreate,
+    rename_onto_own_hard_link_is_a_no_op,
+    rename_into_opaque_and_whited_out_places,
 );
 
 fn mkdir_applies_mode_exactly(b: Backend) {
@@ -840,4 +844,76 @@ fn deep_tree_beyond_path_max_via_openat(b: Backend) {
     drop(m);
     let lower_bottom = deep_dir(&fx.lowers[0], false);
     assert_eq!(read_at(&lower_bottom, "lowerfile"), b"from lower");
+}
+
+fn rename_over_lower_file_then_unlink_does_not_uncover_it(b: Backend) {
+    let fx = Fixture::new(2);
+    fx.lower(0).file("t", b"top");
+    fx.lower(1).file("t", b"bottom");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        fs::write(r.join("n"), b"new").unwrap();
+        fs::rename(r.join("n"), r.join("t")).unwrap();
+        assert_eq!(read(&r.join("t")), b"new");
+        fs::remove_file(r.join("t")).unwrap();
+        assert_errno("t", fs::symlink_metadata(r.join("t")), libc::ENOENT);
+        assert!(list(&r).is_empty());
+    });
+}
+
+fn rename_away_from_lower_name_then_recreate(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("a", b"lower a").file("d/x", b"x");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        fs::rename(r.join("a"), r.join("b")).unwrap();
+        assert_errno(
+            "a after rename",
+            fs::symlink_metadata(r.join("a")),
+            libc::ENOENT,
+        );
+        fs::write(r.join("a"), b"fresh").unwrap();
+        assert_eq!(read(&r.join("a")), b"fresh");
+        assert_eq!(read(&r.join("b")), b"lower a");
+        fs::rename(r.join("d/x"), r.join("x")).unwrap();
+        assert!(list(&r.join("d")).is_empty());
+        fs::remove_dir(r.join("d")).unwrap();
+        assert_eq!(list(&r), ["a", "b", "x"]);
+    });
+}
+
+fn rename_onto_own_hard_link_is_a_no_op(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("a", b"linked").hardlink("a", "b");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        fs::rename(r.join("a"), r.join("b")).unwrap();
+        assert_eq!(
+            list(&r),
+            ["a", "b"],
+            "rename onto a hard link of itself must do nothing"
+        );
+        assert_eq!(lstat(&r.join("a")).nlink(), 2);
+    });
+}
+
+fn rename_into_opaque_and_whited_out_places(b: Backend) {
+    let fx = Fixture::new(2);
+    fx.lower(0)
+        .opaque_trusted("o")
+        .whiteout("gone")
+        .file("f", b"f")
+        .file("g", b"g");
+    fx.lower(1).file("o/hidden", b"h").file("gone", b"old");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        fs::rename(r.join("f"), r.join("o/hidden")).unwrap();
+        assert_eq!(list(&r.join("o")), ["hidden"]);
+        assert_eq!(read(&r.join("o/hidden")), b"f");
+        fs::rename(r.join("g"), r.join("gone")).unwrap();
+        assert_eq!(read(&r.join("gone")), b"g");
+        fs::remove_file(r.join("o/hidden")).unwrap();
+        assert!(list(&r.join("o")).is_empty());
+        assert_eq!(list(&r), ["gone", "o"]);
+    });
 }

@@ -41,6 +41,7 @@ both_backends!(
     user_xattrs_on_symlinks_are_eperm,
     block_counts_match_the_lower_file,
     permissions_are_checked_for_unprivileged_callers,
+    large_merged_directory_lists_every_name_once,
 );
 
 fn top_layer_wins(b: Backend) {
@@ -888,4 +889,26 @@ fn permissions_are_checked_for_unprivileged_callers(b: Backend) {
     );
     assert_eq!(read(&r.join("mine")), b"mmore\n");
     assert_eq!(read(&r.join("public")), b"p");
+}
+
+fn large_merged_directory_lists_every_name_once(b: Backend) {
+    let fx = Fixture::new(3);
+    for i in 0..1500 {
+        fx.lower(i % 3).file(format!("big/f{i:05}"), b"");
+        if i % 2 == 0 {
+            fx.lower(2).file(format!("big/f{i:05}"), b"dup");
+        }
+        if i % 10 == 1 {
+            fx.lower(0).whiteout(format!("big/w{i:05}"));
+            fx.lower(1).file(format!("big/w{i:05}"), b"hidden");
+        }
+    }
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let names = list(&r.join("big"));
+        assert_eq!(names.len(), 1500);
+        assert!(names.iter().all(|n| n.starts_with('f')));
+        assert_eq!(read(&r.join("big/f00000")), b"");
+        assert_eq!(read(&r.join("big/f00002")), b"dup");
+    });
 }
