@@ -137,7 +137,14 @@ fn serve(
         MountOption::Subtype("stratafs".into()),
         MountOption::DefaultPermissions,
     ];
-    for flag in &opts.kernel_flags {
+    if !union.has_upper {
+        mount_options.push(MountOption::RO);
+    }
+    for flag in opts
+        .kernel_flags
+        .iter()
+        .filter(|f| union.has_upper || *f != "ro")
+    {
         mount_options.push(match flag.as_str() {
             "ro" => MountOption::RO,
             "nodev" => MountOption::NoDev,

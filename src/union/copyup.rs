@@ -78,8 +78,9 @@ impl Union {
             return Ok(());
         }
         let src = state.top();
-        let (upper_key, metacopy) = self.copy_object(&parent, src, &name, mode)?;
-        self.nodes.alias(upper_key, node.id);
+        let copied = self.copy_object(&parent, src, &name, mode)?;
+        let metacopy = copied.metacopy;
+        self.nodes.alias(copied.upper_key, node.id);
         state.layers.insert(0, 0);
         if !node.is_dir {
             state.layers.truncate(1);
@@ -95,6 +96,12 @@ impl Union {
                 }
                 entry.covers_lower = true;
             }
+        }
+        drop(pstate);
+        let st = &copied.source;
+        if st.st_nlink > 1 && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+            // Other names of this lower inode must stay linked to the copy.
+            self.link_aliases(node, src, st.st_ino)?;
         }
         Ok(())
     }
@@ -133,14 +140,13 @@ impl Union {
     }
 
     /// Copy `name` of directory `parent` from layer `src` into the upper layer, atomically.
-    /// Returns the (device, inode) of the new upper object.
     fn copy_object(
         &self,
         parent: &Node,
         src: LayerIndex,
         name: &OsStr,
         mode: CopyMode,
-    ) -> Result<((u64, u64), bool), Errno> {
+    ) -> Result<Copied, Errno> {
         let src_dir = self.dir_fd(parent, src)?;
         let dst_dir = self.dir_fd(parent, 0)?;
         let work = self.work_fd()?;
@@ -161,11 +167,23 @@ impl Union {
             let _ = remove_any(work.as_fd(), &tmp);
             return Err(e);
         }
+        let parent_before = rfs::fstat(dst_dir.as_fd())?;
         rfs::renameat(work, &tmp, dst_dir.as_fd(), name).inspect_err(|_| {
             let _ = remove_any(work.as_fd(), &tmp);
         })?;
+        // A copy-up is not a change of the parent: keep its times (as the kernel does).
+        rfs::utimensat(
+            dst_dir.as_fd(),
+            ".",
+            &times_of(&parent_before),
+            AtFlags::empty(),
+        )?;
         let up = rfs::statat(dst_dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
-        Ok(((up.st_dev, up.st_ino), metacopy))
+        Ok(Copied {
+            upper_key: (up.st_dev, up.st_ino),
+            metacopy,
+            source: st,
+        })
     }
 
     /// Build a copy of `name` (stat `st`) from `src_dir` as `tmp` in the work directory.
@@ -270,6 +288,16 @@ impl Union {
         }
         Ok(())
     }
+}
+
+/// The outcome of copying one object up.
+struct Copied {
+    /// (device, inode) of the upper copy.
+    upper_key: (u64, u64),
+    /// Whether the copy holds metadata only.
+    metacopy: bool,
+    /// The lower object as it was.
+    source: rfs::Stat,
 }
 
 /// What a regular file's copy gets of the original's data.

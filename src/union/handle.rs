@@ -82,6 +82,15 @@ impl HandleTable {
         self.files.write().remove(&fh)
     }
 
+    /// Some open file of node `node` (a linear scan: only for files whose names are gone).
+    pub fn any_file_of(&self, node: u64) -> Option<Arc<FileHandle>> {
+        self.files
+            .read()
+            .values()
+            .find(|h| h.node.id == node)
+            .cloned()
+    }
+
     /// The open directory `fh`.
     pub fn dir(&self, fh: u64) -> Result<Arc<DirHandle>, Errno> {
         self.dirs.read().get(&fh).cloned().ok_or(Errno::BADF)

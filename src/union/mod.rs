@@ -10,6 +10,7 @@ pub mod dir;
 pub mod format;
 pub mod fs;
 pub mod handle;
+pub mod hardlink;
 pub mod idmap;
 pub mod inode;
 pub mod layer;
@@ -65,6 +66,9 @@ pub struct Union {
     pub options: MountOptions,
     /// Counter for unique temporary names in the work directory.
     temp_counter: AtomicU64,
+    /// Multiply-linked files of each lower layer, indexed on the first copy-up of one.
+    link_indexes:
+        parking_lot::Mutex<std::collections::HashMap<LayerIndex, Arc<hardlink::LinkIndex>>>,
 }
 
 impl std::fmt::Debug for Union {
@@ -311,8 +315,15 @@ impl Union {
     /// Attributes of node `id` as the client sees them.
     pub fn getattr(&self, id: u64) -> Result<rfs::Stat, Errno> {
         let node = self.node(id)?;
-        let st = self.stat_node(&node)?;
-        Ok(self.client_stat(&node, st))
+        match self.stat_node(&node) {
+            Ok(st) => Ok(self.client_stat(&node, st)),
+            Err(e) => {
+                // A file whose last name is gone lives on through its open handles (the
+                // kernel asks without the handle for fstat).
+                let h = self.handles.any_file_of(node.id).ok_or(e)?;
+                Ok(self.client_stat(&node, rfs::fstat(&h.fd)?))
+            }
+        }
     }
 
     /// Take back `n` kernel references to node `id`.

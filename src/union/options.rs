@@ -27,7 +27,8 @@ pub struct MountOptions {
     /// Scratch directory on the upper's filesystem for atomic copy-up.
     pub workdir: Option<PathBuf>,
     /// Copy up only metadata for chmod/chown/utimes/xattr changes; data follows on first write
-    /// (`metacopy=on`, the default; `metacopy=off` copies data at once).
+    /// (`metacopy=on`). Off by default, as in the kernel: tools that read an upper directory
+    /// directly (containers-storage's diff, `strata commit`) must see whole files.
     pub metacopy: bool,
     /// Skip fsync of copied-up files (`volatile`, `fsync=0`): faster, not crash-safe.
     pub volatile: bool,
@@ -65,7 +66,7 @@ impl Default for MountOptions {
             lowerdirs: Vec::new(),
             upperdir: None,
             workdir: None,
-            metacopy: true,
+            metacopy: false,
             volatile: false,
             uid_map: Vec::new(),
             gid_map: Vec::new(),
