@@ -42,6 +42,7 @@ both_backends!(
     block_counts_match_the_lower_file,
     permissions_are_checked_for_unprivileged_callers,
     large_merged_directory_lists_every_name_once,
+    posix_acls_are_visible_and_enforced,
 );
 
 fn top_layer_wins(b: Backend) {
@@ -835,60 +836,61 @@ fn permissions_are_checked_for_unprivileged_callers(b: Backend) {
         .dir_mode("userdir", 0o755)
         .chown("userdir", 1000, 1000);
     let m = fx.mount(b);
-    let r = m.root.clone();
-    let p = |rel: &str| r.join(rel).to_str().unwrap().to_string();
-    assert!(
-        !as_user(&["cat", &p("secret")]).0,
-        "uid 1000 read a 0600 root file"
-    );
-    assert!(
-        as_user(&["cat", &p("public")]).0,
-        "uid 1000 cannot read a 0644 file"
-    );
-    assert!(
-        as_user(&["cat", &p("mine")]).0,
-        "uid 1000 cannot read its own 0600 file"
-    );
-    assert!(
-        !as_user(&["cat", &p("closed/inner")]).0,
-        "uid 1000 went through a 0700 dir"
-    );
-    assert!(
-        !as_user(&["ls", &p("closed")]).0,
-        "uid 1000 listed a 0700 dir"
-    );
-    assert!(
-        !as_user(&["touch", &p("shared/new")]).0,
-        "uid 1000 created in a root 0755 dir"
-    );
-    assert!(
-        !as_user(&["sh", "-c", &format!("echo x >> {}", p("public"))]).0,
-        "uid 1000 wrote a root 0644 file"
-    );
-    assert!(
-        !as_user(&["rm", "-f", &p("public")]).0,
-        "uid 1000 unlinked in a root dir"
-    );
-    assert!(
-        as_user(&["touch", &p("userdir/new")]).0,
-        "uid 1000 cannot create in its dir"
-    );
-    assert!(
-        as_user(&["sh", "-c", &format!("echo more >> {}", p("mine"))]).0,
-        "uid 1000 cannot write its own file"
-    );
-    assert!(
-        !as_user(&["chmod", "777", &p("public")]).0,
-        "uid 1000 chmod-ed a root file"
-    );
-    let created = lstat(&r.join("userdir/new"));
-    assert_eq!(
-        (created.uid(), created.gid()),
-        (1000, 1000),
-        "owner of a file uid 1000 made"
-    );
-    assert_eq!(read(&r.join("mine")), b"mmore\n");
-    assert_eq!(read(&r.join("public")), b"p");
+    m.with_timeout(DEADLINE, |r| {
+        let p = |rel: &str| r.join(rel).to_str().unwrap().to_string();
+        assert!(
+            !as_user(&["cat", &p("secret")]).0,
+            "uid 1000 read a 0600 root file"
+        );
+        assert!(
+            as_user(&["cat", &p("public")]).0,
+            "uid 1000 cannot read a 0644 file"
+        );
+        assert!(
+            as_user(&["cat", &p("mine")]).0,
+            "uid 1000 cannot read its own 0600 file"
+        );
+        assert!(
+            !as_user(&["cat", &p("closed/inner")]).0,
+            "uid 1000 went through a 0700 dir"
+        );
+        assert!(
+            !as_user(&["ls", &p("closed")]).0,
+            "uid 1000 listed a 0700 dir"
+        );
+        assert!(
+            !as_user(&["touch", &p("shared/new")]).0,
+            "uid 1000 created in a root 0755 dir"
+        );
+        assert!(
+            !as_user(&["sh", "-c", &format!("echo x >> {}", p("public"))]).0,
+            "uid 1000 wrote a root 0644 file"
+        );
+        assert!(
+            !as_user(&["rm", "-f", &p("public")]).0,
+            "uid 1000 unlinked in a root dir"
+        );
+        assert!(
+            as_user(&["touch", &p("userdir/new")]).0,
+            "uid 1000 cannot create in its dir"
+        );
+        assert!(
+            as_user(&["sh", "-c", &format!("echo more >> {}", p("mine"))]).0,
+            "uid 1000 cannot write its own file"
+        );
+        assert!(
+            !as_user(&["chmod", "777", &p("public")]).0,
+            "uid 1000 chmod-ed a root file"
+        );
+        let created = lstat(&r.join("userdir/new"));
+        assert_eq!(
+            (created.uid(), created.gid()),
+            (1000, 1000),
+            "owner of a file uid 1000 made"
+        );
+        assert_eq!(read(&r.join("mine")), b"mmore\n");
+        assert_eq!(read(&r.join("public")), b"p");
+    });
 }
 
 fn large_merged_directory_lists_every_name_once(b: Backend) {
@@ -910,5 +912,55 @@ fn large_merged_directory_lists_every_name_once(b: Backend) {
         assert!(names.iter().all(|n| n.starts_with('f')));
         assert_eq!(read(&r.join("big/f00000")), b"");
         assert_eq!(read(&r.join("big/f00002")), b"dup");
+    });
+}
+
+fn setfacl(args: &[&str]) {
+    let (ok, out) = run(std::process::Command::new("setfacl").args(args));
+    assert!(ok, "setfacl {args:?}: {out}");
+}
+
+fn posix_acls_are_visible_and_enforced(b: Backend) {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new(1);
+    fs::set_permissions(fx.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    fx.lower(0)
+        .file_mode("acl_read", b"granted", 0o600)
+        .file_mode("later", b"later", 0o600)
+        .dir_mode("inherit", 0o755);
+    let l = |p: &str| fx.lowers[0].join(p).to_str().unwrap().to_string();
+    setfacl(&["-m", "u:1000:r", &l("acl_read")]);
+    setfacl(&["-d", "-m", "u:1000:rw", &l("inherit")]);
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let p = |rel: &str| r.join(rel).to_str().unwrap().to_string();
+        assert!(
+            get_xattr(&r.join("acl_read"), "system.posix_acl_access").is_ok(),
+            "ACL not visible through the mount"
+        );
+        assert!(
+            as_user(&["cat", &p("acl_read")]).0,
+            "ACL granting uid 1000 read is ignored"
+        );
+        assert!(
+            !as_user(&["cat", &p("later")]).0,
+            "uid 1000 read a 0600 file without ACL"
+        );
+        // An ACL set through the mount (copy-up) is enforced too.
+        setfacl(&["-m", "u:1000:r", &p("later")]);
+        assert!(
+            as_user(&["cat", &p("later")]).0,
+            "ACL set through the mount is ignored"
+        );
+        // A default ACL is inherited by files created through the mount.
+        fs::write(r.join("inherit/new"), b"n").unwrap();
+        assert!(
+            get_xattr(&r.join("inherit/new"), "system.posix_acl_access").is_ok(),
+            "default ACL not inherited"
+        );
+        assert!(
+            as_user(&["sh", "-c", &format!("echo x >> {}", p("inherit/new"))]).0,
+            "inherited ACL granting uid 1000 write is ignored"
+        );
     });
 }
