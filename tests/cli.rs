@@ -539,3 +539,71 @@ fn debug_flag_stays_in_foreground_and_logs_requests() {
         "-d logged almost nothing:\n{text}"
     );
 }
+
+#[test]
+fn uid_and_gid_mapping_translate_owners_both_ways() {
+    // uidmapping=IN:OUT:LEN as in fuse-overlayfs: IN is the id seen through the mount, OUT the
+    // id stored in the layers. (No kernel reference: overlayfs has no such option.)
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fixture::new(1);
+    fx.lower(0)
+        .file_mode("root_file", b"r", 0o600)
+        .chown("root_file", 10000, 20000)
+        .file("user_file", b"u")
+        .chown("user_file", 10005, 20007)
+        .file("unmapped", b"x")
+        .chown("unmapped", 5, 5)
+        .dir("d")
+        .chown("d", 10000, 20000);
+    let spec = MountSpec {
+        writable: true,
+        extra: vec![
+            "uidmapping=0:10000:65536".into(),
+            "gidmapping=0:20000:65536".into(),
+        ],
+    };
+    let m = fx.mount_with(Backend::Stratafs, &spec);
+    m.with_timeout(DEADLINE, |r| {
+        let own = |p: &str| {
+            let md = lstat(&r.join(p));
+            (md.uid(), md.gid())
+        };
+        assert_eq!(own("root_file"), (0, 0));
+        assert_eq!(own("user_file"), (5, 7));
+        assert_eq!(
+            own("unmapped"),
+            (65534, 65534),
+            "unmapped ids show as overflow"
+        );
+        assert_eq!(own("d"), (0, 0));
+        assert_eq!(
+            read(&r.join("root_file")),
+            b"r",
+            "mapped root cannot read its file"
+        );
+        fs::write(r.join("d/new"), b"n").unwrap();
+        assert_eq!(own("d/new"), (0, 0));
+        std::os::unix::fs::lchown(r.join("user_file"), Some(42), Some(43)).unwrap();
+        assert_eq!(own("user_file"), (42, 43));
+    });
+    drop(m);
+    let on_disk = |p: &str| {
+        let md = lstat(&fx.upper.join(p));
+        (md.uid(), md.gid())
+    };
+    assert_eq!(
+        on_disk("d/new"),
+        (10000, 20000),
+        "new file stored with the mapped ids"
+    );
+    assert_eq!(
+        on_disk("d"),
+        (10000, 20000),
+        "copied-up dir keeps its stored ids"
+    );
+    assert_eq!(
+        on_disk("user_file"),
+        (10042, 20043),
+        "chown stored with the mapped ids"
+    );
+}

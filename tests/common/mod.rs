@@ -4,6 +4,11 @@
 //! Every fixture lives in its own temp dir under `$STRATA_TEST_TMP` (default: the system temp
 //! dir), every mount is unmounted on drop and a stratafs daemon is killed by its PID, so tests
 //! can run in parallel and a hung daemon fails one test, not the suite.
+//!
+//! Run as root (the tests mount FUSE and kernel overlayfs; some use `setpriv`, `setfacl`,
+//! `unshare` and tmpfs). Tests written with [`both_backends!`] are named `NAME::kernel` and
+//! `NAME::stratafs`, so `cargo test --test ops_read -- ::kernel` checks the expectations
+//! against the reference alone, and `-- ::stratafs` checks our daemon.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
