@@ -384,6 +384,30 @@ fn utimens_on_lower_file(b: Backend) {
             "UTIME_NOW gave {}",
             md.mtime()
         );
+        // UTIME_OMIT leaves that time alone.
+        let ts = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 1_234_567_890,
+                tv_nsec: 0,
+            },
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            r.join("f"),
+            &ts,
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+        let after = lstat(&r.join("f"));
+        assert_eq!(after.mtime(), 1_234_567_890);
+        assert_eq!(
+            (after.atime(), after.atime_nsec()),
+            (md.atime(), md.atime_nsec())
+        );
     });
     drop(m);
     let lower = lstat(&fx.lowers[0].join("f"));

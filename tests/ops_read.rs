@@ -43,6 +43,7 @@ both_backends!(
     permissions_are_checked_for_unprivileged_callers,
     large_merged_directory_lists_every_name_once,
     posix_acls_are_visible_and_enforced,
+    access_checks_follow_the_mode,
 );
 
 fn top_layer_wins(b: Backend) {
@@ -962,5 +963,27 @@ fn posix_acls_are_visible_and_enforced(b: Backend) {
             as_user(&["sh", "-c", &format!("echo x >> {}", p("inherit/new"))]).0,
             "inherited ACL granting uid 1000 write is ignored"
         );
+    });
+}
+
+fn access_checks_follow_the_mode(b: Backend) {
+    use rustix::fs::Access;
+    let fx = Fixture::new(1);
+    fx.lower(0)
+        .file_mode("plain", b"", 0o644)
+        .file_mode("exec", b"", 0o744)
+        .file_mode("none", b"", 0o000)
+        .dir_mode("d", 0o700);
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let a = |p: &str, mode| rustix::fs::access(r.join(p), mode);
+        assert_rerrno("F_OK missing", a("missing", Access::EXISTS), libc::ENOENT);
+        a("plain", Access::READ_OK | Access::WRITE_OK).unwrap();
+        // Even root needs one execute bit for X_OK on a file.
+        assert_rerrno("X_OK on 0644", a("plain", Access::EXEC_OK), libc::EACCES);
+        a("exec", Access::EXEC_OK).unwrap();
+        a("none", Access::READ_OK | Access::WRITE_OK).unwrap();
+        assert_rerrno("X_OK on 0000", a("none", Access::EXEC_OK), libc::EACCES);
+        a("d", Access::EXEC_OK | Access::WRITE_OK).unwrap();
     });
 }
