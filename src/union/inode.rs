@@ -30,6 +30,13 @@ pub struct Location {
     pub name: OsString,
 }
 
+impl Location {
+    /// Whether this is `name` in the directory with id `parent`.
+    pub fn is(&self, parent: u64, name: &OsStr) -> bool {
+        self.name == name && self.parent.as_ref().is_some_and(|p| p.id == parent)
+    }
+}
+
 /// The mutable part of a node.
 #[derive(Debug, Default)]
 pub struct NodeState {
@@ -58,6 +65,9 @@ pub struct Node {
     pub is_dir: bool,
     /// Parent and name; changed by rename.
     pub loc: RwLock<Location>,
+    /// Further names of a hard-linked non-directory that the union has seen, so the node
+    /// keeps a valid name when `loc`'s is removed.
+    aliases: Mutex<Vec<Location>>,
     /// Layers, listing and liveness; namespace changes in a directory hold its write lock.
     pub state: RwLock<NodeState>,
     /// Cached `O_PATH` fds of this directory in each of its layers.
@@ -90,9 +100,51 @@ impl Node {
                 listing: None,
                 metacopy: None,
             }),
+            aliases: Mutex::new(Vec::new()),
             dir_fds: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
             unlinked: AtomicBool::new(false),
+        }
+    }
+
+    /// Remember that `name` in `parent` is another name of this node.
+    pub fn add_alias(&self, parent: &Arc<Node>, name: &OsStr) {
+        if self.loc.read().is(parent.id, name) {
+            return;
+        }
+        let mut aliases = self.aliases.lock();
+        if !aliases.iter().any(|a| a.is(parent.id, name)) {
+            aliases.push(Location {
+                parent: Some(parent.clone()),
+                name: name.to_owned(),
+            });
+        }
+    }
+
+    /// Forget the name `name` in directory `parent` (it was removed); if it was the main
+    /// one, another known name takes its place.
+    pub fn remove_name(&self, parent: u64, name: &OsStr) {
+        let mut aliases = self.aliases.lock();
+        let mut loc = self.loc.write();
+        if loc.is(parent, name) {
+            if let Some(next) = aliases.pop() {
+                *loc = next;
+            }
+        } else {
+            aliases.retain(|a| !a.is(parent, name));
+        }
+    }
+
+    /// The name `name` in directory `parent` is now `to`.
+    pub fn rename_name(&self, parent: u64, name: &OsStr, to: Location) {
+        let mut aliases = self.aliases.lock();
+        let mut loc = self.loc.write();
+        if loc.is(parent, name) {
+            *loc = to;
+        } else if let Some(a) = aliases.iter_mut().find(|a| a.is(parent, name)) {
+            *a = to;
+        } else {
+            *loc = to;
         }
     }
 

@@ -244,6 +244,9 @@ impl Union {
                 n.state.get_mut().metacopy = metacopy;
                 n
             });
+        if !is_dir {
+            node.add_alias(parent, name);
+        }
         let restat = {
             let s = node.state.read();
             s.top() != top || s.metacopy.is_some()
@@ -315,15 +318,14 @@ impl Union {
     /// Attributes of node `id` as the client sees them.
     pub fn getattr(&self, id: u64) -> Result<rfs::Stat, Errno> {
         let node = self.node(id)?;
-        match self.stat_node(&node) {
-            Ok(st) => Ok(self.client_stat(&node, st)),
-            Err(e) => {
-                // A file whose last name is gone lives on through its open handles (the
-                // kernel asks without the handle for fstat).
-                let h = self.handles.any_file_of(node.id).ok_or(e)?;
-                Ok(self.client_stat(&node, rfs::fstat(&h.fd)?))
-            }
+        if node.is_unlinked() {
+            // A file whose last name is gone lives on through its open handles (the kernel
+            // asks without the handle for fstat); its old name may hold a whiteout now.
+            let h = self.handles.any_file_of(node.id).ok_or(Errno::NOENT)?;
+            return Ok(self.client_stat(&node, rfs::fstat(&h.fd)?));
         }
+        let st = self.stat_node(&node)?;
+        Ok(self.client_stat(&node, st))
     }
 
     /// Take back `n` kernel references to node `id`.

@@ -335,11 +335,13 @@ impl Union {
         } else {
             Some(format::create_whiteout(upper.as_fd(), name)?)
         };
+        drop(cstate);
         if last_link {
             child.set_unlinked();
-            drop(cstate);
             self.nodes.retire(child.id);
             child.clear_fds();
+        } else {
+            child.remove_name(parent.id, name);
         }
         let l = listing_mut(&mut pstate);
         l.entries.shift_remove(name);
@@ -413,6 +415,7 @@ impl Union {
             },
         );
         drop(pstate);
+        node.add_alias(&newparent, newname);
         self.nodes.add_lookup(&node);
         let st = self.client_stat(&node, st);
         Ok((node, st))
@@ -562,9 +565,12 @@ impl Union {
                 .entries
                 .insert(newname.to_owned(), s_new);
             let dnode = dst.expect("exchange has a target");
-            let (sloc, dloc) = (src.location(), dnode.location());
-            *src.loc.write() = dloc;
-            *dnode.loc.write() = sloc;
+            let at = |p: &Arc<Node>, n: &OsStr| super::inode::Location {
+                parent: Some(p.clone()),
+                name: n.to_owned(),
+            };
+            src.rename_name(parent.id, name, at(newparent, newname));
+            dnode.rename_name(newparent.id, newname, at(parent, name));
             return Ok(());
         }
         let target_whiteout = dst_listing.upper_whiteouts.get(newname).copied();
@@ -668,12 +674,18 @@ impl Union {
                 dnode.set_unlinked();
                 self.nodes.retire(dnode.id);
                 dnode.clear_fds();
+            } else {
+                dnode.remove_name(newparent.id, newname);
             }
         }
-        *src.loc.write() = super::inode::Location {
-            parent: Some(newparent.clone()),
-            name: newname.to_owned(),
-        };
+        src.rename_name(
+            parent.id,
+            name,
+            super::inode::Location {
+                parent: Some(newparent.clone()),
+                name: newname.to_owned(),
+            },
+        );
         Ok(())
     }
 }
