@@ -273,6 +273,26 @@ fn script(r: PathBuf) {
     fs::create_dir(r.join("opq/new")).unwrap();
 }
 
+/// Renames of lower (merged, opaque, nested) directories; where the writer says EXDEV (the
+/// kernel with redirect_dir=off) nothing changes and the round trip is trivially equal.
+fn script_rename_dirs(r: PathBuf) {
+    for (from, to) in [
+        ("etc", "etc2"),
+        ("opq", "opq2"),
+        ("home/user", "user_moved"),
+    ] {
+        match fs::rename(r.join(from), r.join(to)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+            Err(e) => panic!("rename {from} -> {to}: {e}"),
+        }
+    }
+    if r.join("etc2").exists() {
+        fs::write(r.join("etc2/hosts"), b"after move\n").unwrap();
+        fs::create_dir(r.join("etc")).unwrap();
+    }
+}
+
 /// Copy-up of a lower file with three hard links, through one alias (kept apart from
 /// [`script`] so a hard-link problem does not hide everything else).
 fn script_hard_links(r: PathBuf) {
@@ -383,4 +403,6 @@ round_trip! {
     hard_links_kernel_upper_mounted_by_stratafs: Kernel -> Stratafs, script_hard_links;
     hard_links_kernel_upper_remounted_by_kernel: Kernel -> Kernel, script_hard_links;
     hard_links_stratafs_upper_remounted_by_stratafs: Stratafs -> Stratafs, script_hard_links;
+    renamed_dirs_stratafs_upper_mounted_by_kernel: Stratafs -> Kernel, script_rename_dirs;
+    renamed_dirs_stratafs_upper_remounted_by_stratafs: Stratafs -> Stratafs, script_rename_dirs;
 }
