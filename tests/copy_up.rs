@@ -26,6 +26,8 @@ both_backends!(
     read_only_open_does_not_copy_up,
     copy_up_of_special_files_by_metadata_change,
     metadata_change_on_lower_dir_keeps_it_merged,
+    reopen_after_metadata_copy_up_while_an_fd_is_open,
+    concurrent_copy_up_of_one_file,
 );
 
 const MTIME: (i64, i64) = (1_200_000_000, 987_654_321);
@@ -572,5 +574,53 @@ fn metadata_change_on_lower_dir_keeps_it_merged(b: Backend) {
         assert_eq!(list(&r.join("d")), ["bottom", "top"]);
         assert_eq!(list(&r.join("e")), ["below"]);
         assert_eq!(lstat(&r.join("d")).mode() & 0o7777, 0o700);
+    });
+}
+
+fn reopen_after_metadata_copy_up_while_an_fd_is_open(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("f", b"lower data");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let old = fs::File::open(r.join("f")).unwrap();
+        fs::set_permissions(r.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        let new = fs::File::open(r.join("f")).expect("open after chmod while another fd is open");
+        let mut buf = [0u8; 5];
+        new.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"lower");
+        old.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"lower");
+        assert_eq!(lstat(&r.join("f")).mode() & 0o7777, 0o600);
+    });
+}
+
+fn concurrent_copy_up_of_one_file(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("big", &vec![0u8; 4 << 20]);
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let handles: Vec<_> = (0..8u8)
+            .map(|i| {
+                let p = r.join("big");
+                std::thread::spawn(move || {
+                    let f = OpenOptions::new().write(true).open(&p).unwrap();
+                    f.write_all_at(&[i + 1; 1000], u64::from(i) * 300_000)
+                        .unwrap();
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let data = read(&r.join("big"));
+        assert_eq!(data.len(), 4 << 20);
+        for i in 0..8u8 {
+            let at = usize::from(i) * 300_000;
+            assert!(
+                data[at..at + 1000].iter().all(|b| *b == i + 1),
+                "write {i} lost in concurrent copy-up"
+            );
+        }
+        assert_eq!(lstat(&r.join("big")).nlink(), 1);
     });
 }
