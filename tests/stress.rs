@@ -62,7 +62,7 @@ fn worker(root: &Path, seed: u64) {
             1 => fs::remove_file(&path),
             2 => fs::rename(&path, &other),
             3 => fs::read(&path).map(|_| ()),
-            4 => fs::read_dir(&dir).and_then(|it| it.map(|e| e.map(|_| ())).collect()),
+            4 => fs::read_dir(&dir).and_then(|mut it| it.try_for_each(|e| e.map(|_| ()))),
             5 => fs::set_permissions(&path, fs::Permissions::from_mode(0o600 | rng.u32(0..0o77))),
             6 => fs::create_dir(dir.join(format!("sub{}", rng.usize(0..3)))),
             7 => fs::remove_dir(dir.join(format!("sub{}", rng.usize(0..3)))),
