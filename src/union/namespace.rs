@@ -377,11 +377,19 @@ impl Union {
             Some(format::create_whiteout(upper.as_fd(), name)?)
         };
         drop(cstate);
-        self.name_removed(child, parent.id, name, upper_ino);
+        let lower_links = self.lower_hard_link(parent, name, &entry);
+        if lower_links.is_none() {
+            self.name_removed(child, parent.id, name, upper_ino);
+        }
         let l = listing_mut(&mut pstate);
         l.entries.shift_remove(name);
         if let Some(form) = whiteout {
             l.upper_whiteouts.insert(name.to_owned(), form);
+        }
+        drop(pstate);
+        if let Some((layer, ino)) = lower_links {
+            // Other names of a lower hard link may still show it (looked up without the lock).
+            self.lower_name_removed(child, parent.id, name, layer, ino);
         }
         Ok(())
     }
@@ -707,7 +715,11 @@ impl Union {
                 },
             );
         }
-        if let Some(dnode) = dst {
+        let dst_lower_links = match (&dst_entry, dst) {
+            (Some(d), Some(dnode)) if !dnode.is_dir => self.lower_hard_link(newparent, newname, d),
+            _ => None,
+        };
+        if let (Some(dnode), None) = (dst, dst_lower_links) {
             self.name_removed(dnode, newparent.id, newname, dst_upper_ino);
         }
         src.rename_name(
@@ -718,6 +730,11 @@ impl Union {
                 name: newname.to_owned(),
             },
         );
+        drop(first);
+        drop(second);
+        if let (Some(dnode), Some((layer, ino))) = (dst, dst_lower_links) {
+            self.lower_name_removed(dnode, newparent.id, newname, layer, ino);
+        }
         Ok(())
     }
 
@@ -741,6 +758,84 @@ impl Union {
         if !alive {
             self.retire_node(node);
         }
+    }
+
+    /// If `entry` (named `name` in `dir`) is a lower non-directory with other hard links in its
+    /// layer: that layer and the lower inode number.
+    fn lower_hard_link(
+        &self,
+        dir: &Node,
+        name: &OsStr,
+        entry: &Entry,
+    ) -> Option<(super::dir::LayerIndex, u64)> {
+        let layer = entry.top();
+        if self.is_upper(layer) || entry.kind == FileType::Directory {
+            return None;
+        }
+        let fd = self.dir_fd(dir, layer).ok()?;
+        let st = rfs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        (st.st_nlink > 1).then_some((layer, st.st_ino))
+    }
+
+    /// The name `name` in `parent` of `node`, a lower hard link (inode `ino` of `layer`), is
+    /// gone: the node lives on under another name of that inode the union still shows.
+    fn lower_name_removed(
+        &self,
+        node: &Arc<Node>,
+        parent: u64,
+        name: &OsStr,
+        layer: super::dir::LayerIndex,
+        ino: u64,
+    ) {
+        node.nlink_adjust
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        node.remove_name(parent, name);
+        if !node.location().is(parent, name) {
+            return;
+        }
+        match self.visible_alias(layer, ino) {
+            Some(loc) => node.rename_name(parent, name, loc),
+            None => self.retire_node(node),
+        }
+    }
+
+    /// Some name the union still shows for inode `ino` of lower layer `layer`.
+    fn visible_alias(
+        &self,
+        layer: super::dir::LayerIndex,
+        ino: u64,
+    ) -> Option<super::inode::Location> {
+        let index = self.link_index(layer).ok()?;
+        for path in index.paths(ino) {
+            let (dirs, last) = path.split_at(path.len() - 1);
+            let mut held = Vec::new();
+            let mut dir = self.nodes.get(super::inode::ROOT_ID).ok();
+            for comp in dirs {
+                dir = dir
+                    .and_then(|d| self.lookup(d.id, comp).ok())
+                    .map(|(n, _)| {
+                        held.push(n.id);
+                        n
+                    });
+            }
+            let found = dir.filter(|d| {
+                self.listing(d).is_ok_and(|l| {
+                    l.entries
+                        .get(&last[0])
+                        .is_some_and(|e| e.top() == layer && e.ino == (layer, ino))
+                })
+            });
+            for id in held {
+                self.nodes.unref(id);
+            }
+            if let Some(d) = found {
+                return Some(super::inode::Location {
+                    parent: Some(d),
+                    name: last[0].clone(),
+                });
+            }
+        }
+        None
     }
 
     /// Mark `node` gone: no lookup finds it again and its inode numbers are free for others.
