@@ -600,8 +600,10 @@ fn one_seed(seed: u64, ops: usize) {
     drop(km2);
     // One known difference: the kernel keeps the link count of a copied-up hard link whose
     // other names are hidden in its index (work dir), which a fresh mount does not have.
+    // (Names whose inode has links the tree does not show, on either side.)
     let hidden_links: Vec<Vec<u8>> = kt
         .iter()
+        .chain(again.iter())
         .filter(|(_, e)| e.nlink.is_some_and(|n| n > e.links.len() as u64 + 1))
         .map(|(k, _)| k.clone())
         .collect();

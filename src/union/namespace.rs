@@ -553,9 +553,6 @@ impl Union {
                 match (src.is_dir, d.is_dir) {
                     (true, false) => return Err(Errno::NOTDIR),
                     (false, true) => return Err(Errno::ISDIR),
-                    (true, true) if !self.listing(d)?.entries.is_empty() => {
-                        return Err(Errno::NOTEMPTY)
-                    }
                     _ => {}
                 }
             }
@@ -573,6 +570,11 @@ impl Union {
         }
         if exchange && dst.is_some_and(|d| d.is_dir && has_lower(d)) {
             return Err(Errno::XDEV);
+        }
+        if let Some(d) = dst.filter(|d| !exchange && d.is_dir) {
+            if !self.listing(d)?.entries.is_empty() {
+                return Err(Errno::NOTEMPTY);
+            }
         }
         self.copy_up(src)?;
         if exchange {
