@@ -14,6 +14,7 @@ use super::dir::{Entry, Listing};
 use super::format::{self, WhiteoutForm};
 use super::inode::Node;
 use super::layer::valid_name;
+use super::idmap::OVERFLOW_ID;
 use super::{Caller, Union, NAME_MAX};
 
 /// What to create, for [`Union::create_object`].
@@ -85,11 +86,13 @@ impl Union {
     /// Owner of a new object made by `caller` in `parent_st`'s directory (BSD group semantics
     /// under a setgid directory), as stored ids.
     fn new_owner(&self, caller: Caller, parent_st: &rfs::Stat) -> Result<(u32, u32), Errno> {
-        let uid = self.ids.uid_to_host(caller.uid)?;
+        // A creator outside the mapping (e.g. host root preparing a container's rootfs)
+        // gets the overflow id, as with fuse-overlayfs.
+        let uid = self.ids.uid_to_host(caller.uid).unwrap_or(OVERFLOW_ID);
         let gid = if parent_st.st_mode & libc::S_ISGID != 0 {
             parent_st.st_gid
         } else {
-            self.ids.gid_to_host(caller.gid)?
+            self.ids.gid_to_host(caller.gid).unwrap_or(OVERFLOW_ID)
         };
         Ok((uid, gid))
     }
