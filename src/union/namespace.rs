@@ -12,9 +12,9 @@ use rustix::io::Errno;
 use super::copyup::remove_any;
 use super::dir::{Entry, Listing};
 use super::format::{self, WhiteoutForm};
+use super::idmap::OVERFLOW_ID;
 use super::inode::Node;
 use super::layer::valid_name;
-use super::idmap::OVERFLOW_ID;
 use super::{Caller, Union, NAME_MAX};
 
 /// What to create, for [`Union::create_object`].
