@@ -20,6 +20,9 @@ use super::inode::Node;
 use super::xattr::{proc_path, XattrTarget};
 use super::Union;
 
+/// The xattr holding file capabilities, which the kernel drops on chown and on writes.
+const FILE_CAPS: &str = "security.capability";
+
 /// Size of the bounce buffer when neither reflink nor `copy_file_range` works.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -129,6 +132,11 @@ impl Union {
     ) -> Result<(), Errno> {
         let upper_dir = self.dir_fd(parent, 0)?;
         let upper = open_entry(upper_dir.as_fd(), name, OFlags::RDWR)?;
+        // Writing the data drops file capabilities; put them back afterwards.
+        let mut caps = vec![0u8; 256];
+        let caps = rfs::fgetxattr(&upper, FILE_CAPS, &mut caps[..])
+            .ok()
+            .map(|n| caps[..n].to_vec());
         if with_data {
             let lower_dir = self.dir_fd(parent, data_layer)?;
             let lower = open_entry(lower_dir.as_fd(), name, OFlags::RDONLY)?;
@@ -136,6 +144,9 @@ impl Union {
             copy_data(lower.as_fd(), upper.as_fd(), size)?;
         } else {
             rfs::ftruncate(&upper, 0)?;
+        }
+        if let Some(caps) = caps {
+            rfs::fsetxattr(&upper, FILE_CAPS, &caps, rfs::XattrFlags::empty())?;
         }
         if !self.options.volatile {
             rfs::fsync(&upper)?;
@@ -236,12 +247,14 @@ impl Union {
                     }
                     DataCopy::Nothing => {}
                 }
+                // Owner, then mode, then xattrs: chown and writes drop file capabilities
+                // (security.capability), which must survive the copy.
+                rfs::fchown(&to, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+                rfs::fchmod(&to, mode)?;
                 copy_xattrs(
                     &XattrTarget::Entry(src_dir, name),
                     &XattrTarget::Entry(work, tmp),
                 )?;
-                rfs::fchown(&to, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
-                rfs::fchmod(&to, mode)?;
                 rfs::futimens(&to, &times_of(st))?;
                 if !self.options.volatile && data == DataCopy::Bytes {
                     rfs::fsync(&to)?;

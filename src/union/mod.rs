@@ -135,11 +135,12 @@ impl Union {
         layer: Option<LayerIndex>,
         f: impl FnOnce(BorrowedFd<'_>, &OsStr) -> Result<T, Errno>,
     ) -> Result<T, Errno> {
-        let parent = node.location().parent.ok_or(Errno::STALE)?;
+        let parent = node.location().parent.ok_or(Errno::NOENT)?;
         let _still = parent.state.read();
         let loc = node.location();
+        // Gone or moved since the kernel resolved the name: as a concurrent unlink does.
         if node.is_unlinked() || loc.parent.as_ref().is_none_or(|p| p.id != parent.id) {
-            return Err(Errno::STALE);
+            return Err(Errno::NOENT);
         }
         let layer = layer.unwrap_or_else(|| node.state.read().top());
         let pfd = self.dir_fd(&parent, layer)?;
