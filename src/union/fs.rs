@@ -29,6 +29,8 @@ use super::{Caller, Union};
 const MAX_WRITE: u32 = 1 << 20;
 /// Largest readahead we ask the kernel for.
 const MAX_READAHEAD: u32 = 1 << 20;
+/// We keep no per-open state that close must flush (no locks, no write cache): skip FLUSH.
+const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 /// Stacking depth of backing files (lowers may themselves be on an overlay or FUSE mount).
 const MAX_STACK_DEPTH: u32 = 1;
 
@@ -195,6 +197,10 @@ impl StrataFs {
 
     /// Open flags for a handle served without passthrough.
     fn plain_open_flags(&self, handle: &UnionFile) -> FopenFlags {
+        NO_FLUSH | self.cache_flags(handle)
+    }
+
+    fn cache_flags(&self, handle: &UnionFile) -> FopenFlags {
         if handle.lower {
             // Lower files never change: keep their page cache across opens.
             FopenFlags::FOPEN_KEEP_CACHE
@@ -225,11 +231,12 @@ impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_READAHEAD);
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS
+        let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        if self.union.options.readdirplus {
+            wanted |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        }
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
@@ -418,7 +425,7 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(ferr(e)),
         };
         match self.backing_for(fh, &handle, |_| reply.open_backing(handle.fd.as_fd())) {
-            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            Some(id) => reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &id),
             None => reply.opened(FileHandle(fh), self.plain_open_flags(&handle)),
         }
     }
@@ -503,7 +510,12 @@ impl Filesystem for StrataFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // Every change of a directory goes through us, and the kernel drops its cached
+            // listing when it sees one: cache listings across opens.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(ferr(e)),
         }
     }
@@ -698,7 +710,7 @@ impl Filesystem for StrataFs {
                 &attr,
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                NO_FLUSH,
                 &id,
             ),
             None => reply.created(

@@ -242,13 +242,31 @@ impl Drop for Node {
 /// Identity of an object in a layer.
 pub type ObjectKey = (u64, u64);
 
+/// Object identities to node ids, both ways.
+#[derive(Debug, Default)]
+struct IdMaps {
+    by_key: HashMap<ObjectKey, u64>,
+    by_id: HashMap<u64, Vec<ObjectKey>>,
+}
+
+impl IdMaps {
+    fn insert(&mut self, key: ObjectKey, id: u64) {
+        if let Some(old) = self.by_key.insert(key, id) {
+            if let Some(keys) = self.by_id.get_mut(&old) {
+                keys.retain(|k| *k != key);
+            }
+        }
+        self.by_id.entry(id).or_default().push(key);
+    }
+}
+
 /// All nodes the kernel knows, and the identities behind them.
 #[derive(Debug)]
 pub struct NodeTable {
     nodes: RwLock<HashMap<u64, Arc<Node>>>,
     /// (device, inode) of layer objects to node id: hard links share an id, and a copied-up
     /// file's upper object maps to its origin's id, so inode numbers survive copy-up.
-    ids: Mutex<HashMap<ObjectKey, u64>>,
+    ids: Mutex<IdMaps>,
     next_allocated: AtomicU64,
 }
 
@@ -261,7 +279,7 @@ impl NodeTable {
         nodes.insert(ROOT_ID, root);
         NodeTable {
             nodes: RwLock::new(nodes),
-            ids: Mutex::new(HashMap::new()),
+            ids: Mutex::new(IdMaps::default()),
             next_allocated: AtomicU64::new(ALLOCATED_BASE),
         }
     }
@@ -279,7 +297,7 @@ impl NodeTable {
     /// The id for the object `key` on the filesystem with index `fs_index`.
     pub fn id_for(&self, key: ObjectKey, fs_index: u64) -> u64 {
         let mut ids = self.ids.lock();
-        if let Some(id) = ids.get(&key) {
+        if let Some(id) = ids.by_key.get(&key) {
             return *id;
         }
         let natural = key.1 | (fs_index << XINO_SHIFT);
@@ -297,10 +315,17 @@ impl NodeTable {
         self.ids.lock().insert(key, id);
     }
 
-    /// Forget every identity of the gone node `id` and give `key` a fresh id, so an object
-    /// that reuses the inode number is never confused with it.
+    /// Forget every identity of the gone node `id`, so an object that reuses one of its
+    /// inode numbers gets a fresh id and is never confused with it.
     pub fn retire(&self, id: u64) {
-        self.ids.lock().retain(|_, v| *v != id);
+        let mut ids = self.ids.lock();
+        if let Some(keys) = ids.by_id.remove(&id) {
+            for key in keys {
+                if ids.by_key.get(&key) == Some(&id) {
+                    ids.by_key.remove(&key);
+                }
+            }
+        }
     }
 
     /// Find or add the node for the layer object `key` and count one kernel lookup of it.
