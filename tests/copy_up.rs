@@ -28,6 +28,7 @@ both_backends!(
     metadata_change_on_lower_dir_keeps_it_merged,
     reopen_after_metadata_copy_up_while_an_fd_is_open,
     concurrent_copy_up_of_one_file,
+    readers_never_see_a_partial_copy_up,
 );
 
 const MTIME: (i64, i64) = (1_200_000_000, 987_654_321);
@@ -622,5 +623,43 @@ fn concurrent_copy_up_of_one_file(b: Backend) {
             );
         }
         assert_eq!(lstat(&r.join("big")).nlink(), 1);
+    });
+}
+
+fn readers_never_see_a_partial_copy_up(b: Backend) {
+    let size = 32usize << 20;
+    let mut data = vec![0u8; size];
+    fastrand::Rng::with_seed(9).fill(&mut data);
+    let tail: Vec<u8> = data[size - 16..].to_vec();
+    let fx = Fixture::new(1);
+    fx.lower(0).file("big", &data);
+    drop(data);
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, move |r| {
+        let p = r.join("big");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (p, done, tail) = (p.clone(), done.clone(), tail.clone());
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) || seen == 0 {
+                    let f = fs::File::open(&p).unwrap();
+                    let len = f.metadata().unwrap().len() as usize;
+                    assert!(len == size || len == size + 1, "size {len} during copy-up");
+                    let mut buf = [0u8; 16];
+                    f.read_exact_at(&mut buf, (size - 16) as u64).unwrap();
+                    assert_eq!(buf.to_vec(), tail, "tail changed during copy-up");
+                    seen += 1;
+                }
+                seen
+            })
+        };
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"!").unwrap();
+        drop(f);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reads = reader.join().unwrap();
+        assert!(reads > 0);
+        assert_eq!(lstat(&p).size() as usize, size + 1);
     });
 }
