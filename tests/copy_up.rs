@@ -29,6 +29,7 @@ both_backends!(
     reopen_after_metadata_copy_up_while_an_fd_is_open,
     concurrent_copy_up_of_one_file,
     readers_never_see_a_partial_copy_up,
+    file_capabilities_survive_copy_up,
 );
 
 const MTIME: (i64, i64) = (1_200_000_000, 987_654_321);
@@ -662,4 +663,43 @@ fn readers_never_see_a_partial_copy_up(b: Backend) {
         assert!(reads > 0);
         assert_eq!(lstat(&p).size() as usize, size + 1);
     });
+}
+
+/// A `security.capability` v2 value: effective, permitted CAP_NET_RAW (bit 13).
+const CAP_NET_RAW_V2: [u8; 20] = [
+    0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+fn file_capabilities_survive_copy_up(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file_mode("ping", b"\x7fELF", 0o755).xattr(
+        "ping",
+        "security.capability",
+        &CAP_NET_RAW_V2,
+    );
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let p = r.join("ping");
+        assert_eq!(
+            get_xattr(&p, "security.capability"),
+            Ok(CAP_NET_RAW_V2.to_vec())
+        );
+        // Copy-up without a write (a write or chown would rightly drop the capability).
+        drop(OpenOptions::new().write(true).open(&p).unwrap());
+        rustix::fs::lsetxattr(&p, "user.x", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+        assert_eq!(
+            get_xattr(&p, "security.capability"),
+            Ok(CAP_NET_RAW_V2.to_vec())
+        );
+        // A write drops it, as on any filesystem.
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(b"E", 1).unwrap();
+        drop(f);
+        assert_eq!(get_xattr(&p, "security.capability"), Err(libc::ENODATA));
+    });
+    drop(m);
+    assert_eq!(
+        get_xattr(&fx.lowers[0].join("ping"), "security.capability"),
+        Ok(CAP_NET_RAW_V2.to_vec())
+    );
 }
