@@ -30,6 +30,7 @@ both_backends!(
     concurrent_copy_up_of_one_file,
     readers_never_see_a_partial_copy_up,
     file_capabilities_survive_copy_up,
+    setuid_and_setgid_bits_survive_copy_up,
 );
 
 const MTIME: (i64, i64) = (1_200_000_000, 987_654_321);
@@ -702,4 +703,31 @@ fn file_capabilities_survive_copy_up(b: Backend) {
         get_xattr(&fx.lowers[0].join("ping"), "security.capability"),
         Ok(CAP_NET_RAW_V2.to_vec())
     );
+}
+
+fn setuid_and_setgid_bits_survive_copy_up(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0)
+        .file("suid", b"binary")
+        .chown("suid", 0, 0)
+        .chmod("suid", 0o4755)
+        .file("sgid", b"binary")
+        .chown("sgid", 0, 50)
+        .chmod("sgid", 0o2755)
+        .dir("sgid_dir")
+        .chmod("sgid_dir", 0o2775)
+        .file("sgid_dir/f", b"x");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        for p in ["suid", "sgid"] {
+            drop(OpenOptions::new().write(true).open(r.join(p)).unwrap());
+        }
+        fs::write(r.join("sgid_dir/f"), b"y").unwrap();
+        assert_eq!(lstat(&r.join("suid")).mode() & 0o7777, 0o4755);
+        assert_eq!(lstat(&r.join("sgid")).mode() & 0o7777, 0o2755);
+        assert_eq!(lstat(&r.join("sgid_dir")).mode() & 0o7777, 0o2775);
+    });
+    drop(m);
+    assert_eq!(lstat(&fx.upper.join("suid")).mode() & 0o7777, 0o4755);
+    assert_eq!(lstat(&fx.upper.join("sgid_dir")).mode() & 0o7777, 0o2775);
 }
