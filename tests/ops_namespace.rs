@@ -51,6 +51,7 @@ both_backends!(
     rename_into_opaque_and_whited_out_places,
     unlinking_one_lower_hard_link_keeps_the_others,
     truncate_through_one_lower_hard_link_is_seen_by_all,
+    new_entries_in_setgid_dir_inherit_its_group,
 );
 
 fn mkdir_applies_mode_exactly(b: Backend) {
@@ -966,5 +967,39 @@ fn truncate_through_one_lower_hard_link_is_seen_by_all(b: Backend) {
         assert_eq!(read(&r.join("hl/a")), b"012");
         let (a, c) = (lstat(&r.join("hl/a")), lstat(&r.join("other/c")));
         assert_eq!((a.size(), a.nlink(), a.ino()), (3, 2, c.ino()));
+    });
+}
+
+fn new_entries_in_setgid_dir_inherit_its_group(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0)
+        .dir("shared")
+        .chown("shared", 0, 50)
+        .chmod("shared", 0o2775);
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        fs::write(r.join("shared/f"), b"x").unwrap();
+        fs::create_dir(r.join("shared/d")).unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            r.join("shared/p"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("f", r.join("shared/l")).unwrap();
+        for p in ["f", "d", "p", "l"] {
+            assert_eq!(
+                lstat(&r.join("shared").join(p)).gid(),
+                50,
+                "group of shared/{p}"
+            );
+        }
+        assert_eq!(
+            lstat(&r.join("shared/d")).mode() & 0o7777,
+            0o2755,
+            "a new dir inherits S_ISGID"
+        );
     });
 }
