@@ -69,6 +69,9 @@ fn run(args: Args) -> Result<()> {
         Ok(_) => bail!("mountpoint '{}' is not a directory", mountpoint.display()),
         Err(e) => bail!("mountpoint '{}': {e}", mountpoint.display()),
     }
+    if !std::path::Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, pass the device in");
+    }
     // Modes of created files are exactly what the kernel asks for (it applied the umask).
     rustix::process::umask(rustix::fs::Mode::empty());
     let union = Union::new(options)?;
@@ -174,7 +177,7 @@ fn serve(
     }));
     config.clone_fd = true;
     let union = Arc::new(union);
-    let fs = StrataFs::new(union.clone(), root);
+    let fs = StrataFs::new(union.clone(), root && union.options.passthrough);
     let mut session = match Session::new(fs, mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {

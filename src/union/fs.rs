@@ -21,7 +21,7 @@ use rustix::fs as rfs;
 use rustix::io::Errno;
 
 use super::attr::{AttrChanges, TimeSet};
-use super::handle::FileHandle as UnionFile;
+use super::handle::{wants_write, FileHandle as UnionFile};
 use super::namespace::NewObject;
 use super::{Caller, Union};
 
@@ -31,6 +31,8 @@ const MAX_WRITE: u32 = 1 << 20;
 const MAX_READAHEAD: u32 = 1 << 20;
 /// We keep no per-open state that close must flush (no locks, no write cache): skip FLUSH.
 const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+/// How many 2 ms steps an open waits for a just-closed passthrough file's RELEASE.
+const RELEASE_GRACE_STEPS: u32 = 50;
 /// Stacking depth of backing files (lowers may themselves be on an overlay or FUSE mount).
 const MAX_STACK_DEPTH: u32 = 1;
 
@@ -137,10 +139,11 @@ impl StrataFs {
         }
     }
 
-    fn caller(req: &Request) -> Caller {
+    fn caller(req: &Request, umask: u32) -> Caller {
         Caller {
             uid: req.uid(),
             gid: req.gid(),
+            umask,
         }
     }
 
@@ -160,7 +163,10 @@ impl StrataFs {
         let mut by_node = self.backing_by_node.lock();
         if let Some(b) = by_node.get(&node) {
             if let Some(id) = b.id.upgrade() {
-                if b.upper != upper {
+                // The kernel binds one backing file to an inode while any is open. A read-only
+                // open after a copy-up may share the lower one: no data can have changed, as
+                // writes and truncation are refused while it is open (see `lower_busy`).
+                if b.upper != upper && (b.upper || handle.lower) {
                     return None;
                 }
                 self.backing_by_fh.lock().insert(fh, id.clone());
@@ -193,6 +199,25 @@ impl StrataFs {
                 None
             }
         }
+    }
+
+    /// Whether node `node`'s lower file is open through passthrough: its data may then not
+    /// change through the mount (the kernel cannot switch the inode to the upper copy).
+    fn lower_busy(&self, node: u64) -> bool {
+        let busy = || {
+            self.backing_by_node
+                .lock()
+                .get(&node)
+                .is_some_and(|b| !b.upper && b.id.strong_count() > 0)
+        };
+        // The kernel sends RELEASE after close() returns: give a just-closed file a moment.
+        for _ in 0..RELEASE_GRACE_STEPS {
+            if !busy() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        busy()
     }
 
     /// Open flags for a handle served without passthrough.
@@ -242,6 +267,11 @@ impl Filesystem for StrataFs {
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        if self.union.options.acl {
+            // The kernel enforces POSIX ACLs from the xattrs we serve (as overlayfs does), and
+            // leaves the umask to us: a default ACL in the parent replaces it.
+            wanted |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+        }
         if self.union.options.readdirplus {
             wanted |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         }
@@ -314,6 +344,9 @@ impl Filesystem for StrataFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if size.is_some() && self.lower_busy(ino.0) {
+            return reply.error(FErrno::from_i32(libc::ETXTBSY));
+        }
         let changes = AttrChanges {
             mode,
             uid,
@@ -342,7 +375,7 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -352,7 +385,7 @@ impl Filesystem for StrataFs {
         };
         let r = self
             .union
-            .create_object(parent.0, name, what, Self::caller(req));
+            .create_object(parent.0, name, what, Self::caller(req, umask));
         self.reply_entry(reply, r.map(|(_, st, _)| st));
     }
 
@@ -362,12 +395,15 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .union
-            .create_object(parent.0, name, NewObject::Dir(mode), Self::caller(req));
+        let r = self.union.create_object(
+            parent.0,
+            name,
+            NewObject::Dir(mode),
+            Self::caller(req, umask),
+        );
         self.reply_entry(reply, r.map(|(_, st, _)| st));
     }
 
@@ -400,7 +436,7 @@ impl Filesystem for StrataFs {
             parent.0,
             link_name,
             NewObject::Symlink(target.as_os_str()),
-            Self::caller(req),
+            Self::caller(req, 0),
         );
         self.reply_entry(reply, r.map(|(_, st, _)| st));
     }
@@ -450,6 +486,9 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if wants_write(flags.0) && self.lower_busy(ino.0) {
+            return reply.error(FErrno::from_i32(libc::ETXTBSY));
+        }
         let (fh, handle) = match self.union.open(ino.0, flags.0) {
             Ok(x) => x,
             Err(e) => return reply.error(ferr(e)),
@@ -713,14 +752,14 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let what = NewObject::File { mode, flags };
         let created = self
             .union
-            .create_object(parent.0, name, what, Self::caller(req));
+            .create_object(parent.0, name, what, Self::caller(req, umask));
         tracing::debug!(
             "create {} {name:?} -> {:?}",
             parent.0,
@@ -738,6 +777,7 @@ impl Filesystem for StrataFs {
             fd,
             node,
             lower: false,
+            copied: std::sync::OnceLock::new(),
         });
         let attr = file_attr(&st);
         match self.backing_for(fh, &handle, |_| reply.open_backing(handle.fd.as_fd())) {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +25,9 @@ pub struct FileHandle {
     pub node: Arc<Node>,
     /// Whether `fd` is a lower-layer file (immutable: its page cache can be kept).
     pub lower: bool,
+    /// For a lower file copied up while open: the upper copy, which reads then come from
+    /// (overlayfs shows copy-ups to files opened before them).
+    pub copied: std::sync::OnceLock<OwnedFd>,
 }
 
 /// One open directory.
@@ -147,6 +150,7 @@ impl Union {
             fd,
             node: node.clone(),
             lower: !self.is_upper(top),
+            copied: std::sync::OnceLock::new(),
         })
     }
 
@@ -166,11 +170,12 @@ impl Union {
         buf: &mut Vec<u8>,
     ) -> Result<(), Errno> {
         let h = self.handles.file(fh)?;
+        let fd = self.read_fd(&h)?;
         buf.clear();
         buf.resize(size as usize, 0);
         let mut done = 0;
         while done < buf.len() {
-            let n = rustix::io::pread(&h.fd, &mut buf[done..], offset + done as u64)?;
+            let n = rustix::io::pread(fd, &mut buf[done..], offset + done as u64)?;
             if n == 0 {
                 break;
             }
@@ -178,6 +183,33 @@ impl Union {
         }
         buf.truncate(done);
         Ok(())
+    }
+
+    /// The fd reads of `h` come from: its own, or the upper copy made since it was opened.
+    fn read_fd<'h>(&self, h: &'h FileHandle) -> Result<BorrowedFd<'h>, Errno> {
+        if !h.lower {
+            return Ok(h.fd.as_fd());
+        }
+        if let Some(fd) = h.copied.get() {
+            return Ok(fd.as_fd());
+        }
+        let copied_up = {
+            let s = h.node.state.read();
+            s.top() == 0 && s.metacopy.is_none()
+        };
+        if !copied_up || !self.has_upper {
+            return Ok(h.fd.as_fd());
+        }
+        let fd = self.with_name(&h.node, Some(0), |dir, name| {
+            rfs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                rfs::Mode::empty(),
+            )
+        })?;
+        let _ = h.copied.set(fd);
+        Ok(h.copied.get().expect("just set").as_fd())
     }
 
     /// Write `data` at `offset` of open file `fh`.

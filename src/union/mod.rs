@@ -44,6 +44,9 @@ pub struct Caller {
     pub uid: u32,
     /// Effective group id, as the client sees ids.
     pub gid: u32,
+    /// The process's umask for a create (applied by us unless a default ACL takes over, as
+    /// the VFS does; the kernel leaves it to us with `FUSE_DONT_MASK`).
+    pub umask: u32,
 }
 
 /// A mounted union: the layers, the node table and the open files.

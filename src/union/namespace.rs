@@ -121,6 +121,28 @@ impl Union {
         let (uid, gid) = self.new_owner(caller, &parent_st)?;
         let whiteout = listing.upper_whiteouts.get(name).copied();
         let is_dir = matches!(what, NewObject::Dir(_));
+        // The umask applies unless the parent's default ACL decides the mode (the upper
+        // filesystem applies that ACL itself when the object is made).
+        let default_acl = self.options.acl
+            && rfs::getxattr(
+                super::xattr::proc_path(upper.as_fd(), None),
+                "system.posix_acl_default",
+                &mut [0u8; 0][..],
+            )
+            .is_ok();
+        let umask = if default_acl { 0 } else { caller.umask & 0o777 };
+        let what = match what {
+            NewObject::Dir(m) => NewObject::Dir(m & !umask),
+            NewObject::File { mode, flags } => NewObject::File {
+                mode: mode & !umask,
+                flags,
+            },
+            NewObject::Node { mode, rdev } => NewObject::Node {
+                mode: mode & !umask,
+                rdev,
+            },
+            other => other,
+        };
         let (mode_bits, is_symlink) = match &what {
             NewObject::Dir(m) => {
                 let setgid = parent_st.st_mode & libc::S_ISGID;

@@ -30,6 +30,13 @@ pub struct MountOptions {
     /// (`metacopy=on`). Off by default, as in the kernel: tools that read an upper directory
     /// directly (containers-storage's diff, `strata commit`) must see whole files.
     pub metacopy: bool,
+    /// Let the kernel do file I/O on the real files (FUSE passthrough) when privileges allow
+    /// (`passthrough=on`, the default). `off` serves every read and write in the daemon:
+    /// slower and one page cache per mount, but a file open read-only before a copy-up then
+    /// reads the copy, exactly as with kernel overlayfs.
+    pub passthrough: bool,
+    /// Enforce POSIX ACLs in the kernel (default); `noacl` turns them off.
+    pub acl: bool,
     /// Answer readdir with attributes (`readdirplus=on`): fewer round trips for `ls -l`-style
     /// walks, but a stat of every entry even when the walker only wants names (`find`).
     pub readdirplus: bool,
@@ -71,6 +78,8 @@ impl Default for MountOptions {
             workdir: None,
             metacopy: false,
             readdirplus: false,
+            acl: true,
+            passthrough: true,
             volatile: false,
             uid_map: Vec::new(),
             gid_map: Vec::new(),
@@ -142,7 +151,6 @@ const ACCEPTED_NOOPS: &[&str] = &[
     "shared",
     "slave",
     "rprivate",
-    "noacl",
     "default_permissions",
     "ino32_t",
     "splice_write",
@@ -212,6 +220,7 @@ impl MountOptions {
             "workdir" => self.workdir = Some(PathBuf::from(need(value)?)),
             "volatile" => self.volatile = true,
             "readdirplus" => self.readdirplus = parse_on_off(name, &need(value)?)?,
+            "passthrough" => self.passthrough = parse_on_off(name, &need(value)?)?,
             "metacopy" => self.metacopy = parse_on_off(name, &need(value)?)?,
             "fsync" => {
                 let v = need(value)?;
@@ -230,6 +239,7 @@ impl MountOptions {
             "squash_to_uid" => self.squash_uid = Some(parse_num(name, &need(value)?)?),
             "squash_to_gid" => self.squash_gid = Some(parse_num(name, &need(value)?)?),
             "static_nlink" => self.static_nlink = true,
+            "noacl" => self.acl = false,
             "timeout" => {
                 let v = need(value)?;
                 let secs: f64 = v
