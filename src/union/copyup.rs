@@ -99,9 +99,19 @@ impl Union {
         }
         drop(pstate);
         let st = &copied.source;
-        if st.st_nlink > 1 && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+        if st.st_nlink > 1 && !node.is_dir {
             // Other names of this lower inode must stay linked to the copy.
             self.link_aliases(node, src, st.st_ino)?;
+            let linked = self
+                .with_name(node, Some(0), |dir, name| {
+                    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                })
+                .map(|u| u.st_nlink)
+                .unwrap_or(st.st_nlink);
+            // The union's count before (lower count plus removals) is the count after.
+            let adjust = &node.nlink_adjust;
+            let before = st.st_nlink as i64 + adjust.load(std::sync::atomic::Ordering::Relaxed);
+            adjust.store(before - linked as i64, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use super::dir::LayerIndex;
 use super::inode::{Node, ROOT_ID};
 use super::Union;
 
-/// Paths of the regular files of one layer that share an inode with another path there.
+/// Paths of the non-directories of one layer that share an inode with another path there.
 #[derive(Debug, Default)]
 pub struct LinkIndex {
     by_ino: HashMap<u64, Vec<Vec<OsString>>>,
@@ -60,26 +60,19 @@ fn walk(
             continue;
         }
         let name = std::ffi::OsStr::from_bytes(name).to_owned();
-        match e.file_type() {
-            FileType::Directory => subdirs.push(name),
-            FileType::RegularFile => {
-                let mut p = path.clone();
-                p.push(name);
-                all.entry(e.ino()).or_default().push(p);
-            }
+        // Any non-directory can have several names (symlinks and fifos too).
+        let ftype = match e.file_type() {
             FileType::Unknown => {
-                let st = rfs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)?;
-                match FileType::from_raw_mode(st.st_mode) {
-                    FileType::Directory => subdirs.push(name),
-                    FileType::RegularFile => {
-                        let mut p = path.clone();
-                        p.push(name);
-                        all.entry(st.st_ino).or_default().push(p);
-                    }
-                    _ => {}
-                }
+                FileType::from_raw_mode(rfs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode)
             }
-            _ => {}
+            t => t,
+        };
+        if ftype == FileType::Directory {
+            subdirs.push(name);
+        } else {
+            let mut p = path.clone();
+            p.push(name);
+            all.entry(e.ino()).or_default().push(p);
         }
     }
     for name in subdirs {
@@ -98,7 +91,7 @@ fn walk(
 
 impl Union {
     /// The link index of lower layer `layer`, built on first use.
-    fn link_index(&self, layer: LayerIndex) -> Result<Arc<LinkIndex>, Errno> {
+    pub(crate) fn link_index(&self, layer: LayerIndex) -> Result<Arc<LinkIndex>, Errno> {
         let mut indexes = self.link_indexes.lock();
         if let Some(ix) = indexes.get(&layer) {
             return Ok(ix.clone());

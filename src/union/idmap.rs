@@ -5,7 +5,7 @@
 use super::options::{IdRange, MountOptions};
 
 /// The id the kernel shows for a host id no mapping covers (`overflowuid`).
-const OVERFLOW_ID: u32 = 65534;
+pub const OVERFLOW_ID: u32 = 65534;
 
 /// A uid or gid as stored in the layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +37,8 @@ impl IdMap {
             return ClientId(host.0);
         }
         for r in &self.ranges {
-            if host.0 >= r.outside && host.0 - r.outside < r.len {
-                return ClientId(r.inside + (host.0 - r.outside));
+            if host.0 >= r.stored && host.0 - r.stored < r.len {
+                return ClientId(r.client + (host.0 - r.stored));
             }
         }
         ClientId(OVERFLOW_ID)
@@ -51,8 +51,8 @@ impl IdMap {
         }
         self.ranges
             .iter()
-            .find(|r| client.0 >= r.inside && client.0 - r.inside < r.len)
-            .map(|r| HostId(r.outside + (client.0 - r.inside)))
+            .find(|r| client.0 >= r.client && client.0 - r.client < r.len)
+            .map(|r| HostId(r.stored + (client.0 - r.client)))
     }
 }
 
@@ -109,17 +109,19 @@ mod tests {
     fn maps_both_ways() {
         let m = IdMap::new(
             vec![IdRange {
-                inside: 0,
-                outside: 200000,
+                stored: 0,
+                client: 200000,
                 len: 65536,
             }],
             None,
         );
-        assert_eq!(m.to_client(HostId(200000)), ClientId(0));
-        assert_eq!(m.to_client(HostId(201000)), ClientId(1000));
-        assert_eq!(m.to_client(HostId(5)), ClientId(OVERFLOW_ID));
-        assert_eq!(m.to_host(ClientId(1000)), Some(HostId(201000)));
-        assert_eq!(m.to_host(ClientId(70000)), None);
+        // podman --uidmap 0:200000:65536: image files owned by 0 belong to the container's
+        // root, which runs as host uid 200000.
+        assert_eq!(m.to_client(HostId(0)), ClientId(200000));
+        assert_eq!(m.to_client(HostId(1000)), ClientId(201000));
+        assert_eq!(m.to_client(HostId(70000)), ClientId(OVERFLOW_ID));
+        assert_eq!(m.to_host(ClientId(201000)), Some(HostId(1000)));
+        assert_eq!(m.to_host(ClientId(5)), None);
     }
 
     #[test]

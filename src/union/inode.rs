@@ -74,6 +74,11 @@ pub struct Node {
     dir_fds: Mutex<Vec<(LayerIndex, Arc<OwnedFd>)>>,
     /// How many lookups the kernel holds (FUSE `forget` takes them back).
     lookups: AtomicU64,
+    /// Correction of a hard link's link count, as the kernel's index keeps it: names of a
+    /// lower inode removed through the mount count down; at copy-up the union count carries
+    /// over, including names the union cannot show (covered by whiteouts or opaque
+    /// directories) that the upper copy is not linked to.
+    pub nlink_adjust: std::sync::atomic::AtomicI64,
     /// The node's last name was removed; it lives on only through open files. Atomic so the
     /// node table can read it without taking the state lock (which would invert lock order).
     unlinked: AtomicBool,
@@ -104,6 +109,7 @@ impl Node {
             dir_fds: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
             unlinked: AtomicBool::new(false),
+            nlink_adjust: std::sync::atomic::AtomicI64::new(0),
         }
     }
 

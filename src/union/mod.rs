@@ -388,6 +388,10 @@ impl Union {
     /// mapped owners, and nlink 1 for merged directories (as the kernel reports them).
     pub fn client_stat(&self, node: &Node, mut st: rfs::Stat) -> rfs::Stat {
         st.st_ino = node.id;
+        if !node.is_dir && st.st_nlink > 0 {
+            let adjust = node.nlink_adjust.load(std::sync::atomic::Ordering::Relaxed);
+            st.st_nlink = (st.st_nlink as i64 + adjust).max(1) as u64;
+        }
         if node.is_dir && (self.options.static_nlink || node.state.read().layers.len() > 1) {
             st.st_nlink = 1;
         }

@@ -12,6 +12,7 @@ use rustix::io::Errno;
 use super::copyup::remove_any;
 use super::dir::{Entry, Listing};
 use super::format::{self, WhiteoutForm};
+use super::idmap::OVERFLOW_ID;
 use super::inode::Node;
 use super::layer::valid_name;
 use super::{Caller, Union, NAME_MAX};
@@ -85,11 +86,13 @@ impl Union {
     /// Owner of a new object made by `caller` in `parent_st`'s directory (BSD group semantics
     /// under a setgid directory), as stored ids.
     fn new_owner(&self, caller: Caller, parent_st: &rfs::Stat) -> Result<(u32, u32), Errno> {
-        let uid = self.ids.uid_to_host(caller.uid)?;
+        // A creator outside the mapping (e.g. host root preparing a container's rootfs)
+        // gets the overflow id, as with fuse-overlayfs.
+        let uid = self.ids.uid_to_host(caller.uid).unwrap_or(OVERFLOW_ID);
         let gid = if parent_st.st_mode & libc::S_ISGID != 0 {
             parent_st.st_gid
         } else {
-            self.ids.gid_to_host(caller.gid)?
+            self.ids.gid_to_host(caller.gid).unwrap_or(OVERFLOW_ID)
         };
         Ok((uid, gid))
     }
@@ -377,11 +380,19 @@ impl Union {
             Some(format::create_whiteout(upper.as_fd(), name)?)
         };
         drop(cstate);
-        self.name_removed(child, parent.id, name, upper_ino);
+        let lower_links = self.lower_hard_link(parent, name, &entry);
+        if lower_links.is_none() {
+            self.name_removed(child, parent.id, name, upper_ino);
+        }
         let l = listing_mut(&mut pstate);
         l.entries.shift_remove(name);
         if let Some(form) = whiteout {
             l.upper_whiteouts.insert(name.to_owned(), form);
+        }
+        drop(pstate);
+        if let Some((layer, ino)) = lower_links {
+            // Other names of a lower hard link may still show it (looked up without the lock).
+            self.lower_name_removed(child, parent.id, name, layer, ino);
         }
         Ok(())
     }
@@ -545,9 +556,6 @@ impl Union {
                 match (src.is_dir, d.is_dir) {
                     (true, false) => return Err(Errno::NOTDIR),
                     (false, true) => return Err(Errno::ISDIR),
-                    (true, true) if !self.listing(d)?.entries.is_empty() => {
-                        return Err(Errno::NOTEMPTY)
-                    }
                     _ => {}
                 }
             }
@@ -565,6 +573,11 @@ impl Union {
         }
         if exchange && dst.is_some_and(|d| d.is_dir && has_lower(d)) {
             return Err(Errno::XDEV);
+        }
+        if let Some(d) = dst.filter(|d| !exchange && d.is_dir) {
+            if !self.listing(d)?.entries.is_empty() {
+                return Err(Errno::NOTEMPTY);
+            }
         }
         self.copy_up(src)?;
         if exchange {
@@ -707,7 +720,11 @@ impl Union {
                 },
             );
         }
-        if let Some(dnode) = dst {
+        let dst_lower_links = match (&dst_entry, dst) {
+            (Some(d), Some(dnode)) if !dnode.is_dir => self.lower_hard_link(newparent, newname, d),
+            _ => None,
+        };
+        if let (Some(dnode), None) = (dst, dst_lower_links) {
             self.name_removed(dnode, newparent.id, newname, dst_upper_ino);
         }
         src.rename_name(
@@ -718,6 +735,11 @@ impl Union {
                 name: newname.to_owned(),
             },
         );
+        drop(first);
+        drop(second);
+        if let (Some(dnode), Some((layer, ino))) = (dst, dst_lower_links) {
+            self.lower_name_removed(dnode, newparent.id, newname, layer, ino);
+        }
         Ok(())
     }
 
@@ -741,6 +763,84 @@ impl Union {
         if !alive {
             self.retire_node(node);
         }
+    }
+
+    /// If `entry` (named `name` in `dir`) is a lower non-directory with other hard links in its
+    /// layer: that layer and the lower inode number.
+    fn lower_hard_link(
+        &self,
+        dir: &Node,
+        name: &OsStr,
+        entry: &Entry,
+    ) -> Option<(super::dir::LayerIndex, u64)> {
+        let layer = entry.top();
+        if self.is_upper(layer) || entry.kind == FileType::Directory {
+            return None;
+        }
+        let fd = self.dir_fd(dir, layer).ok()?;
+        let st = rfs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        (st.st_nlink > 1).then_some((layer, st.st_ino))
+    }
+
+    /// The name `name` in `parent` of `node`, a lower hard link (inode `ino` of `layer`), is
+    /// gone: the node lives on under another name of that inode the union still shows.
+    fn lower_name_removed(
+        &self,
+        node: &Arc<Node>,
+        parent: u64,
+        name: &OsStr,
+        layer: super::dir::LayerIndex,
+        ino: u64,
+    ) {
+        node.nlink_adjust
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        node.remove_name(parent, name);
+        if !node.location().is(parent, name) {
+            return;
+        }
+        match self.visible_alias(layer, ino) {
+            Some(loc) => node.rename_name(parent, name, loc),
+            None => self.retire_node(node),
+        }
+    }
+
+    /// Some name the union still shows for inode `ino` of lower layer `layer`.
+    fn visible_alias(
+        &self,
+        layer: super::dir::LayerIndex,
+        ino: u64,
+    ) -> Option<super::inode::Location> {
+        let index = self.link_index(layer).ok()?;
+        for path in index.paths(ino) {
+            let (dirs, last) = path.split_at(path.len() - 1);
+            let mut held = Vec::new();
+            let mut dir = self.nodes.get(super::inode::ROOT_ID).ok();
+            for comp in dirs {
+                dir = dir
+                    .and_then(|d| self.lookup(d.id, comp).ok())
+                    .map(|(n, _)| {
+                        held.push(n.id);
+                        n
+                    });
+            }
+            let found = dir.filter(|d| {
+                self.listing(d).is_ok_and(|l| {
+                    l.entries
+                        .get(&last[0])
+                        .is_some_and(|e| e.top() == layer && e.ino == (layer, ino))
+                })
+            });
+            for id in held {
+                self.nodes.unref(id);
+            }
+            if let Some(d) = found {
+                return Some(super::inode::Location {
+                    parent: Some(d),
+                    name: last[0].clone(),
+                });
+            }
+        }
+        None
     }
 
     /// Mark `node` gone: no lookup finds it again and its inode numbers are free for others.

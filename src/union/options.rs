@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-/// One contiguous range of an id mapping: ids `inside..inside+len` seen by clients are
-/// `outside..outside+len` on disk (fuse-overlayfs's `uidmapping=INSIDE:OUTSIDE:LEN`).
+/// One contiguous range of an id mapping, as containers-storage writes it
+/// (`uidmapping=:CONTAINER:HOST:LEN`): ids `stored..stored+len` in the layers (container ids)
+/// are `client..client+len` for the processes using the mount (host ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
-    /// First id as the client sees it.
-    pub inside: u32,
     /// First id as stored in the layers.
-    pub outside: u32,
+    pub stored: u32,
+    /// First id as the client sees it.
+    pub client: u32,
     /// Number of ids in the range.
     pub len: u32,
 }
@@ -357,8 +358,8 @@ fn parse_mapping(option: &str, value: &str) -> Result<Vec<IdRange>, OptionError>
     let mut ranges = Vec::new();
     for triple in fields.chunks(3) {
         let range = IdRange {
-            inside: parse_num(option, triple[0])?,
-            outside: parse_num(option, triple[1])?,
+            stored: parse_num(option, triple[0])?,
+            client: parse_num(option, triple[1])?,
             len: parse_num(option, triple[2])?,
         };
         if range.len == 0 {
@@ -407,12 +408,12 @@ mod tests {
         assert_eq!(
             o.uid_map[2],
             IdRange {
-                inside: 1002,
-                outside: 1002,
+                stored: 1002,
+                client: 1002,
                 len: 64535
             }
         );
-        assert_eq!(o.gid_map[0].outside, 200000);
+        assert_eq!(o.gid_map[0].client, 200000);
     }
 
     #[test]

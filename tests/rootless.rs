@@ -1,0 +1,245 @@
+//! stratafs without root: as a plain user mounting through fusermount3, and as an unprivileged
+//! user inside a user namespace (`unshare -Urm`), where the results are compared with kernel
+//! overlayfs mounted in the same namespace (`userxattr`).
+//!
+//! The set-up (run as root, as CI does) creates the user `strata-rootless` with subordinate id
+//! ranges and makes /dev/fuse usable by it (Debian's default mode 0666).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+
+use common::*;
+
+const USER: &str = "strata-rootless";
+const STRATAFS: &str = env!("CARGO_BIN_EXE_stratafs");
+
+fn setup_user() -> (u32, u32) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if Command::new("id")
+            .arg(USER)
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            let st = Command::new("useradd")
+                .args(["--create-home", "--shell", "/bin/sh", USER])
+                .status()
+                .expect("useradd");
+            assert!(st.success(), "useradd {USER}");
+        }
+        for f in ["/etc/subuid", "/etc/subgid"] {
+            let text = fs::read_to_string(f).unwrap_or_default();
+            if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
+                fs::write(f, format!("{text}{USER}:400000:65536\n")).unwrap();
+            }
+        }
+        let dev = Path::new("/dev/fuse");
+        let mode = fs::metadata(dev).expect("/dev/fuse").permissions().mode();
+        if mode & 0o006 != 0o006 {
+            fs::set_permissions(dev, fs::Permissions::from_mode(0o666)).unwrap();
+        }
+    });
+    let id = |flag: &str| -> u32 {
+        let o = Command::new("id").args([flag, USER]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// Runs `script` with `sh -eu` as the unprivileged user, under a deadline.
+fn as_user(script: &str, dir: &Path) -> Output {
+    let (uid, gid) = setup_user();
+    let script = format!("STRATAFS='{STRATAFS}'; export STRATAFS\n{script}");
+    let dir = dir.to_path_buf();
+    with_timeout(120, "script as the unprivileged user", move || {
+        Command::new("timeout")
+            .args(["100", "setpriv"])
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .args(["--init-groups", "--reset-env", "sh", "-eu", "-c", &script])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv")
+    })
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A temp dir the unprivileged user owns, with two lower layers.
+fn user_dir() -> tempfile::TempDir {
+    let (uid, gid) = setup_user();
+    let dir = tempdir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+    // Every directory above must be searchable by the user.
+    let mut p = dir.path().parent();
+    while let Some(d) = p {
+        let m = fs::metadata(d).unwrap();
+        if m.mode() & 0o001 == 0 {
+            fs::set_permissions(d, fs::Permissions::from_mode(m.mode() | 0o001)).unwrap();
+        }
+        p = d.parent();
+    }
+    dir
+}
+
+/// Lower layers written by the user (as an image extracted rootless would be).
+const LAYERS: &str = r#"
+mkdir -p l1/etc l1/d/sub l1/gone l2/etc l2/opq
+echo base > l1/etc/conf
+echo lower > l1/d/file
+echo deep > l1/d/sub/x
+echo hidden > l1/gone/h
+echo below > l1/opqdir 2>/dev/null || true
+echo top > l2/etc/conf
+echo keep > l2/opq/keep
+"#;
+
+/// The same operations on a mounted union at $M; prints what a client sees. (A subshell:
+/// the caller's working directory stays.)
+const OPS: &str = r#"(
+echo appended >> "$M/etc/conf"
+rm "$M/d/file"
+rm -r "$M/gone"
+mkdir "$M/gone"
+echo again > "$M/gone/new"
+mv "$M/d/sub/x" "$M/d/moved"
+chmod 600 "$M/d/moved"
+ln -s ../etc/conf "$M/d/link"
+ln "$M/d/moved" "$M/d/hard"
+mkdir -m 0750 "$M/made"
+setfattr -n user.note -v hi "$M/made"
+cd "$M" && find . | sort | while read -r p; do
+  printf '%s %s %s %s\n' "$p" "$(stat -c '%F %a %h' "$p")" \
+    "$( [ -f "$p" ] && md5sum < "$p" | cut -c1-8 || echo -)" \
+    "$(getfattr --absolute-names -n user.note --only-values "$p" 2>/dev/null || echo -)"
+done
+)"#;
+
+#[test]
+fn plain_user_mounts_through_fusermount3() {
+    let dir = user_dir();
+    let script = format!(
+        r#"
+{LAYERS}
+mkdir -p upper work mnt
+"$STRATAFS" -o lowerdir=$PWD/l2:$PWD/l1,upperdir=$PWD/upper,workdir=$PWD/work mnt
+M=$PWD/mnt
+{OPS}
+echo "== upper"
+stat -c '%n %F %t:%T' upper/d/file upper/gone 2>&1 || true
+getfattr --absolute-names -n user.overlay.opaque --only-values upper/gone; echo
+cat l1/d/file
+fusermount3 -u mnt
+i=0; while pgrep -u "$(id -u)" -f "stratafs -o lowerdir=$PWD" >/dev/null; do
+  i=$((i+1)); [ $i -lt 100 ] || {{ echo "daemon did not exit"; exit 1; }}; sleep 0.05
+done
+echo unmounted
+"#
+    );
+    let o = as_user(&script, dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "as {USER}: {}\n{out}\n{err}", o.status);
+    // Whiteouts: unprivileged 0/0 devices are allowed on this kernel.
+    assert!(
+        out.contains("upper/d/file character special file 0:0"),
+        "whiteout form:\n{out}"
+    );
+    assert!(
+        out.contains("\ny\n"),
+        "opaque dir carries user.overlay.opaque=y:\n{out}"
+    );
+    assert!(out.contains("./made directory 750"), "{out}");
+    assert!(out.contains("./d/hard regular file 600 2"), "{out}");
+    assert!(
+        out.contains("lower\nunmounted"),
+        "lower layer untouched:\n{out}"
+    );
+    assert!(!out.contains("./d/file "), "{out}");
+    assert!(!out.contains("./gone/h"), "{out}");
+}
+
+#[test]
+fn another_user_cannot_see_a_rootless_mount() {
+    let dir = user_dir();
+    let script = r#"
+mkdir -p l u w m && echo secret > l/f
+"$STRATAFS" -o lowerdir=$PWD/l,upperdir=$PWD/u,workdir=$PWD/w m
+cat m/f
+"#;
+    let o = as_user(script, dir.path());
+    let (out, err) = text(&o);
+    let mnt = dir.path().join("m");
+    let _cleanup = Unmounter(mnt.clone());
+    assert!(o.status.success() && out.contains("secret"), "{out}\n{err}");
+    // nobody (uid 65534) is neither the owner nor root: no access without allow_other.
+    let mnt2 = mnt.clone();
+    let other = with_timeout(30, "access as nobody", move || {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(mnt2.join("f"))
+            .output()
+            .unwrap()
+    });
+    assert!(!other.status.success(), "nobody read a private mount");
+}
+
+/// Unmounts on drop (fusermount3 -u, then a lazy umount).
+struct Unmounter(std::path::PathBuf);
+
+impl Drop for Unmounter {
+    fn drop(&mut self) {
+        unmount(&self.0);
+    }
+}
+
+#[test]
+fn user_namespace_matches_kernel_overlayfs_in_the_same_namespace() {
+    let dir = user_dir();
+    let script = format!(
+        r#"
+{LAYERS}
+cp -a l1 k1 && cp -a l2 k2
+mkdir -p ku kw km su sw sm
+unshare -Urm sh -eu -c '
+  mount -t overlay overlay -o lowerdir=$PWD/k2:$PWD/k1,upperdir=$PWD/ku,workdir=$PWD/kw,userxattr km
+  "$STRATAFS" -o lowerdir=$PWD/l2:$PWD/l1,upperdir=$PWD/su,workdir=$PWD/sw sm
+  M=$PWD/km; {{ {ops_k} }} > kernel.txt
+  M=$PWD/sm; {{ {ops_s} }} > strata.txt
+  # Owners a mapped root can give: chown works on the copy.
+  chown 0:0 sm/d/moved
+  stat -c "%u:%g" sm/d/moved > chown.txt
+  fusermount3 -u sm || umount sm
+  umount km
+'
+grep -q "./made directory 750" kernel.txt
+diff kernel.txt strata.txt && echo SAME
+cat chown.txt
+"#,
+        ops_k = OPS.replace('\'', "'\\''"),
+        ops_s = OPS.replace('\'', "'\\''"),
+    );
+    let o = as_user(&script, dir.path());
+    let (out, err) = text(&o);
+    for m in ["km", "sm"] {
+        unmount(&dir.path().join(m));
+    }
+    assert!(o.status.success(), "{}\n{out}\n{err}", o.status);
+    assert!(
+        out.contains("SAME"),
+        "kernel vs stratafs in a user namespace:\n{out}\n{err}"
+    );
+    assert!(out.contains("0:0"), "{out}");
+}
