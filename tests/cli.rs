@@ -542,19 +542,19 @@ fn debug_flag_stays_in_foreground_and_logs_requests() {
 
 #[test]
 fn uid_and_gid_mapping_translate_owners_both_ways() {
-    // uidmapping=IN:OUT:LEN as in fuse-overlayfs: IN is the id seen through the mount, OUT the
-    // id stored in the layers. (No kernel reference: overlayfs has no such option.)
-    use std::os::unix::fs::MetadataExt;
+    // uidmapping=STORED:CLIENT:LEN as containers-storage writes it (podman --uidmap
+    // 0:10000:65536): an id stored in the layers shows as the client id, and back. (No kernel
+    // reference: overlayfs has no such option.)
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let fx = Fixture::new(1);
+    fs::set_permissions(fx.root(), fs::Permissions::from_mode(0o755)).unwrap();
     fx.lower(0)
         .file_mode("root_file", b"r", 0o600)
-        .chown("root_file", 10000, 20000)
         .file("user_file", b"u")
-        .chown("user_file", 10005, 20007)
+        .chown("user_file", 5, 7)
         .file("unmapped", b"x")
-        .chown("unmapped", 5, 5)
-        .dir("d")
-        .chown("d", 10000, 20000);
+        .chown("unmapped", 70000, 70000)
+        .dir("d");
     let spec = MountSpec {
         writable: true,
         extra: vec![
@@ -568,23 +568,35 @@ fn uid_and_gid_mapping_translate_owners_both_ways() {
             let md = lstat(&r.join(p));
             (md.uid(), md.gid())
         };
-        assert_eq!(own("root_file"), (0, 0));
-        assert_eq!(own("user_file"), (5, 7));
+        assert_eq!(own("root_file"), (10000, 20000));
+        assert_eq!(own("user_file"), (10005, 20007));
         assert_eq!(
             own("unmapped"),
             (65534, 65534),
             "unmapped ids show as overflow"
         );
-        assert_eq!(own("d"), (0, 0));
+        assert_eq!(own("d"), (10000, 20000));
         assert_eq!(
             read(&r.join("root_file")),
             b"r",
-            "mapped root cannot read its file"
+            "lower files must stay readable"
         );
-        fs::write(r.join("d/new"), b"n").unwrap();
-        assert_eq!(own("d/new"), (0, 0));
-        std::os::unix::fs::lchown(r.join("user_file"), Some(42), Some(43)).unwrap();
-        assert_eq!(own("user_file"), (42, 43));
+        // The container's root (client 10000) creates a file: stored as 0.
+        let target = r.join("d/new").to_str().unwrap().to_string();
+        let o = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=10000",
+                "--regid=20000",
+                "--clear-groups",
+                "touch",
+                &target,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "create as client 10000: {o:?}");
+        assert_eq!(own("d/new"), (10000, 20000));
+        std::os::unix::fs::lchown(r.join("user_file"), Some(10042), Some(20043)).unwrap();
+        assert_eq!(own("user_file"), (10042, 20043));
     });
     drop(m);
     let on_disk = |p: &str| {
@@ -593,17 +605,13 @@ fn uid_and_gid_mapping_translate_owners_both_ways() {
     };
     assert_eq!(
         on_disk("d/new"),
-        (10000, 20000),
-        "new file stored with the mapped ids"
+        (0, 0),
+        "new file stored with the stored ids"
     );
-    assert_eq!(
-        on_disk("d"),
-        (10000, 20000),
-        "copied-up dir keeps its stored ids"
-    );
+    assert_eq!(on_disk("d"), (0, 0), "copied-up dir keeps its stored ids");
     assert_eq!(
         on_disk("user_file"),
-        (10042, 20043),
-        "chown stored with the mapped ids"
+        (42, 43),
+        "chown stored with the stored ids"
     );
 }

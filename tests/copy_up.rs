@@ -28,6 +28,9 @@ both_backends!(
     metadata_change_on_lower_dir_keeps_it_merged,
     reopen_after_metadata_copy_up_while_an_fd_is_open,
     concurrent_copy_up_of_one_file,
+    readers_never_see_a_partial_copy_up,
+    file_capabilities_survive_copy_up,
+    setuid_and_setgid_bits_survive_copy_up,
 );
 
 const MTIME: (i64, i64) = (1_200_000_000, 987_654_321);
@@ -623,4 +626,108 @@ fn concurrent_copy_up_of_one_file(b: Backend) {
         }
         assert_eq!(lstat(&r.join("big")).nlink(), 1);
     });
+}
+
+fn readers_never_see_a_partial_copy_up(b: Backend) {
+    let size = 32usize << 20;
+    let mut data = vec![0u8; size];
+    fastrand::Rng::with_seed(9).fill(&mut data);
+    let tail: Vec<u8> = data[size - 16..].to_vec();
+    let fx = Fixture::new(1);
+    fx.lower(0).file("big", &data);
+    drop(data);
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, move |r| {
+        let p = r.join("big");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (p, done, tail) = (p.clone(), done.clone(), tail.clone());
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) || seen == 0 {
+                    let f = fs::File::open(&p).unwrap();
+                    let len = f.metadata().unwrap().len() as usize;
+                    assert!(len == size || len == size + 1, "size {len} during copy-up");
+                    let mut buf = [0u8; 16];
+                    f.read_exact_at(&mut buf, (size - 16) as u64).unwrap();
+                    assert_eq!(buf.to_vec(), tail, "tail changed during copy-up");
+                    seen += 1;
+                }
+                seen
+            })
+        };
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"!").unwrap();
+        drop(f);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reads = reader.join().unwrap();
+        assert!(reads > 0);
+        assert_eq!(lstat(&p).size() as usize, size + 1);
+    });
+}
+
+/// A `security.capability` v2 value: effective, permitted CAP_NET_RAW (bit 13).
+const CAP_NET_RAW_V2: [u8; 20] = [
+    0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+fn file_capabilities_survive_copy_up(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file_mode("ping", b"\x7fELF", 0o755).xattr(
+        "ping",
+        "security.capability",
+        &CAP_NET_RAW_V2,
+    );
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let p = r.join("ping");
+        assert_eq!(
+            get_xattr(&p, "security.capability"),
+            Ok(CAP_NET_RAW_V2.to_vec())
+        );
+        // Copy-up without a write (a write or chown would rightly drop the capability).
+        drop(OpenOptions::new().write(true).open(&p).unwrap());
+        rustix::fs::lsetxattr(&p, "user.x", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+        assert_eq!(
+            get_xattr(&p, "security.capability"),
+            Ok(CAP_NET_RAW_V2.to_vec())
+        );
+        // A write drops it, as on any filesystem.
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(b"E", 1).unwrap();
+        drop(f);
+        assert_eq!(get_xattr(&p, "security.capability"), Err(libc::ENODATA));
+    });
+    drop(m);
+    assert_eq!(
+        get_xattr(&fx.lowers[0].join("ping"), "security.capability"),
+        Ok(CAP_NET_RAW_V2.to_vec())
+    );
+}
+
+fn setuid_and_setgid_bits_survive_copy_up(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0)
+        .file("suid", b"binary")
+        .chown("suid", 0, 0)
+        .chmod("suid", 0o4755)
+        .file("sgid", b"binary")
+        .chown("sgid", 0, 50)
+        .chmod("sgid", 0o2755)
+        .dir("sgid_dir")
+        .chmod("sgid_dir", 0o2775)
+        .file("sgid_dir/f", b"x");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        for p in ["suid", "sgid"] {
+            drop(OpenOptions::new().write(true).open(r.join(p)).unwrap());
+        }
+        fs::write(r.join("sgid_dir/f"), b"y").unwrap();
+        assert_eq!(lstat(&r.join("suid")).mode() & 0o7777, 0o4755);
+        assert_eq!(lstat(&r.join("sgid")).mode() & 0o7777, 0o2755);
+        assert_eq!(lstat(&r.join("sgid_dir")).mode() & 0o7777, 0o2775);
+    });
+    drop(m);
+    assert_eq!(lstat(&fx.upper.join("suid")).mode() & 0o7777, 0o4755);
+    assert_eq!(lstat(&fx.upper.join("sgid_dir")).mode() & 0o7777, 0o2775);
 }

@@ -49,6 +49,9 @@ both_backends!(
     rename_away_from_lower_name_then_recreate,
     rename_onto_own_hard_link_is_a_no_op,
     rename_into_opaque_and_whited_out_places,
+    unlinking_one_lower_hard_link_keeps_the_others,
+    truncate_through_one_lower_hard_link_is_seen_by_all,
+    new_entries_in_setgid_dir_inherit_its_group,
 );
 
 fn mkdir_applies_mode_exactly(b: Backend) {
@@ -915,5 +918,88 @@ fn rename_into_opaque_and_whited_out_places(b: Backend) {
         fs::remove_file(r.join("o/hidden")).unwrap();
         assert!(list(&r.join("o")).is_empty());
         assert_eq!(list(&r), ["gone", "o"]);
+    });
+}
+
+fn unlinking_one_lower_hard_link_keeps_the_others(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0)
+        .file("hl/a", b"A")
+        .hardlink("hl/a", "hl/b")
+        .hardlink("hl/a", "other/c");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        assert_eq!(lstat(&r.join("hl/a")).nlink(), 3);
+        fs::remove_file(r.join("hl/b")).unwrap();
+        assert_eq!(
+            lstat(&r.join("hl/a")).nlink(),
+            2,
+            "hl/a after unlinking hl/b"
+        );
+        assert_eq!(
+            lstat(&r.join("other/c")).nlink(),
+            2,
+            "other/c after unlinking hl/b"
+        );
+        assert_eq!(read(&r.join("hl/a")), b"A");
+        assert_eq!(list(&r.join("hl")), ["a"]);
+        fs::remove_file(r.join("other/c")).unwrap();
+        assert_eq!(lstat(&r.join("hl/a")).nlink(), 1);
+    });
+    drop(m);
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        assert_eq!(list(&r.join("hl")), ["a"]);
+        assert!(list(&r.join("other")).is_empty());
+        assert_eq!(read(&r.join("hl/a")), b"A");
+    });
+}
+
+fn truncate_through_one_lower_hard_link_is_seen_by_all(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0)
+        .file("hl/a", b"0123456789")
+        .hardlink("hl/a", "other/c");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        assert_eq!(lstat(&r.join("hl/a")).size(), 10);
+        truncate_path(&r.join("other/c"), 3).unwrap();
+        assert_eq!(read(&r.join("hl/a")), b"012");
+        let (a, c) = (lstat(&r.join("hl/a")), lstat(&r.join("other/c")));
+        assert_eq!((a.size(), a.nlink(), a.ino()), (3, 2, c.ino()));
+    });
+}
+
+fn new_entries_in_setgid_dir_inherit_its_group(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0)
+        .dir("shared")
+        .chown("shared", 0, 50)
+        .chmod("shared", 0o2775);
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        fs::write(r.join("shared/f"), b"x").unwrap();
+        fs::create_dir(r.join("shared/d")).unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            r.join("shared/p"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("f", r.join("shared/l")).unwrap();
+        for p in ["f", "d", "p", "l"] {
+            assert_eq!(
+                lstat(&r.join("shared").join(p)).gid(),
+                50,
+                "group of shared/{p}"
+            );
+        }
+        assert_eq!(
+            lstat(&r.join("shared/d")).mode() & 0o7777,
+            0o2755,
+            "a new dir inherits S_ISGID"
+        );
     });
 }

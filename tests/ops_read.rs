@@ -44,6 +44,7 @@ both_backends!(
     large_merged_directory_lists_every_name_once,
     posix_acls_are_visible_and_enforced,
     access_checks_follow_the_mode,
+    readdir_resumes_at_a_saved_offset,
 );
 
 fn top_layer_wins(b: Backend) {
@@ -985,5 +986,48 @@ fn access_checks_follow_the_mode(b: Backend) {
         a("none", Access::READ_OK | Access::WRITE_OK).unwrap();
         assert_rerrno("X_OK on 0000", a("none", Access::EXEC_OK), libc::EACCES);
         a("d", Access::EXEC_OK | Access::WRITE_OK).unwrap();
+    });
+}
+
+/// Reads all entries of `fd` from its current position: (name, cookie of the next entry).
+fn read_entries(fd: &std::os::fd::OwnedFd) -> Vec<(String, u64)> {
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 1024];
+    let mut dir = rustix::fs::RawDir::new(fd, &mut buf);
+    let mut out = Vec::new();
+    while let Some(e) = dir.next() {
+        let e = e.unwrap();
+        out.push((
+            e.file_name().to_string_lossy().into_owned(),
+            e.next_entry_cookie(),
+        ));
+    }
+    out
+}
+
+fn readdir_resumes_at_a_saved_offset(b: Backend) {
+    let fx = Fixture::new(2);
+    for i in 0..120 {
+        fx.lower(i % 2).file(format!("d/f{i:03}"), b"");
+    }
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let fd = rustix::fs::open(
+            r.join("d"),
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let all = read_entries(&fd);
+        assert_eq!(all.len(), 122, "120 names plus . and ..");
+        for at in [0usize, 1, 2, 50, 121] {
+            let cookie = all[at].1;
+            rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(cookie)).unwrap();
+            let rest: Vec<String> = read_entries(&fd).into_iter().map(|e| e.0).collect();
+            let want: Vec<String> = all[at + 1..].iter().map(|e| e.0.clone()).collect();
+            assert_eq!(rest, want, "resuming after entry {at} (cookie {cookie})");
+        }
+        // Rewinding gives the same listing again.
+        rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0)).unwrap();
+        assert_eq!(read_entries(&fd), all);
     });
 }

@@ -36,6 +36,7 @@ both_backends!(
     o_directory_on_file_is_enotdir,
     concurrent_creates_in_one_dir,
     open_fd_survives_rename_of_its_file,
+    o_tmpfile_creates_an_anonymous_file,
 );
 
 fn create_new_file_in_root_and_in_lower_dir(b: Backend) {
@@ -568,5 +569,26 @@ fn open_fd_survives_rename_of_its_file(b: Backend) {
         assert_eq!(f.metadata().unwrap().len(), 7);
         drop(f);
         assert_eq!(read(&r.join("b/g")), b"Content");
+    });
+}
+
+fn o_tmpfile_creates_an_anonymous_file(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).dir("d");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(r.join("d"))
+            .expect("O_TMPFILE in a lower dir");
+        f.write_all_at(b"anon", 0).unwrap();
+        assert_eq!(f.metadata().unwrap().nlink(), 0);
+        assert!(list(&r.join("d")).is_empty());
+        let mut buf = [0u8; 4];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"anon");
     });
 }
