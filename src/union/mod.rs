@@ -367,12 +367,12 @@ impl Union {
             let _pstate = lock_parent.then(|| parent.state.read());
             let loc = node.location();
             if node.is_unlinked() || loc.parent.as_ref().is_none_or(|p| p.id != parent.id) {
-                return Err(Errno::STALE);
+                return Err(Errno::NOENT);
             }
             let pfd = self.dir_fd(&parent, top)?;
             let mut st = rfs::statat(pfd.as_fd(), &loc.name, AtFlags::SYMLINK_NOFOLLOW)?;
             if format::is_device_whiteout(&st) {
-                return Err(Errno::STALE);
+                return Err(Errno::NOENT);
             }
             if let Some(data) = metacopy {
                 // The blocks in use are the lower file's (as the kernel reports them).
