@@ -14,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::unprivileged::*;
 use common::*;
 
 const STRATAFS: &str = env!("CARGO_BIN_EXE_stratafs");
@@ -240,4 +241,65 @@ fn podman_runs_and_builds_on_stratafs() {
         .filter(|(m, t)| m.starts_with(pm.root()) && t.contains("fuse"))
         .collect();
     assert!(left.is_empty(), "mounts left behind: {left:?}");
+}
+
+/// Rootless podman with stratafs as its mount program: import, run and build as the
+/// unprivileged user, with /etc/subuid and /etc/subgid ranges set up above.
+#[test]
+fn rootless_podman_runs_and_builds_on_stratafs() {
+    let dir = user_dir();
+    let _reaper = DaemonReaper(dir.path().to_path_buf());
+    let script = r#"
+export HOME=$PWD/home XDG_RUNTIME_DIR=$PWD/run
+mkdir -p "$HOME" "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+printf '#!/bin/sh\nprintf "%%s\\n" "$*" >> %s/mount-program.log\nexec %s "$@"\n' "$PWD" "$STRATAFS" > mp
+chmod 755 mp
+cat > storage.conf <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$PWD/graph"
+runroot = "$XDG_RUNTIME_DIR/c"
+[storage.options.overlay]
+mount_program = "$PWD/mp"
+CONF
+cat > containers.conf <<CONF
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+export CONTAINERS_STORAGE_CONF=$PWD/storage.conf CONTAINERS_CONF=$PWD/containers.conf
+cleanup() { podman system reset -f >/dev/null 2>&1 || true; pkill -u "$(id -u)" catatonit || true; }
+trap cleanup EXIT
+mkdir -p rootfs/bin rootfs/etc rootfs/tmp rootfs/data/D
+cp /bin/busybox rootfs/bin/
+for a in sh ls cat echo rm mkdir test; do ln -s busybox rootfs/bin/$a; done
+echo 'root:x:0:0:root:/root:/bin/sh' > rootfs/etc/passwd
+echo 'root:x:0:' > rootfs/etc/group
+echo child > rootfs/data/D/child
+echo image > rootfs/data/delme
+tar -C rootfs -cf rootfs.tar .
+podman import rootfs.tar rl:base >/dev/null
+set +e
+podman run --rm --network none rl:base sh -c 'echo hi > /tmp/x && cat /tmp/x && rm /data/delme && exit 5'
+echo "run-exit=$?"
+set -e
+podman run --rm --network none rl:base cat /data/delme
+mkdir ctx && echo copied > ctx/file.txt
+printf 'FROM localhost/rl:base\nENV G=hello\nCOPY file.txt /file.txt\nRUN rm -rf /data/D && mkdir /data/D && echo $G > /data/D/new\n' > ctx/Containerfile
+podman build --network none -t rl:built ctx >/dev/null
+podman run --rm --network none localhost/rl:built sh -c 'ls /data/D; cat /file.txt; echo $G'
+echo "mounts=$(wc -l < mount-program.log)"
+"#;
+    let o = as_user(script, dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{}\n{out}\n{err}", o.status);
+    assert!(out.contains("hi\nrun-exit=5\nimage\n"), "run: {out}\n{err}");
+    assert!(out.contains("new\ncopied\nhello\n"), "build: {out}\n{err}");
+    assert!(
+        !out.contains("mounts=0"),
+        "podman used the mount program: {out}"
+    );
 }

@@ -7,93 +7,10 @@
 
 mod common;
 
-use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::Once;
+use std::process::Command;
 
+use common::unprivileged::*;
 use common::*;
-
-const USER: &str = "strata-rootless";
-const STRATAFS: &str = env!("CARGO_BIN_EXE_stratafs");
-
-fn setup_user() -> (u32, u32) {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if Command::new("id")
-            .arg(USER)
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            let st = Command::new("useradd")
-                .args(["--create-home", "--shell", "/bin/sh", USER])
-                .status()
-                .expect("useradd");
-            assert!(st.success(), "useradd {USER}");
-        }
-        for f in ["/etc/subuid", "/etc/subgid"] {
-            let text = fs::read_to_string(f).unwrap_or_default();
-            if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
-                fs::write(f, format!("{text}{USER}:400000:65536\n")).unwrap();
-            }
-        }
-        let dev = Path::new("/dev/fuse");
-        let mode = fs::metadata(dev).expect("/dev/fuse").permissions().mode();
-        if mode & 0o006 != 0o006 {
-            fs::set_permissions(dev, fs::Permissions::from_mode(0o666)).unwrap();
-        }
-    });
-    let id = |flag: &str| -> u32 {
-        let o = Command::new("id").args([flag, USER]).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
-    };
-    (id("-u"), id("-g"))
-}
-
-/// Runs `script` with `sh -eu` as the unprivileged user, under a deadline.
-fn as_user(script: &str, dir: &Path) -> Output {
-    let (uid, gid) = setup_user();
-    let script = format!("STRATAFS='{STRATAFS}'; export STRATAFS\n{script}");
-    let dir = dir.to_path_buf();
-    with_timeout(120, "script as the unprivileged user", move || {
-        Command::new("timeout")
-            .args(["100", "setpriv"])
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={gid}"))
-            .args(["--init-groups", "--reset-env", "sh", "-eu", "-c", &script])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("setpriv")
-    })
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-/// A temp dir the unprivileged user owns, with two lower layers.
-fn user_dir() -> tempfile::TempDir {
-    let (uid, gid) = setup_user();
-    let dir = tempdir();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
-    // Every directory above must be searchable by the user.
-    let mut p = dir.path().parent();
-    while let Some(d) = p {
-        let m = fs::metadata(d).unwrap();
-        if m.mode() & 0o001 == 0 {
-            fs::set_permissions(d, fs::Permissions::from_mode(m.mode() | 0o001)).unwrap();
-        }
-        p = d.parent();
-    }
-    dir
-}
 
 /// Lower layers written by the user (as an image extracted rootless would be).
 const LAYERS: &str = r#"
@@ -198,33 +115,6 @@ cat m/f
     assert!(!other.status.success(), "nobody read a private mount");
 }
 
-/// Unmounts on drop (fusermount3 -u, then a lazy umount).
-struct Unmounter(std::path::PathBuf);
-
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        unmount(&self.0);
-    }
-}
-
-/// On drop, ends the stratafs daemons this test started under `dir` (inside a user namespace
-/// they are invisible to the host's mount table) and unmounts what is still mounted there.
-struct DaemonReaper(std::path::PathBuf);
-
-impl Drop for DaemonReaper {
-    fn drop(&mut self) {
-        for (mnt, _) in mounts() {
-            if mnt.starts_with(&self.0) {
-                unmount(&mnt);
-            }
-        }
-        let _ = Command::new("pkill")
-            .arg("-f")
-            .arg(format!("stratafs -o lowerdir={}", self.0.display()))
-            .status();
-    }
-}
-
 #[test]
 fn user_namespace_matches_kernel_overlayfs_in_the_same_namespace() {
     let dir = user_dir();
@@ -263,67 +153,4 @@ cat chown.txt
         "kernel vs stratafs in a user namespace:\n{out}\n{err}"
     );
     assert!(out.contains("0:0"), "{out}");
-}
-
-/// Rootless podman with stratafs as its mount program: import, run and build as the
-/// unprivileged user, with /etc/subuid and /etc/subgid ranges set up above.
-#[test]
-fn rootless_podman_runs_and_builds_on_stratafs() {
-    let dir = user_dir();
-    let _reaper = DaemonReaper(dir.path().to_path_buf());
-    let script = format!(
-        r#"
-export HOME=$PWD/home XDG_RUNTIME_DIR=$PWD/run
-mkdir -p "$HOME" "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
-printf '#!/bin/sh\nprintf "%%s\\n" "$*" >> %s/mount-program.log\nexec %s "$@"\n' "$PWD" "$STRATAFS" > mp
-chmod 755 mp
-cat > storage.conf <<CONF
-[storage]
-driver = "overlay"
-graphroot = "$PWD/graph"
-runroot = "$XDG_RUNTIME_DIR/c"
-[storage.options.overlay]
-mount_program = "$PWD/mp"
-CONF
-cat > containers.conf <<CONF
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-export CONTAINERS_STORAGE_CONF=$PWD/storage.conf CONTAINERS_CONF=$PWD/containers.conf
-cleanup() {{ podman system reset -f >/dev/null 2>&1 || true; }}
-trap cleanup EXIT
-mkdir -p rootfs/bin rootfs/etc rootfs/tmp rootfs/data/D
-cp /bin/busybox rootfs/bin/
-for a in sh ls cat echo rm mkdir test; do ln -s busybox rootfs/bin/$a; done
-echo 'root:x:0:0:root:/root:/bin/sh' > rootfs/etc/passwd
-echo 'root:x:0:' > rootfs/etc/group
-echo child > rootfs/data/D/child
-echo image > rootfs/data/delme
-tar -C rootfs -cf rootfs.tar .
-podman import rootfs.tar rl:base >/dev/null
-set +e
-podman run --rm --network none rl:base sh -c 'echo hi > /tmp/x && cat /tmp/x && rm /data/delme && exit 5'
-echo "run-exit=$?"
-set -e
-podman run --rm --network none rl:base cat /data/delme
-mkdir ctx && echo copied > ctx/file.txt
-printf 'FROM localhost/rl:base\nENV G=hello\nCOPY file.txt /file.txt\nRUN rm -rf /data/D && mkdir /data/D && echo $G > /data/D/new\n' > ctx/Containerfile
-podman build --network none -t rl:built ctx >/dev/null
-podman run --rm --network none localhost/rl:built sh -c 'ls /data/D; cat /file.txt; echo $G'
-echo "mounts=$(wc -l < mount-program.log)"
-"#
-    );
-    let o = as_user(&script, dir.path());
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{}\n{out}\n{err}", o.status);
-    assert!(out.contains("hi\nrun-exit=5\nimage\n"), "run: {out}\n{err}");
-    assert!(out.contains("new\ncopied\nhello\n"), "build: {out}\n{err}");
-    assert!(
-        !out.contains("mounts=0"),
-        "podman used the mount program: {out}"
-    );
 }

@@ -11,6 +11,8 @@
 //! against the reference alone, and `-- ::stratafs` checks our daemon.
 #![allow(dead_code)]
 
+pub mod unprivileged;
+
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
