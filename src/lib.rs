@@ -5,3 +5,4 @@
 
 pub mod sys;
 pub mod union;
+pub mod bench;
