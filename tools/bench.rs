@@ -70,16 +70,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("full", FixtureSpec::full(), 5)
     };
     spec.dirs = args.dirs.unwrap_or(spec.dirs);
-    spec.big_file_bytes = args.big_file_mib.map(|m| m << 20).unwrap_or(spec.big_file_bytes);
+    spec.big_file_bytes = args
+        .big_file_mib
+        .map(|m| m << 20)
+        .unwrap_or(spec.big_file_bytes);
     spec.wide_entries = args.wide_entries.unwrap_or(spec.wide_entries);
     spec.stack_layers = args.stack_layers.unwrap_or(spec.stack_layers);
     let stratafs = args.stratafs.unwrap_or_else(bench::default_stratafs);
-    let mut backends = args.backends.iter().map(|name| Backend::parse(name, &stratafs)).collect::<Result<Vec<_>, _>>()?;
+    let mut backends = args
+        .backends
+        .iter()
+        .map(|name| Backend::parse(name, &stratafs))
+        .collect::<Result<Vec<_>, _>>()?;
     backends.extend(args.mount_programs.into_iter().map(Backend::Program));
-    let workloads = if args.workloads.is_empty() { Workload::ALL.to_vec() } else { Workload::select(&args.workloads)? };
-    let fixture_dir = args.fixture_dir.unwrap_or_else(|| PathBuf::from(format!("strata-bench-fixture-{size}")));
+    let workloads = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        Workload::select(&args.workloads)?
+    };
+    let fixture_dir = args
+        .fixture_dir
+        .unwrap_or_else(|| PathBuf::from(format!("strata-bench-fixture-{size}")));
     let fixture_dir = std::path::absolute(&fixture_dir).context("fixture directory")?;
-    let scratch_dir = args.scratch_dir.unwrap_or_else(|| fixture_dir.join("scratch"));
+    let scratch_dir = args
+        .scratch_dir
+        .unwrap_or_else(|| fixture_dir.join("scratch"));
     let config = BenchConfig {
         backends,
         spec,

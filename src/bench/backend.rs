@@ -37,7 +37,13 @@ pub enum Backend {
 }
 
 /// Names accepted by `--backends`, in the default order.
-pub const BACKEND_NAMES: [&str; 5] = ["stratafs", "overlay", "fuse-overlayfs", "unionfs-fuse", "native"];
+pub const BACKEND_NAMES: [&str; 5] = [
+    "stratafs",
+    "overlay",
+    "fuse-overlayfs",
+    "unionfs-fuse",
+    "native",
+];
 
 impl Backend {
     /// Parses a `--backends` name; `stratafs` is the path of our daemon.
@@ -65,7 +71,11 @@ impl Backend {
             Backend::FuseOverlayfs => "fuse-overlayfs".into(),
             Backend::UnionfsFuse => "unionfs-fuse".into(),
             Backend::Native => "native".into(),
-            Backend::Program(path) => path.file_name().unwrap_or(path.as_os_str()).to_string_lossy().into_owned(),
+            Backend::Program(path) => path
+                .file_name()
+                .unwrap_or(path.as_os_str())
+                .to_string_lossy()
+                .into_owned(),
         }
     }
 
@@ -79,9 +89,8 @@ impl Backend {
         match self {
             Backend::Overlay if !procfs::is_root() => Some("kernel overlayfs needs root".into()),
             Backend::Native | Backend::Overlay => None,
-            Backend::Stratafs(path) | Backend::Program(path) => {
-                (!is_executable(path)).then(|| format!("{} is not an executable file", path.display()))
-            }
+            Backend::Stratafs(path) | Backend::Program(path) => (!is_executable(path))
+                .then(|| format!("{} is not an executable file", path.display())),
             Backend::FuseOverlayfs => find_in_path("fuse-overlayfs")
                 .is_none()
                 .then(|| "fuse-overlayfs is not installed (Debian: fuse-overlayfs)".into()),
@@ -95,14 +104,29 @@ impl Backend {
     pub fn mount(&self, set: &LayerSet, scratch: &Path) -> Result<Mount> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         if *self == Backend::Native {
-            return Ok(Mount { root: set.native.clone(), dir: None, daemon: None, kernel: false });
+            return Ok(Mount {
+                root: set.native.clone(),
+                dir: None,
+                daemon: None,
+                kernel: false,
+            });
         }
-        let dir = scratch.join(format!("{}-{}-{}", self.name(), std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let dir = scratch.join(format!(
+            "{}-{}-{}",
+            self.name(),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("mnt"));
         for d in [&upper, &work, &mnt] {
             mkdirs(d)?;
         }
-        let mut mount = Mount { root: mnt.clone(), dir: Some(dir.clone()), daemon: None, kernel: false };
+        let mut mount = Mount {
+            root: mnt.clone(),
+            dir: Some(dir.clone()),
+            daemon: None,
+            kernel: false,
+        };
         match self {
             Backend::Overlay => {
                 mount.kernel = true;
@@ -114,7 +138,9 @@ impl Backend {
                     work.display()
                 );
                 let mut cmd = Command::new("mount");
-                cmd.current_dir(cwd).args(["-t", "overlay", "overlay", "-o", &opts]).arg(&mnt);
+                cmd.current_dir(cwd)
+                    .args(["-t", "overlay", "overlay", "-o", &opts])
+                    .arg(&mnt);
                 if let Err(e) = run_command(&mut cmd, MOUNT_DEADLINE) {
                     mount.kernel = false;
                     return Err(e);
@@ -130,7 +156,10 @@ impl Backend {
                 mount.daemon = Some(spawn_daemon(cmd, &dir)?);
             }
             Backend::Stratafs(program) | Backend::Program(program) => {
-                mount.daemon = Some(spawn_daemon(overlay_syntax(program.as_os_str(), set, &upper, &work, &mnt), &dir)?);
+                mount.daemon = Some(spawn_daemon(
+                    overlay_syntax(program.as_os_str(), set, &upper, &work, &mnt),
+                    &dir,
+                )?);
             }
             Backend::FuseOverlayfs => {
                 let cmd = overlay_syntax("fuse-overlayfs".as_ref(), set, &upper, &work, &mnt);
@@ -201,7 +230,11 @@ impl Mount {
     /// Detaches the mount at once and kills its daemon: used when a workload hung on it.
     pub fn abort(&mut self) {
         if self.dir.is_some() {
-            let _ = Command::new("umount").arg("-l").arg(&self.root).stderr(Stdio::null()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.root)
+                .stderr(Stdio::null())
+                .status();
         }
         if let Some(mut daemon) = self.daemon.take() {
             kill(daemon.id());
@@ -216,16 +249,25 @@ impl Mount {
     }
 
     fn release(&mut self) -> Result<()> {
-        let Some(dir) = self.dir.take() else { return Ok(()) };
+        let Some(dir) = self.dir.take() else {
+            return Ok(());
+        };
         let mut result = Ok(());
         if self.daemon.is_some() || self.kernel {
             let unmounted = if self.kernel {
                 run_command(Command::new("umount").arg(&self.root), MOUNT_DEADLINE)
             } else {
-                run_command(Command::new("fusermount3").arg("-u").arg(&self.root), MOUNT_DEADLINE)
+                run_command(
+                    Command::new("fusermount3").arg("-u").arg(&self.root),
+                    MOUNT_DEADLINE,
+                )
             };
             if let Err(e) = unmounted {
-                let _ = Command::new("umount").arg("-l").arg(&self.root).stderr(Stdio::null()).status();
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.root)
+                    .stderr(Stdio::null())
+                    .status();
                 result = Err(e);
             }
             self.kernel = false;
@@ -255,9 +297,20 @@ impl Drop for Mount {
 }
 
 /// The fuse-overlayfs command line, in the foreground so the daemon's PID is the child's.
-fn overlay_syntax(program: &std::ffi::OsStr, set: &LayerSet, upper: &Path, work: &Path, mnt: &Path) -> Command {
+fn overlay_syntax(
+    program: &std::ffi::OsStr,
+    set: &LayerSet,
+    upper: &Path,
+    work: &Path,
+    mnt: &Path,
+) -> Command {
     let lowers: Vec<String> = set.layers.iter().map(|l| l.display().to_string()).collect();
-    let opts = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
     let mut cmd = Command::new(program);
     cmd.args(["-f", "-o", &opts]).arg(mnt);
     cmd
@@ -271,14 +324,25 @@ fn spawn_daemon(mut cmd: Command, dir: &Path) -> Result<Child> {
         .stdout(log)
         .stderr(err)
         .spawn()
-        .map_err(|e| BenchError::Command { program: cmd.get_program().to_string_lossy().into_owned(), message: e.to_string() })
+        .map_err(|e| BenchError::Command {
+            program: cmd.get_program().to_string_lossy().into_owned(),
+            message: e.to_string(),
+        })
 }
 
 /// The layers' common parent and their names relative to it, or absolute paths if they differ.
 fn relative_layers(layers: &[PathBuf]) -> (PathBuf, String) {
     let parent = layers[0].parent().unwrap_or(Path::new("/")).to_path_buf();
     if layers.iter().all(|l| l.parent() == Some(&parent)) {
-        let names: Vec<String> = layers.iter().map(|l| l.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = layers
+            .iter()
+            .map(|l| {
+                l.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
         (parent, names.join(":"))
     } else {
         let names: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
@@ -288,7 +352,11 @@ fn relative_layers(layers: &[PathBuf]) -> (PathBuf, String) {
 
 /// Looks a program up in `$PATH`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| is_executable(p))
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -20,9 +20,14 @@ pub fn with_deadline<T: Send + 'static>(
         .spawn(move || {
             let _ = tx.send(work());
         })
-        .map_err(|e| BenchError::Command { program: "thread".into(), message: e.to_string() })?;
-    rx.recv_timeout(limit)
-        .map_err(|_| BenchError::Timeout { what: what.to_string(), seconds: limit.as_secs() })?
+        .map_err(|e| BenchError::Command {
+            program: "thread".into(),
+            message: e.to_string(),
+        })?;
+    rx.recv_timeout(limit).map_err(|_| BenchError::Timeout {
+        what: what.to_string(),
+        seconds: limit.as_secs(),
+    })?
 }
 
 /// Runs a program to completion within `limit`, killing it when the limit passes; fails unless
@@ -34,7 +39,10 @@ pub fn run_command(cmd: &mut Command, limit: Duration) -> Result<Output> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| BenchError::Command { program: program.clone(), message: e.to_string() })?;
+        .map_err(|e| BenchError::Command {
+            program: program.clone(),
+            message: e.to_string(),
+        })?;
     let pid = child.id();
     // A waiting thread returns the moment the child exits, so timings carry no polling delay.
     let (tx, rx) = mpsc::channel();
@@ -42,16 +50,26 @@ pub fn run_command(cmd: &mut Command, limit: Duration) -> Result<Output> {
         let _ = tx.send(child.wait_with_output());
     });
     let output = match rx.recv_timeout(limit) {
-        Ok(output) => output.map_err(|e| BenchError::Command { program: program.clone(), message: e.to_string() })?,
+        Ok(output) => output.map_err(|e| BenchError::Command {
+            program: program.clone(),
+            message: e.to_string(),
+        })?,
         Err(_) => {
             kill(pid);
-            return Err(BenchError::Timeout { what: format!("{program} (pid {pid})"), seconds: limit.as_secs() });
+            return Err(BenchError::Timeout {
+                what: format!("{program} (pid {pid})"),
+                seconds: limit.as_secs(),
+            });
         }
     };
     if !output.status.success() {
         return Err(BenchError::Command {
             program,
-            message: format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()),
+            message: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
         });
     }
     Ok(output)

@@ -43,7 +43,10 @@ pub enum BenchError {
 pub type Result<T> = std::result::Result<T, BenchError>;
 
 /// Adds the operation and path to an I/O error, for `map_err`.
-pub(crate) fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BenchError {
+pub(crate) fn io_err(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> BenchError {
     let path = path.into();
     move |source| BenchError::Io { what, path, source }
 }

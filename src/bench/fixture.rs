@@ -147,7 +147,10 @@ pub struct TreeFile {
 impl TreeFile {
     /// Path relative to a layer root.
     pub fn rel_path(&self) -> PathBuf {
-        PathBuf::from(format!("tree/g{:02}/d{:04}/f{:02}", self.group, self.dir, self.file))
+        PathBuf::from(format!(
+            "tree/g{:02}/d{:04}/f{:02}",
+            self.group, self.dir, self.file
+        ))
     }
 
     /// The top layer replaces this file (about 5% of them).
@@ -206,7 +209,10 @@ impl Fixture {
     pub fn ensure(root: &Path, spec: &FixtureSpec, progress: &dyn Fn(&str)) -> Result<Fixture> {
         let fixture = Fixture::describe(root, spec);
         let stamp_path = root.join("stamp.json");
-        let wanted = Stamp { version: GENERATOR_VERSION, spec: spec.clone() };
+        let wanted = Stamp {
+            version: GENERATOR_VERSION,
+            spec: spec.clone(),
+        };
         if let Ok(text) = fs::read_to_string(&stamp_path) {
             if serde_json::from_str::<Stamp>(&text).ok().as_ref() == Some(&wanted) {
                 return Ok(fixture);
@@ -218,14 +224,18 @@ impl Fixture {
         }
         mkdirs(root)?;
         fixture.build(progress)?;
-        fs::write(&stamp_path, serde_json::to_vec_pretty(&wanted)?).map_err(io_err("write", &stamp_path))?;
+        fs::write(&stamp_path, serde_json::to_vec_pretty(&wanted)?)
+            .map_err(io_err("write", &stamp_path))?;
         Ok(fixture)
     }
 
     fn describe(root: &Path, spec: &FixtureSpec) -> Fixture {
         let stack = |name: &str, n: u32| LayerSet {
             name: name.to_string(),
-            layers: (0..n).rev().map(|k| root.join(name).join(format!("l{k:03}"))).collect(),
+            layers: (0..n)
+                .rev()
+                .map(|k| root.join(name).join(format!("l{k:03}")))
+                .collect(),
             native: root.join("native").join(name),
         };
         Fixture {
@@ -288,7 +298,10 @@ impl Fixture {
             }
             write_file(&lower1.join(&rel), &small_content(file.index, size, b'a'))?;
             if file.overridden() {
-                write_file(&lower2.join(&rel), &small_content(file.index, size + 1, b'A'))?;
+                write_file(
+                    &lower2.join(&rel),
+                    &small_content(file.index, size + 1, b'A'),
+                )?;
             } else if file.whited_out() {
                 let path = lower2.join(&rel);
                 mkdirs(path.parent().expect("tree files have parents"))?;
@@ -332,13 +345,23 @@ impl Fixture {
             write_file(&path, &small_content(i, 512, b'u'))?;
         }
         let out = Command::new("tar")
-            .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf"])
+            .args([
+                "--sort=name",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-cf",
+            ])
             .arg(&self.untar_archive)
             .arg("-C")
             .arg(&staging)
             .arg("untar")
             .output()
-            .map_err(|e| BenchError::Command { program: "tar".into(), message: e.to_string() })?;
+            .map_err(|e| BenchError::Command {
+                program: "tar".into(),
+                message: e.to_string(),
+            })?;
         if !out.status.success() {
             return Err(BenchError::Command {
                 program: "tar".into(),
@@ -357,7 +380,9 @@ pub fn materialize(bottom_up: &[&Path], dest: &Path, rel: &Path) -> Result<()> {
     let target = dest.join(rel);
     for layer in bottom_up {
         let src = layer.join(rel);
-        let Ok(meta) = fs::symlink_metadata(&src) else { continue };
+        let Ok(meta) = fs::symlink_metadata(&src) else {
+            continue;
+        };
         apply_entry(&src, &meta, &target)?;
     }
     Ok(())
@@ -373,7 +398,11 @@ fn apply_entry(src: &Path, meta: &fs::Metadata, target: &Path) -> Result<()> {
         let is_dir = fs::symlink_metadata(target).is_ok_and(|m| m.is_dir());
         if opaque || !is_dir {
             remove_any(target)?;
-            fs::DirBuilder::new().recursive(true).mode(meta.mode() & 0o7777).create(target).map_err(io_err("mkdir", target))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(meta.mode() & 0o7777)
+                .create(target)
+                .map_err(io_err("mkdir", target))?;
         }
         let mut entries: Vec<_> = fs::read_dir(src)
             .map_err(io_err("read dir", src))?
@@ -426,7 +455,10 @@ fn write_big_file(path: &Path, bytes: u64) -> Result<()> {
         out.write_all(&block[..n]).map_err(io_err("write", path))?;
         left -= n as u64;
     }
-    out.into_inner().map_err(|e| io_err("write", path)(e.into_error()))?.sync_all().map_err(io_err("sync", path))
+    out.into_inner()
+        .map_err(|e| io_err("write", path)(e.into_error()))?
+        .sync_all()
+        .map_err(io_err("sync", path))
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<()> {
@@ -457,21 +489,35 @@ mod tests {
         assert!(files.iter().all(|f| !(f.overridden() && f.whited_out())));
         assert_eq!(over, 2500);
         assert_eq!(white, 1000);
-        let dirs: std::collections::HashSet<_> = files.iter().map(|f| f.rel_path().parent().unwrap().to_owned()).collect();
+        let dirs: std::collections::HashSet<_> = files
+            .iter()
+            .map(|f| f.rel_path().parent().unwrap().to_owned())
+            .collect();
         assert_eq!(dirs.len(), 2000);
     }
 
     #[test]
     fn materialize_applies_whiteouts_and_opaque_dirs() {
         let tmp = tempfile::tempdir().unwrap();
-        let (l1, l2, out) = (tmp.path().join("l1"), tmp.path().join("l2"), tmp.path().join("out"));
+        let (l1, l2, out) = (
+            tmp.path().join("l1"),
+            tmp.path().join("l2"),
+            tmp.path().join("out"),
+        );
         write_file(&l1.join("d/a"), b"1").unwrap();
         write_file(&l1.join("d/b"), b"1").unwrap();
         write_file(&l1.join("o/x"), b"1").unwrap();
         write_file(&l2.join("d/a"), b"2").unwrap();
-        rustix::fs::mknodat(CWD, &l2.join("d/b"), FileType::CharacterDevice, Mode::empty(), 0).unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            l2.join("d/b"),
+            FileType::CharacterDevice,
+            Mode::empty(),
+            0,
+        )
+        .unwrap();
         write_file(&l2.join("o/y"), b"2").unwrap();
-        rustix::fs::setxattr(&l2.join("o"), OPAQUE_XATTR, b"y", XattrFlags::empty()).unwrap();
+        rustix::fs::setxattr(l2.join("o"), OPAQUE_XATTR, b"y", XattrFlags::empty()).unwrap();
         materialize(&[&l1, &l2], &out, Path::new("")).unwrap();
         assert_eq!(fs::read(out.join("d/a")).unwrap(), b"2");
         assert!(!out.join("d/b").exists());

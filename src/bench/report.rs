@@ -73,7 +73,11 @@ impl Row {
     /// The ratio to kernel overlayfs as a cost: above 1 is always worse, whatever the unit.
     pub fn cost_vs_overlay(&self) -> Option<f64> {
         let r = self.vs_overlay?;
-        Some(if self.unit.higher_is_better() { 1.0 / r } else { r })
+        Some(if self.unit.higher_is_better() {
+            1.0 / r
+        } else {
+            r
+        })
     }
 }
 
@@ -127,7 +131,10 @@ impl Report {
         }
         add_depth_ratio(&mut rows);
         fill_ratios(&mut rows);
-        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         Report {
             version: env!("CARGO_PKG_VERSION"),
             created_unix: std::time::SystemTime::now()
@@ -135,7 +142,9 @@ impl Report {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             kernel,
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             root: measured.root,
             runs: measured.runs,
             fixture: measured.spec,
@@ -157,10 +166,26 @@ impl Report {
 
     fn table_styled(&self, markdown: bool) -> Table {
         let mut table = Table::new();
-        table.load_style(if markdown { ASCII_MARKDOWN } else { UTF8_FULL_CONDENSED });
-        table.set_header(["metric", "backend", "median", "min", "max", "unit", "vs overlay", "vs native"]);
+        table.load_style(if markdown {
+            ASCII_MARKDOWN
+        } else {
+            UTF8_FULL_CONDENSED
+        });
+        table.set_header([
+            "metric",
+            "backend",
+            "median",
+            "min",
+            "max",
+            "unit",
+            "vs overlay",
+            "vs native",
+        ]);
         for row in &self.rows {
-            let ratio = |r: Option<f64>| r.map(|r| format!("{}x", number(r))).unwrap_or_else(|| "-".into());
+            let ratio = |r: Option<f64>| {
+                r.map(|r| format!("{}x", number(r)))
+                    .unwrap_or_else(|| "-".into())
+            };
             table.add_row(vec![
                 Cell::new(&row.metric),
                 Cell::new(&row.backend),
@@ -209,7 +234,11 @@ impl Row {
         let in_order = samples.clone();
         samples.sort_by(f64::total_cmp);
         let n = samples.len();
-        let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
+        let median = if n % 2 == 1 {
+            samples[n / 2]
+        } else {
+            (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+        };
         Some(Row {
             metric: metric.to_string(),
             backend: backend.to_string(),
@@ -229,7 +258,9 @@ impl Row {
 fn add_depth_ratio(rows: &mut Vec<Row>) {
     let mut extra = Vec::new();
     for deep in rows.iter().filter(|r| r.metric == "find-deep-cold") {
-        let shallow = rows.iter().find(|r| r.metric == "find-shallow-cold" && r.backend == deep.backend);
+        let shallow = rows
+            .iter()
+            .find(|r| r.metric == "find-shallow-cold" && r.backend == deep.backend);
         if let Some(shallow) = shallow.filter(|s| s.median > 0.0) {
             let ratio = |a: f64, b: f64| a / b;
             extra.push(Row {
@@ -250,10 +281,20 @@ fn add_depth_ratio(rows: &mut Vec<Row>) {
 
 fn fill_ratios(rows: &mut [Row]) {
     let reference = |rows: &[Row], metric: &str, backend: &str| {
-        rows.iter().find(|r| r.metric == metric && r.backend == backend).map(|r| r.median).filter(|m| *m > 0.0)
+        rows.iter()
+            .find(|r| r.metric == metric && r.backend == backend)
+            .map(|r| r.median)
+            .filter(|m| *m > 0.0)
     };
-    let refs: Vec<(Option<f64>, Option<f64>)> =
-        rows.iter().map(|r| (reference(rows, &r.metric, KERNEL), reference(rows, &r.metric, NATIVE))).collect();
+    let refs: Vec<(Option<f64>, Option<f64>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                reference(rows, &r.metric, KERNEL),
+                reference(rows, &r.metric, NATIVE),
+            )
+        })
+        .collect();
     for (row, (kernel, native)) in rows.iter_mut().zip(refs) {
         row.vs_overlay = kernel.map(|k| row.median / k);
         row.vs_native = native.map(|n| row.median / n);
@@ -283,22 +324,47 @@ mod tests {
     use super::*;
 
     fn sample(metric: &'static str, unit: Unit, value: f64) -> Sample {
-        Sample { metric, unit, value }
+        Sample {
+            metric,
+            unit,
+            value,
+        }
     }
 
     #[test]
     fn medians_and_ratios() {
         let mut m = Measured::default();
         for name in ["overlay", "native", "x"] {
-            m.backends.push(BackendStatus { name: name.into(), ran: true, notes: vec![] });
+            m.backends.push(BackendStatus {
+                name: name.into(),
+                ran: true,
+                notes: vec![],
+            });
         }
-        for (b, v) in [("overlay", 1.0), ("overlay", 3.0), ("overlay", 2.0), ("native", 0.5), ("x", 4.0)] {
-            m.samples.push((b.into(), sample("find-cold", Unit::Seconds, v)));
+        for (b, v) in [
+            ("overlay", 1.0),
+            ("overlay", 3.0),
+            ("overlay", 2.0),
+            ("native", 0.5),
+            ("x", 4.0),
+        ] {
+            m.samples
+                .push((b.into(), sample("find-cold", Unit::Seconds, v)));
         }
-        m.samples.push(("overlay".into(), sample("seqread-warm", Unit::MibPerSecond, 100.0)));
-        m.samples.push(("x".into(), sample("seqread-warm", Unit::MibPerSecond, 50.0)));
+        m.samples.push((
+            "overlay".into(),
+            sample("seqread-warm", Unit::MibPerSecond, 100.0),
+        ));
+        m.samples
+            .push(("x".into(), sample("seqread-warm", Unit::MibPerSecond, 50.0)));
         let r = Report::new(m);
-        let row = |metric: &str, b: &str| r.rows.iter().find(|x| x.metric == metric && x.backend == b).unwrap().clone();
+        let row = |metric: &str, b: &str| {
+            r.rows
+                .iter()
+                .find(|x| x.metric == metric && x.backend == b)
+                .unwrap()
+                .clone()
+        };
         let k = row("find-cold", "overlay");
         assert_eq!((k.median, k.min, k.max), (2.0, 1.0, 3.0));
         assert_eq!(row("find-cold", "x").vs_overlay, Some(2.0));

@@ -39,14 +39,23 @@ pub fn run(config: &BenchConfig) -> Result<Measured> {
     if config.runs == 0 {
         return Err(BenchError::Config("--runs must be at least 1".into()));
     }
-    let bar = if config.progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    let bar = if config.progress {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
     bar.enable_steady_tick(Duration::from_millis(200));
     let fixture = Fixture::ensure(&config.fixture_dir, &config.spec, &|step| {
         bar.set_message(format!("building fixture: {step}"))
     })?;
     mkdirs(&config.scratch_dir)?;
     let root = procfs::is_root();
-    let mut measured = Measured { root, runs: config.runs, spec: config.spec.clone(), ..Measured::default() };
+    let mut measured = Measured {
+        root,
+        runs: config.runs,
+        spec: config.spec.clone(),
+        ..Measured::default()
+    };
     let workloads: Vec<Workload> = config
         .workloads
         .iter()
@@ -54,9 +63,15 @@ pub fn run(config: &BenchConfig) -> Result<Measured> {
         .filter(|w| root || w.temperature() != Temperature::Cold)
         .collect();
     if !root {
-        measured.notes.push("not running as root: cold runs (they drop the caches) are skipped".into());
+        measured
+            .notes
+            .push("not running as root: cold runs (they drop the caches) are skipped".into());
     }
-    let available: Vec<(&Backend, Option<String>)> = config.backends.iter().map(|b| (b, b.unavailable())).collect();
+    let available: Vec<(&Backend, Option<String>)> = config
+        .backends
+        .iter()
+        .map(|b| (b, b.unavailable()))
+        .collect();
     let steps = available.iter().filter(|(_, why)| why.is_none()).count() * workloads.len();
     bar.set_length(steps as u64);
     bar.set_position(0);
@@ -68,22 +83,39 @@ pub fn run(config: &BenchConfig) -> Result<Measured> {
     for (backend, unavailable) in available {
         let name = backend.name();
         if let Some(reason) = unavailable {
-            measured.backends.push(BackendStatus { name, ran: false, notes: vec![format!("skipped: {reason}")] });
+            measured.backends.push(BackendStatus {
+                name,
+                ran: false,
+                notes: vec![format!("skipped: {reason}")],
+            });
             continue;
         }
-        let mut status = BackendStatus { name: name.clone(), ran: true, notes: Vec::new() };
+        let mut status = BackendStatus {
+            name: name.clone(),
+            ran: true,
+            notes: Vec::new(),
+        };
         let mut peak_rss = 0u64;
         for &workload in &workloads {
             bar.set_message(format!("{name}: {}", workload.id()));
             match run_workload(config, &fixture, backend, workload, &mut peak_rss) {
-                Ok(samples) => measured.samples.extend(samples.into_iter().map(|s| (name.clone(), s))),
+                Ok(samples) => measured
+                    .samples
+                    .extend(samples.into_iter().map(|s| (name.clone(), s))),
                 Err(e) => status.notes.push(format!("{} failed: {e}", workload.id())),
             }
             bar.inc(1);
         }
         if backend.is_fuse() && peak_rss > 0 {
             let value = peak_rss as f64 / (1024.0 * 1024.0);
-            measured.samples.push((name, Sample { metric: "daemon-peak-rss", unit: Unit::Mib, value }));
+            measured.samples.push((
+                name,
+                Sample {
+                    metric: "daemon-peak-rss",
+                    unit: Unit::Mib,
+                    value,
+                },
+            ));
         }
         measured.backends.push(status);
     }
@@ -137,7 +169,9 @@ fn run_workload(
         Temperature::Fresh => {
             for _ in 0..config.runs {
                 let mut m = mount()?;
-                let ran = workload.setup(&m.root, fixture).and_then(|()| timed_run(config, fixture, workload, &mut m));
+                let ran = workload
+                    .setup(&m.root, fixture)
+                    .and_then(|()| timed_run(config, fixture, workload, &mut m));
                 note_peak(&m, peak_rss);
                 let unmounted = m.unmount();
                 if *backend == Backend::Native {
@@ -158,9 +192,16 @@ fn note_peak(mount: &Mount, peak_rss: &mut u64) {
 }
 
 /// One run under the deadline; a run that overstays it takes its mount down with it.
-fn timed_run(config: &BenchConfig, fixture: &Fixture, workload: Workload, mount: &mut Mount) -> Result<Vec<Sample>> {
+fn timed_run(
+    config: &BenchConfig,
+    fixture: &Fixture,
+    workload: Workload,
+    mount: &mut Mount,
+) -> Result<Vec<Sample>> {
     let (root, fixture) = (mount.root.clone(), fixture.clone());
-    let result = with_deadline(workload.id(), config.run_deadline, move || workload.run(&root, &fixture));
+    let result = with_deadline(workload.id(), config.run_deadline, move || {
+        workload.run(&root, &fixture)
+    });
     if let Err(BenchError::Timeout { .. }) = &result {
         mount.abort();
     }
@@ -169,7 +210,12 @@ fn timed_run(config: &BenchConfig, fixture: &Fixture, workload: Workload, mount:
 
 /// Four mounts of the same layers read the big file one after the other: how much the page
 /// cache grows (in copies of the file) and how fast mounts 2..4 read once mount 1 has.
-fn four_mounts(config: &BenchConfig, fixture: &Fixture, backend: &Backend, peak_rss: &mut u64) -> Result<Vec<Sample>> {
+fn four_mounts(
+    config: &BenchConfig,
+    fixture: &Fixture,
+    backend: &Backend,
+    peak_rss: &mut u64,
+) -> Result<Vec<Sample>> {
     let mut mounts = Vec::new();
     for _ in 0..4 {
         mounts.push(backend.mount(&fixture.main, &config.scratch_dir)?);
@@ -200,7 +246,15 @@ fn four_mounts(config: &BenchConfig, fixture: &Fixture, backend: &Backend, peak_
     }
     let copies = growth as f64 / fixture.spec.big_file_bytes as f64;
     Ok(vec![
-        Sample { metric: "pagecache-4mounts", unit: Unit::Copies, value: copies },
-        Sample { metric: "read-mounts-2to4", unit: Unit::MibPerSecond, value: mib_per_s(bytes, elapsed) },
+        Sample {
+            metric: "pagecache-4mounts",
+            unit: Unit::Copies,
+            value: copies,
+        },
+        Sample {
+            metric: "read-mounts-2to4",
+            unit: Unit::MibPerSecond,
+            value: mib_per_s(bytes, elapsed),
+        },
     ])
 }

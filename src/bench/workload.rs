@@ -172,7 +172,10 @@ impl Workload {
             Workload::SeqRead(_) => vec![(self.id(), Unit::MibPerSecond)],
             Workload::RandRead(_) => vec![(self.id(), Unit::Iops)],
             Workload::FourMounts => {
-                vec![("pagecache-4mounts", Unit::Copies), ("read-mounts-2to4", Unit::MibPerSecond)]
+                vec![
+                    ("pagecache-4mounts", Unit::Copies),
+                    ("read-mounts-2to4", Unit::MibPerSecond),
+                ]
             }
             _ => vec![(self.id(), Unit::Seconds)],
         }
@@ -186,13 +189,21 @@ impl Workload {
             let before = picked.len();
             for w in Workload::ALL {
                 let id = w.id();
-                if (id == name || id.strip_prefix(name.as_str()).is_some_and(|r| r.starts_with('-'))) && !picked.contains(&w) {
+                if (id == name
+                    || id
+                        .strip_prefix(name.as_str())
+                        .is_some_and(|r| r.starts_with('-')))
+                    && !picked.contains(&w)
+                {
                     picked.push(w);
                 }
             }
             if picked.len() == before && !Workload::ALL.iter().any(|w| w.id() == name) {
                 let known: Vec<&str> = Workload::ALL.iter().map(|w| w.id()).collect();
-                return Err(BenchError::Config(format!("unknown workload {name:?} (known: {})", known.join(", "))));
+                return Err(BenchError::Config(format!(
+                    "unknown workload {name:?} (known: {})",
+                    known.join(", ")
+                )));
             }
         }
         Ok(picked)
@@ -201,11 +212,17 @@ impl Workload {
     /// When caches are dropped and mounts made.
     pub fn temperature(self) -> Temperature {
         match self {
-            Workload::Find(t) | Workload::StatAll(t) | Workload::ListWide(t) | Workload::SeqRead(t) | Workload::RandRead(t) => t,
+            Workload::Find(t)
+            | Workload::StatAll(t)
+            | Workload::ListWide(t)
+            | Workload::SeqRead(t)
+            | Workload::RandRead(t) => t,
             Workload::FindDeep | Workload::FindShallow | Workload::FourMounts => Temperature::Cold,
-            Workload::Untar | Workload::RmUntarred | Workload::RmLower | Workload::AppendCopyUp | Workload::Chmod => {
-                Temperature::Fresh
-            }
+            Workload::Untar
+            | Workload::RmUntarred
+            | Workload::RmLower
+            | Workload::AppendCopyUp
+            | Workload::Chmod => Temperature::Fresh,
         }
     }
 
@@ -241,15 +258,23 @@ impl Workload {
                 let n = stat_all(root)?;
                 let expected = spec.dirs as u64 * spec.files_per_dir as u64;
                 if n < expected {
-                    return Err(BenchError::Config(format!("stat saw {n} entries, the fixture has more than {expected}")));
+                    return Err(BenchError::Config(format!(
+                        "stat saw {n} entries, the fixture has more than {expected}"
+                    )));
                 }
                 start.elapsed().as_secs_f64()
             }
             Workload::ListWide(_) => {
                 let dir = root.join("wide");
-                let n = fs::read_dir(&dir).map_err(io_err("read dir", &dir))?.count();
+                let n = fs::read_dir(&dir)
+                    .map_err(io_err("read dir", &dir))?
+                    .count();
                 if n != spec.wide_entries as usize {
-                    return Err(BenchError::Config(format!("{} lists {n} entries, not {}", dir.display(), spec.wide_entries)));
+                    return Err(BenchError::Config(format!(
+                        "{} lists {n} entries, not {}",
+                        dir.display(),
+                        spec.wide_entries
+                    )));
                 }
                 start.elapsed().as_secs_f64()
             }
@@ -257,7 +282,9 @@ impl Workload {
                 let bytes = read_all(&root.join("big/bigfile"))?;
                 mib_per_s(bytes, start.elapsed())
             }
-            Workload::RandRead(_) => random_read_iops(&root.join("big/bigfile"), spec.random_reads)?,
+            Workload::RandRead(_) => {
+                random_read_iops(&root.join("big/bigfile"), spec.random_reads)?
+            }
             Workload::Untar => {
                 untar(root, fixture)?;
                 start.elapsed().as_secs_f64()
@@ -272,7 +299,10 @@ impl Workload {
             }
             Workload::AppendCopyUp => {
                 let path = root.join("big/bigfile");
-                let mut file = fs::OpenOptions::new().append(true).open(&path).map_err(io_err("open", &path))?;
+                let mut file = fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err("open", &path))?;
                 file.write_all(b"!").map_err(io_err("append", &path))?;
                 drop(file);
                 start.elapsed().as_secs_f64()
@@ -280,17 +310,26 @@ impl Workload {
             Workload::Chmod => {
                 let targets = spec.chmod_targets();
                 if targets.len() != spec.chmod_files as usize {
-                    return Err(BenchError::Config(format!("only {} files to chmod, not {}", targets.len(), spec.chmod_files)));
+                    return Err(BenchError::Config(format!(
+                        "only {} files to chmod, not {}",
+                        targets.len(),
+                        spec.chmod_files
+                    )));
                 }
                 for rel in targets {
                     let path = root.join(rel);
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", &path))?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                        .map_err(io_err("chmod", &path))?;
                 }
                 start.elapsed().as_secs_f64()
             }
             Workload::FourMounts => unreachable!("the runner measures four mounts itself"),
         };
-        Ok(vec![Sample { metric: self.id(), unit: self.metrics()[0].1, value }])
+        Ok(vec![Sample {
+            metric: self.id(),
+            unit: self.metrics()[0].1,
+            value,
+        }])
     }
 
     /// Undoes the changes of a run on the native copy, which has no upper layer to throw away.
@@ -304,13 +343,18 @@ impl Workload {
             }
             Workload::AppendCopyUp => {
                 let path = root.join("big/bigfile");
-                let file = fs::OpenOptions::new().write(true).open(&path).map_err(io_err("open", &path))?;
-                file.set_len(fixture.spec.big_file_bytes).map_err(io_err("truncate", &path))
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("open", &path))?;
+                file.set_len(fixture.spec.big_file_bytes)
+                    .map_err(io_err("truncate", &path))
             }
             Workload::Chmod => {
                 for rel in fixture.spec.chmod_targets() {
                     let path = root.join(rel);
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(io_err("chmod", &path))?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+                        .map_err(io_err("chmod", &path))?;
                 }
                 Ok(())
             }
@@ -325,12 +369,25 @@ pub fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
 }
 
 fn find(root: &Path) -> Result<()> {
-    run_command(Command::new("find").arg(root).args(["-fprint", "/dev/null"]), COMMAND_DEADLINE).map(drop)
+    run_command(
+        Command::new("find")
+            .arg(root)
+            .args(["-fprint", "/dev/null"]),
+        COMMAND_DEADLINE,
+    )
+    .map(drop)
 }
 
 fn untar(root: &Path, fixture: &Fixture) -> Result<()> {
-    run_command(Command::new("tar").arg("-xf").arg(&fixture.untar_archive).arg("-C").arg(root), COMMAND_DEADLINE)
-        .map(drop)
+    run_command(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&fixture.untar_archive)
+            .arg("-C")
+            .arg(root),
+        COMMAND_DEADLINE,
+    )
+    .map(drop)
 }
 
 fn rm_rf(path: &Path) -> Result<()> {
@@ -381,7 +438,8 @@ fn random_read_iops(path: &Path, reads: u32) -> Result<f64> {
     let start = Instant::now();
     for _ in 0..reads {
         let offset = rng.u64(0..blocks) * 4096;
-        file.read_at(&mut buf, offset).map_err(io_err("pread", path))?;
+        file.read_at(&mut buf, offset)
+            .map_err(io_err("pread", path))?;
     }
     Ok(reads as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }
@@ -389,8 +447,20 @@ fn random_read_iops(path: &Path, reads: u32) -> Result<f64> {
 fn fio_iops(path: &Path, size: u64, reads: u32) -> Result<f64> {
     let out = run_command(
         Command::new("fio")
-            .args(["--name=randread", "--readonly", "--rw=randread", "--bs=4k", "--ioengine=psync"])
-            .args(["--randrepeat=1", "--randseed=42", "--norandommap", "--invalidate=0", "--output-format=json"])
+            .args([
+                "--name=randread",
+                "--readonly",
+                "--rw=randread",
+                "--bs=4k",
+                "--ioengine=psync",
+            ])
+            .args([
+                "--randrepeat=1",
+                "--randseed=42",
+                "--norandommap",
+                "--invalidate=0",
+                "--output-format=json",
+            ])
             .arg(format!("--filename={}", path.display()))
             .arg(format!("--size={size}"))
             .arg(format!("--io_size={}", reads as u64 * 4096)),
@@ -400,11 +470,17 @@ fn fio_iops(path: &Path, size: u64, reads: u32) -> Result<f64> {
     let read = &json["jobs"][0]["read"];
     // fio's own IOPS figure divides by a runtime in whole milliseconds, too coarse for short
     // runs; with one synchronous job, IOPS is the inverse of the mean latency.
-    let from_latency = read["lat_ns"]["mean"].as_f64().filter(|ns| *ns > 0.0).map(|ns| 1e9 / ns);
+    let from_latency = read["lat_ns"]["mean"]
+        .as_f64()
+        .filter(|ns| *ns > 0.0)
+        .map(|ns| 1e9 / ns);
     from_latency
         .or_else(|| read["iops"].as_f64())
         .filter(|v| *v > 0.0)
-        .ok_or_else(|| BenchError::Command { program: "fio".into(), message: "no read IOPS in its JSON output".into() })
+        .ok_or_else(|| BenchError::Command {
+            program: "fio".into(),
+            message: "no read IOPS in its JSON output".into(),
+        })
 }
 
 #[cfg(test)]
@@ -416,7 +492,12 @@ mod tests {
         let ids: std::collections::HashSet<_> = Workload::ALL.iter().map(|w| w.id()).collect();
         assert_eq!(ids.len(), Workload::ALL.len());
         let picked = Workload::select(&["seqread".into(), "chmod".into(), "untar".into()]).unwrap();
-        let want = [Workload::SeqRead(Temperature::Cold), Workload::SeqRead(Temperature::Warm), Workload::Chmod, Workload::Untar];
+        let want = [
+            Workload::SeqRead(Temperature::Cold),
+            Workload::SeqRead(Temperature::Warm),
+            Workload::Chmod,
+            Workload::Untar,
+        ];
         assert_eq!(picked, want);
         assert!(Workload::select(&["nope".into()]).is_err());
     }
