@@ -27,6 +27,12 @@ const GENERATOR_VERSION: u32 = 1;
 
 /// The xattr that marks a directory opaque in kernel overlayfs's format.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The same marker as rootless overlayfs (`userxattr`) and FUSE implementations read it.
+const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
+/// The OCI whiteout prefix, written where creating a 0/0 device is not allowed (rootless).
+const WHITEOUT_PREFIX: &str = ".wh.";
+/// The OCI opaque-directory marker.
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// The sizes of a fixture; every workload's size follows from them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,9 +276,7 @@ impl Fixture {
             write_file(&lower1.join(format!("opq/hidden{i:02}")), b"lower1\n")?;
         }
         write_file(&lower2.join("opq/shown"), b"lower2\n")?;
-        let opq = lower2.join("opq");
-        rustix::fs::setxattr(&opq, OPAQUE_XATTR, b"y", XattrFlags::empty())
-            .map_err(|e| io_err("setxattr", &opq)(e.into()))?;
+        make_opaque(&lower2.join("opq"))?;
         progress("layer stacks");
         for set in [&self.deep, &self.shallow] {
             self.build_stack(set)?;
@@ -303,10 +307,7 @@ impl Fixture {
                     &small_content(file.index, size + 1, b'A'),
                 )?;
             } else if file.whited_out() {
-                let path = lower2.join(&rel);
-                mkdirs(path.parent().expect("tree files have parents"))?;
-                rustix::fs::mknodat(CWD, &path, FileType::CharacterDevice, Mode::empty(), 0)
-                    .map_err(|e| io_err("mknod whiteout", &path)(e.into()))?;
+                whiteout(&lower2.join(&rel))?;
             }
         }
         Ok(())
@@ -388,13 +389,61 @@ pub fn materialize(bottom_up: &[&Path], dest: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whites `path` out: a 0/0 character device as root, an OCI `.wh.` file where `mknod` is
+/// refused.
+fn whiteout(path: &Path) -> Result<()> {
+    let parent = path.parent().expect("whiteouts have parents");
+    mkdirs(parent)?;
+    match rustix::fs::mknodat(CWD, path, FileType::CharacterDevice, Mode::empty(), 0) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::PERM) => {
+            let name = path
+                .file_name()
+                .expect("whiteouts have names")
+                .to_string_lossy();
+            write_file(&parent.join(format!("{WHITEOUT_PREFIX}{name}")), b"")
+        }
+        Err(e) => Err(io_err("mknod whiteout", path)(e.into())),
+    }
+}
+
+/// Marks a directory opaque: the trusted xattr as root, else the user xattr and the OCI marker.
+fn make_opaque(dir: &Path) -> Result<()> {
+    match rustix::fs::setxattr(dir, OPAQUE_XATTR, b"y", XattrFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::PERM) => {
+            rustix::fs::setxattr(dir, USER_OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .map_err(|e| io_err("setxattr", dir)(e.into()))?;
+            write_file(&dir.join(OPAQUE_MARKER), b"")
+        }
+        Err(e) => Err(io_err("setxattr", dir)(e.into())),
+    }
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    [OPAQUE_XATTR, USER_OPAQUE_XATTR]
+        .iter()
+        .any(|name| rustix::fs::getxattr(dir, *name, &mut [0u8; 4]).is_ok_and(|n| n == 1))
+        || dir.join(OPAQUE_MARKER).exists()
+}
+
 fn apply_entry(src: &Path, meta: &fs::Metadata, target: &Path) -> Result<()> {
     let ft = meta.file_type();
     if ft.is_char_device() && meta.rdev() == 0 {
         return remove_any(target);
     }
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == OPAQUE_MARKER {
+        return Ok(());
+    }
+    if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+        return remove_any(&target.with_file_name(hidden));
+    }
     if ft.is_dir() {
-        let opaque = rustix::fs::getxattr(src, OPAQUE_XATTR, &mut [0u8; 4]).is_ok_and(|n| n == 1);
+        let opaque = is_opaque(src);
         let is_dir = fs::symlink_metadata(target).is_ok_and(|m| m.is_dir());
         if opaque || !is_dir {
             remove_any(target)?;
@@ -518,7 +567,21 @@ mod tests {
         .unwrap();
         write_file(&l2.join("o/y"), b"2").unwrap();
         rustix::fs::setxattr(l2.join("o"), OPAQUE_XATTR, b"y", XattrFlags::empty()).unwrap();
+        write_file(&l1.join("w/gone"), b"1").unwrap();
+        write_file(&l2.join("w/.wh.gone"), b"").unwrap();
+        write_file(&l1.join("p/x"), b"1").unwrap();
+        write_file(&l2.join("p/.wh..wh..opq"), b"").unwrap();
         materialize(&[&l1, &l2], &out, Path::new("")).unwrap();
+        assert!(
+            out.join("w").is_dir()
+                && !out.join("w/gone").exists()
+                && !out.join("w/.wh.gone").exists()
+        );
+        assert!(
+            out.join("p").is_dir()
+                && !out.join("p/x").exists()
+                && !out.join("p/.wh..wh..opq").exists()
+        );
         assert_eq!(fs::read(out.join("d/a")).unwrap(), b"2");
         assert!(!out.join("d/b").exists());
         assert!(!out.join("o/x").exists());

@@ -39,6 +39,14 @@ pub fn run(config: &BenchConfig) -> Result<Measured> {
     if config.runs == 0 {
         return Err(BenchError::Config("--runs must be at least 1".into()));
     }
+    for (i, b) in config.backends.iter().enumerate() {
+        if config.backends[..i].iter().any(|a| a.name() == b.name()) {
+            return Err(BenchError::Config(format!(
+                "backend {} is named twice (rename a --mount-program)",
+                b.name()
+            )));
+        }
+    }
     let bar = if config.progress {
         ProgressBar::new_spinner()
     } else {
