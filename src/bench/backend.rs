@@ -104,11 +104,15 @@ impl Backend {
     pub fn mount(&self, set: &LayerSet, scratch: &Path) -> Result<Mount> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         if *self == Backend::Native {
+            // A mount pins its root's dentry; holding the directory open does the same here, so
+            // a cold run does not also pay for looking up the path to the copy.
+            let pin = fs::File::open(&set.native).map_err(io_err("open", &set.native))?;
             return Ok(Mount {
                 root: set.native.clone(),
                 dir: None,
                 daemon: None,
                 kernel: false,
+                _pin: Some(pin),
             });
         }
         let dir = scratch.join(format!(
@@ -126,6 +130,7 @@ impl Backend {
             dir: Some(dir.clone()),
             daemon: None,
             kernel: false,
+            _pin: None,
         };
         match self {
             Backend::Overlay => {
@@ -182,6 +187,7 @@ pub struct Mount {
     dir: Option<PathBuf>,
     daemon: Option<Child>,
     kernel: bool,
+    _pin: Option<fs::File>,
 }
 
 impl Mount {
