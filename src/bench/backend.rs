@@ -34,6 +34,9 @@ pub enum Backend {
     Native,
     /// Any program that takes fuse-overlayfs's command line.
     Program(PathBuf),
+    /// A union backend with extra mount options (`--backends stratafs+metacopy=on`), to
+    /// compare modes of one filesystem.
+    WithOptions(Box<Backend>, String),
 }
 
 /// Names accepted by `--backends`, in the default order.
@@ -46,8 +49,21 @@ pub const BACKEND_NAMES: [&str; 5] = [
 ];
 
 impl Backend {
-    /// Parses a `--backends` name; `stratafs` is the path of our daemon.
+    /// Parses a `--backends` name, optionally followed by `+OPTIONS` (comma-separated mount
+    /// options, joined with `+` on the command line); `stratafs` is the path of our daemon.
     pub fn parse(name: &str, stratafs: &Path) -> Result<Backend> {
+        if let Some((base, options)) = name.split_once('+') {
+            let base = Backend::parse(base, stratafs)?;
+            if base == Backend::Native || base == Backend::UnionfsFuse {
+                return Err(BenchError::Config(format!(
+                    "{name}: only overlay-style backends take options"
+                )));
+            }
+            return Ok(Backend::WithOptions(
+                Box::new(base),
+                options.replace('+', ","),
+            ));
+        }
         Ok(match name {
             "stratafs" => Backend::Stratafs(stratafs.to_path_buf()),
             "overlay" | "kernel" => Backend::Overlay,
@@ -66,6 +82,9 @@ impl Backend {
     /// The name used in tables, JSON and charts.
     pub fn name(&self) -> String {
         match self {
+            Backend::WithOptions(base, options) => {
+                format!("{}+{}", base.name(), options.replace(',', "+"))
+            }
             Backend::Stratafs(_) => "stratafs".into(),
             Backend::Overlay => "overlay".into(),
             Backend::FuseOverlayfs => "fuse-overlayfs".into(),
@@ -81,12 +100,16 @@ impl Backend {
 
     /// True for backends served by a FUSE daemon (whose memory is measured).
     pub fn is_fuse(&self) -> bool {
+        if let Backend::WithOptions(base, _) = self {
+            return base.is_fuse();
+        }
         !matches!(self, Backend::Overlay | Backend::Native)
     }
 
     /// Why this backend cannot run here, if it cannot.
     pub fn unavailable(&self) -> Option<String> {
         match self {
+            Backend::WithOptions(base, _) => base.unavailable(),
             Backend::Overlay if !procfs::is_root() => Some("kernel overlayfs needs root".into()),
             Backend::Native | Backend::Overlay => None,
             Backend::Stratafs(path) | Backend::Program(path) => (!is_executable(path))
@@ -102,6 +125,13 @@ impl Backend {
 
     /// Mounts `set` with a fresh upper and work directory under `scratch`.
     pub fn mount(&self, set: &LayerSet, scratch: &Path) -> Result<Mount> {
+        match self {
+            Backend::WithOptions(base, options) => base.mount_with(set, scratch, Some(options)),
+            _ => self.mount_with(set, scratch, None),
+        }
+    }
+
+    fn mount_with(&self, set: &LayerSet, scratch: &Path, extra: Option<&str>) -> Result<Mount> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         if *self == Backend::Native {
             // A mount pins its root's dentry; holding the directory open does the same here, so
@@ -137,11 +167,15 @@ impl Backend {
                 mount.kernel = true;
                 // Relative lower paths keep 100 layers under the one-page limit of mount data.
                 let (cwd, lowers) = relative_layers(&set.layers);
-                let opts = format!(
+                let mut opts = format!(
                     "lowerdir={lowers},upperdir={},workdir={},index=on",
                     upper.display(),
                     work.display()
                 );
+                if let Some(extra) = extra {
+                    opts.push(',');
+                    opts.push_str(extra);
+                }
                 let mut cmd = Command::new("mount");
                 cmd.current_dir(cwd)
                     .args(["-t", "overlay", "overlay", "-o", &opts])
@@ -162,15 +196,16 @@ impl Backend {
             }
             Backend::Stratafs(program) | Backend::Program(program) => {
                 mount.daemon = Some(spawn_daemon(
-                    overlay_syntax(program.as_os_str(), set, &upper, &work, &mnt),
+                    overlay_syntax(program.as_os_str(), set, &upper, &work, &mnt, extra),
                     &dir,
                 )?);
             }
             Backend::FuseOverlayfs => {
-                let cmd = overlay_syntax("fuse-overlayfs".as_ref(), set, &upper, &work, &mnt);
+                let cmd =
+                    overlay_syntax("fuse-overlayfs".as_ref(), set, &upper, &work, &mnt, extra);
                 mount.daemon = Some(spawn_daemon(cmd, &dir)?);
             }
-            Backend::Native => unreachable!("handled above"),
+            Backend::Native | Backend::WithOptions(..) => unreachable!("handled above"),
         }
         if mount.daemon.is_some() {
             mount.wait_mounted(&dir)?;
@@ -309,14 +344,19 @@ fn overlay_syntax(
     upper: &Path,
     work: &Path,
     mnt: &Path,
+    extra: Option<&str>,
 ) -> Command {
     let lowers: Vec<String> = set.layers.iter().map(|l| l.display().to_string()).collect();
-    let opts = format!(
+    let mut opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowers.join(":"),
         upper.display(),
         work.display()
     );
+    if let Some(extra) = extra {
+        opts.push(',');
+        opts.push_str(extra);
+    }
     let mut cmd = Command::new(program);
     cmd.args(["-f", "-o", &opts]).arg(mnt);
     cmd

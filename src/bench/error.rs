@@ -34,6 +34,9 @@ pub enum BenchError {
     /// The command line or configuration asked for something that does not exist.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// SIGINT or SIGTERM arrived; the mounts were cleaned up.
+    #[error("interrupted")]
+    Interrupted,
     /// Writing the JSON report failed.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -1,6 +1,7 @@
 //! Runs the chosen workloads on every chosen backend and gathers the samples.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -34,8 +35,29 @@ pub struct BenchConfig {
     pub run_deadline: Duration,
 }
 
+/// Set by the first SIGINT/SIGTERM: the benchmark stops after the current run, unmounts and
+/// reports what it measured so far.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Lets Ctrl-C end the benchmark cleanly (mounts are dropped on the way out); a second one
+/// exits at once.
+fn catch_interrupts() {
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, &INTERRUPTED);
+        let _ = signal_hook::flag::register(signal, &INTERRUPTED);
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Err(BenchError::Interrupted);
+    }
+    Ok(())
+}
+
 /// Builds (or reuses) the fixture and runs every workload on every backend.
 pub fn run(config: &BenchConfig) -> Result<Measured> {
+    catch_interrupts();
     if config.runs == 0 {
         return Err(BenchError::Config("--runs must be at least 1".into()));
     }
@@ -107,6 +129,15 @@ pub fn run(config: &BenchConfig) -> Result<Measured> {
         for &workload in &workloads {
             bar.set_message(format!("{name}: {}", workload.id()));
             match run_workload(config, &fixture, backend, workload, &mut peak_rss) {
+                Err(BenchError::Interrupted) => {
+                    measured.notes.push(format!(
+                        "interrupted during {name} {}: results are partial",
+                        workload.id()
+                    ));
+                    measured.backends.push(status);
+                    bar.finish_and_clear();
+                    return Ok(measured);
+                }
                 Ok(samples) => measured
                     .samples
                     .extend(samples.into_iter().map(|s| (name.clone(), s))),
@@ -147,10 +178,14 @@ fn run_workload(
     peak_rss: &mut u64,
 ) -> Result<Vec<Sample>> {
     let set = layer_set(fixture, workload.layers());
-    let mount = || backend.mount(set, &config.scratch_dir);
+    let mount = || {
+        check_interrupted()?;
+        backend.mount(set, &config.scratch_dir)
+    };
     let mut samples = Vec::new();
     if workload == Workload::FourMounts {
         for _ in 0..config.runs {
+            check_interrupted()?;
             samples.extend(four_mounts(config, fixture, backend, peak_rss)?);
         }
         return Ok(samples);
@@ -160,6 +195,7 @@ fn run_workload(
             let mut m = mount()?;
             timed_run(config, fixture, workload, &mut m)?;
             for _ in 0..config.runs {
+                check_interrupted()?;
                 samples.extend(timed_run(config, fixture, workload, &mut m)?);
             }
             note_peak(&m, peak_rss);
