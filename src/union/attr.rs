@@ -1,6 +1,7 @@
 //! Changing attributes: chmod, chown, truncate and utimens, each after a copy-up.
 
-use std::os::fd::AsFd;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 use rustix::io::Errno;
@@ -63,16 +64,27 @@ impl Union {
             None => self.copy_up_meta(&node)?,
         }
         // Directories are addressed as "." in their own fd; others by name in the parent.
-        let (dir, name) = if node.is_dir {
-            (self.dir_fd(&node, 0)?, std::ffi::OsString::from("."))
+        if node.is_dir {
+            let fd = self.dir_fd(&node, 0)?;
+            self.apply_changes(fd.as_fd(), OsStr::new("."), true, changes)?;
         } else {
-            let loc = node.location();
-            let parent = loc.parent.ok_or(Errno::STALE)?;
-            (self.dir_fd(&parent, 0)?, loc.name)
-        };
-        let dir = dir.as_fd();
+            self.with_name(&node, Some(0), |dir, name| {
+                self.apply_changes(dir, name, false, changes)
+            })?;
+        }
+        self.getattr(id)
+    }
+
+    /// Apply `changes` to `name` in `dir` (an upper-layer directory fd).
+    fn apply_changes(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        is_dir: bool,
+        changes: &AttrChanges,
+    ) -> Result<(), Errno> {
         if let Some(size) = changes.size {
-            if node.is_dir {
+            if is_dir {
                 return Err(Errno::ISDIR);
             }
             let via_handle = changes
@@ -84,7 +96,7 @@ impl Union {
                 None => {
                     let fd = rfs::openat(
                         dir,
-                        &name,
+                        name,
                         OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                         Mode::empty(),
                     )?;
@@ -103,12 +115,12 @@ impl Union {
                 .map(|g| self.ids.gid_to_host(g))
                 .transpose()?
                 .map(rfs::Gid::from_raw);
-            rfs::chownat(dir, &name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+            rfs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
         }
         if let Some(mode) = changes.mode {
             rfs::chmodat(
                 dir,
-                &name,
+                name,
                 Mode::from_raw_mode(mode & 0o7777),
                 AtFlags::empty(),
             )?;
@@ -118,8 +130,8 @@ impl Union {
                 last_access: timespec(changes.atime),
                 last_modification: timespec(changes.mtime),
             };
-            rfs::utimensat(dir, &name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            rfs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
         }
-        self.getattr(id)
+        Ok(())
     }
 }

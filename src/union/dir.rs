@@ -194,6 +194,44 @@ pub fn read_dir_at(dir: BorrowedFd<'_>) -> Result<LayerDir, Errno> {
     read_layer_dir(fd.as_fd())
 }
 
+/// Compare a directory's cached listing with what its upper copy holds now; returns the
+/// names that disagree. A debugging aid for the bookkeeping of namespace changes.
+pub fn upper_mismatches(listing: &Listing, upper: BorrowedFd<'_>) -> Vec<String> {
+    let mut bad = Vec::new();
+    let Ok(raw) = read_dir_at(upper) else {
+        return bad;
+    };
+    let mut on_disk = std::collections::HashMap::new();
+    for (name, kind, _) in raw.entries {
+        on_disk.insert(name, kind);
+    }
+    for (name, entry) in &listing.entries {
+        if entry.top() != 0 {
+            continue;
+        }
+        match on_disk.get(name) {
+            Some(EntryKind::Visible(k)) if *k == entry.kind => {}
+            other => bad.push(format!(
+                "{name:?}: listing {:?}, upper {other:?}",
+                entry.kind
+            )),
+        }
+    }
+    for (name, kind) in &on_disk {
+        match kind {
+            EntryKind::Visible(_) if !listing.entries.contains_key(name) => {
+                bad.push(format!("{name:?}: in upper, not in listing"))
+            }
+            EntryKind::Visible(_) if listing.entries[name].top() != 0 => bad.push(format!(
+                "{name:?}: in upper, listing says layer {:?}",
+                listing.entries[name].layers
+            )),
+            _ => {}
+        }
+    }
+    bad
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,6 +219,14 @@ impl StrataFs {
             .is_some_and(|b| b.id.strong_count() > 0)
     }
 
+    fn check(&self, dirs: &[u64], what: &str) {
+        for d in dirs {
+            if let Ok(node) = self.union.node(*d) {
+                self.union.check_dir(what, &node);
+            }
+        }
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, result: Result<rfs::Stat, Errno>) {
         match result {
             Ok(st) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
@@ -252,7 +260,13 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.union.lookup(parent.0, name) {
+        let r = self.union.lookup(parent.0, name);
+        tracing::debug!(
+            "lookup {} {name:?} -> {:?}",
+            parent.0,
+            r.as_ref().map(|(n, _)| n.id)
+        );
+        match r {
             Ok((_, st)) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
             Err(Errno::NOENT) => {
                 // A negative entry the kernel may cache: names change only through us.
@@ -358,7 +372,10 @@ impl Filesystem for StrataFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.union.unlink(parent.0, name) {
+        let r = self.union.unlink(parent.0, name);
+        tracing::debug!("unlink {} {name:?} -> {r:?}", parent.0);
+        self.check(&[parent.0], "unlink");
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(ferr(e)),
         }
@@ -398,10 +415,16 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self
+        let r = self
             .union
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        tracing::debug!(
+            "rename {} {name:?} -> {} {newname:?} ({flags:?}): {r:?}",
+            parent.0,
+            newparent.0
+        );
+        self.check(&[parent.0, newparent.0], "rename");
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(ferr(e)),
         }
@@ -416,6 +439,13 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         let r = self.union.link(ino.0, newparent.0, newname);
+        tracing::debug!(
+            "link {} -> {} {newname:?}: {:?}",
+            ino.0,
+            newparent.0,
+            r.as_ref().map(|_| ())
+        );
+        self.check(&[newparent.0], "link");
         self.reply_entry(reply, r.map(|(_, st)| st));
     }
 
@@ -688,10 +718,16 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         let what = NewObject::File { mode, flags };
-        let (node, st, fd) = match self
+        let created = self
             .union
-            .create_object(parent.0, name, what, Self::caller(req))
-        {
+            .create_object(parent.0, name, what, Self::caller(req));
+        tracing::debug!(
+            "create {} {name:?} -> {:?}",
+            parent.0,
+            created.as_ref().map(|(n, _, _)| n.id)
+        );
+        self.check(&[parent.0], "create");
+        let (node, st, fd) = match created {
             Ok(x) => x,
             Err(e) => return reply.error(ferr(e)),
         };
@@ -721,6 +757,21 @@ impl Filesystem for StrataFs {
                 self.plain_open_flags(&handle),
             ),
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Terminal and file-attribute ioctls do not apply to union files.
+        reply.error(FErrno::ENOTTY);
     }
 
     fn fallocate(

@@ -136,14 +136,13 @@ impl Union {
         };
         // A metacopy file's data is still in the lower file (only reads get here).
         let top = metacopy.unwrap_or(top);
-        let loc = node.location();
-        let parent = loc.parent.ok_or(Errno::STALE)?;
-        let pfd = self.dir_fd(&parent, top)?;
         let mut oflags = passed_flags(flags);
         if flags & libc::O_TRUNC != 0 {
             oflags |= OFlags::TRUNC;
         }
-        let fd = rfs::openat(pfd.as_fd(), &loc.name, oflags, rfs::Mode::empty())?;
+        let fd = self.with_name(node, Some(top), |dir, name| {
+            rfs::openat(dir, name, oflags, rfs::Mode::empty())
+        })?;
         Ok(FileHandle {
             fd,
             node: node.clone(),

@@ -107,6 +107,18 @@ impl Node {
         }
     }
 
+    /// Every name of this node the union knows, the main one first.
+    pub fn names(&self) -> Vec<Location> {
+        let mut out = vec![self.loc.read().clone()];
+        out.extend(self.aliases.lock().iter().cloned());
+        out
+    }
+
+    /// Whether `name` in directory `parent` is one of this node's names.
+    pub fn has_name(&self, parent: u64, name: &OsStr) -> bool {
+        self.loc.read().is(parent, name) || self.aliases.lock().iter().any(|a| a.is(parent, name))
+    }
+
     /// Remember that `name` in `parent` is another name of this node.
     pub fn add_alias(&self, parent: &Arc<Node>, name: &OsStr) {
         if self.loc.read().is(parent.id, name) {
@@ -151,6 +163,11 @@ impl Node {
     /// Whether the node's last name is gone.
     pub fn is_unlinked(&self) -> bool {
         self.unlinked.load(Ordering::Acquire)
+    }
+
+    /// Undo [`Node::set_unlinked`] (the removal it announced failed).
+    pub fn set_linked(&self) {
+        self.unlinked.store(false, Ordering::Release);
     }
 
     /// Record that the node's last name is gone.

@@ -20,7 +20,7 @@ pub mod setup;
 pub mod xattr;
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -123,6 +123,47 @@ impl Union {
         Ok(fd)
     }
 
+    /// Run `f` on the name of non-directory `node` in its parent's copy in `layer` (or in its
+    /// top layer), with the parent's listing held still, so a concurrent unlink or rename
+    /// cannot swap the name for a whiteout or another file under `f`.
+    pub fn with_name<T>(
+        &self,
+        node: &Node,
+        layer: Option<LayerIndex>,
+        f: impl FnOnce(BorrowedFd<'_>, &OsStr) -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let parent = node.location().parent.ok_or(Errno::STALE)?;
+        let _still = parent.state.read();
+        let loc = node.location();
+        if node.is_unlinked() || loc.parent.as_ref().is_none_or(|p| p.id != parent.id) {
+            return Err(Errno::STALE);
+        }
+        let layer = layer.unwrap_or_else(|| node.state.read().top());
+        let pfd = self.dir_fd(&parent, layer)?;
+        f(pfd.as_fd(), &loc.name)
+    }
+
+    /// With `STRATAFS_CHECK` set, compare the listing of `dir` with its upper copy after a
+    /// change and log any disagreement (a debugging aid; costs a directory read).
+    pub fn check_dir(&self, what: &str, dir: &Node) {
+        if std::env::var_os("STRATAFS_CHECK").is_none() || !self.has_upper {
+            return;
+        }
+        let state = dir.state.read();
+        if state.top() != 0 {
+            return;
+        }
+        let Some(listing) = state.listing.clone() else {
+            return;
+        };
+        if let Ok(fd) = self.dir_fd(dir, 0) {
+            let bad = dir::upper_mismatches(&listing, fd.as_fd());
+            if !bad.is_empty() {
+                tracing::error!("after {what} in node {}: {bad:?}", dir.id);
+            }
+        }
+    }
+
     /// The node `id`.
     pub fn node(&self, id: u64) -> Result<Arc<Node>, Errno> {
         self.nodes.get(id)
@@ -206,21 +247,39 @@ impl Union {
             return Err(Errno::NAMETOOLONG);
         }
         let parent = self.dir_node(parent_id)?;
-        let listing = self.listing(&parent)?;
+        self.listing(&parent)?;
+        // Hold the directory still while the entry becomes a node: a concurrent unlink must
+        // not turn the name into a whiteout between reading the listing and the stat.
+        let pstate = parent.state.read();
+        let listing = pstate.listing.clone().ok_or(Errno::NOENT)?;
         let entry = listing.entries.get(name).ok_or(Errno::NOENT)?;
-        self.instantiate(&parent, name, entry)
+        self.instantiate(&parent, &pstate.layers, name, entry)
+            .map_err(|e| {
+                tracing::debug!("lookup {name:?} in {}: listed but {e}", parent.id);
+                // Listed but not resolvable: never let the kernel cache this as absent.
+                if e == Errno::NOENT {
+                    Errno::STALE
+                } else {
+                    e
+                }
+            })
     }
 
     /// Build (or find) the node for listing entry `entry` named `name` in `parent`.
     fn instantiate(
         &self,
         parent: &Arc<Node>,
+        parent_layers: &[LayerIndex],
         name: &OsStr,
         entry: &dir::Entry,
     ) -> Result<(Arc<Node>, rfs::Stat), Errno> {
         let top = entry.top();
         let pfd = self.dir_fd(parent, top)?;
         let st = rfs::statat(pfd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if format::is_device_whiteout(&st) || FileType::from_raw_mode(st.st_mode) != entry.kind {
+            // The listing and the layer disagree: never hand the kernel a whiteout.
+            return Err(Errno::NOENT);
+        }
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
         let layers = if is_dir && entry.layers.len() > 1 {
             self.effective_dir_layers(parent, name, &entry.layers)?
@@ -232,7 +291,7 @@ impl Union {
             && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
             && format::has_metacopy(pfd.as_fd(), name)
         {
-            self.find_data_layer(parent, name)?
+            self.find_data_layer(parent, parent_layers, name)?
         } else {
             None
         };
@@ -254,7 +313,7 @@ impl Union {
         let st = if restat {
             // A hard-link alias of a node that has been copied up answers from the copy; a
             // metacopy file reports its data's blocks.
-            self.stat_node(&node)?
+            self.stat_node_with(&node, false)?
         } else {
             st
         };
@@ -264,9 +323,13 @@ impl Union {
 
     /// The topmost lower layer of `parent` holding a regular file `name`: where the data of
     /// a metacopy upper file is.
-    fn find_data_layer(&self, parent: &Node, name: &OsStr) -> Result<Option<LayerIndex>, Errno> {
-        let layers = parent.state.read().layers.clone();
-        for l in layers.into_iter().filter(|l| !self.is_upper(*l)) {
+    fn find_data_layer(
+        &self,
+        parent: &Node,
+        layers: &[LayerIndex],
+        name: &OsStr,
+    ) -> Result<Option<LayerIndex>, Errno> {
+        for &l in layers.iter().filter(|l| !self.is_upper(**l)) {
             let fd = self.dir_fd(parent, l)?;
             if let Ok(st) = rfs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
                 if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
@@ -280,6 +343,12 @@ impl Union {
 
     /// Stat the visible object of `node` (layer values, before id mapping).
     pub fn stat_node(&self, node: &Node) -> Result<rfs::Stat, Errno> {
+        self.stat_node_with(node, true)
+    }
+
+    /// [`Union::stat_node`]; `lock_parent` false when the caller already holds a directory
+    /// lock (taking a second one here could invert the order renames take them in).
+    fn stat_node_with(&self, node: &Node, lock_parent: bool) -> Result<rfs::Stat, Errno> {
         let (top, metacopy) = {
             let s = node.state.read();
             (s.top(), s.metacopy)
@@ -290,8 +359,17 @@ impl Union {
         } else {
             let loc = node.location();
             let parent = loc.parent.ok_or(Errno::STALE)?;
+            // Names in the parent change only under its write lock.
+            let _pstate = lock_parent.then(|| parent.state.read());
+            let loc = node.location();
+            if node.is_unlinked() || loc.parent.as_ref().is_none_or(|p| p.id != parent.id) {
+                return Err(Errno::STALE);
+            }
             let pfd = self.dir_fd(&parent, top)?;
             let mut st = rfs::statat(pfd.as_fd(), &loc.name, AtFlags::SYMLINK_NOFOLLOW)?;
+            if format::is_device_whiteout(&st) {
+                return Err(Errno::STALE);
+            }
             if let Some(data) = metacopy {
                 // The blocks in use are the lower file's (as the kernel reports them).
                 let dfd = self.dir_fd(&parent, data)?;
@@ -339,11 +417,9 @@ impl Union {
         if node.is_dir {
             return Err(Errno::INVAL);
         }
-        let top = node.state.read().top();
-        let loc = node.location();
-        let parent = loc.parent.ok_or(Errno::STALE)?;
-        let pfd = self.dir_fd(&parent, top)?;
-        let target = rfs::readlinkat(pfd.as_fd(), &loc.name, Vec::new())?;
+        let target = self.with_name(&node, None, |dir, name| {
+            rfs::readlinkat(dir, name, Vec::new())
+        })?;
         Ok(target.into_bytes())
     }
 

@@ -279,10 +279,15 @@ impl Union {
             return Err(Errno::NAMETOOLONG);
         }
         let parent = self.dir_node(parent_id)?;
-        let (child, _) = self.lookup(parent_id, name)?;
-        let result = self.remove_node(&parent, name, &child, dir);
-        self.nodes.unref(child.id);
-        result
+        loop {
+            let (child, _) = self.lookup(parent_id, name)?;
+            let result = self.remove_node(&parent, name, &child, dir);
+            self.nodes.unref(child.id);
+            // Another change took the name between the lookup and the lock: look again.
+            if result != Err(Errno::AGAIN) {
+                return result;
+            }
+        }
     }
 
     fn remove_node(
@@ -305,44 +310,52 @@ impl Union {
         let listing = pstate.listing.clone().ok_or(Errno::NOENT)?;
         let entry = listing.entries.get(name).ok_or(Errno::NOENT)?.clone();
         let cstate = child.state.write();
+        if !child.has_name(parent.id, name) {
+            return Err(Errno::AGAIN);
+        }
         if dir && !cstate.listing.as_ref().is_none_or(|l| l.entries.is_empty()) {
             return Err(Errno::NOTEMPTY);
         }
         let upper = self.dir_fd(parent, 0)?;
         let needs_whiteout = entry.covers_lower || entry.top() != 0;
-        let mut last_link = true;
+        let mut upper_ino = None;
         let whiteout = if entry.top() == 0 {
             let st = rfs::statat(upper.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
-            last_link = dir || st.st_nlink <= 1;
-            if needs_whiteout {
-                Some(self.whiteout_over(upper.as_fd(), name, dir)?)
+            if !dir && st.st_nlink > 1 {
+                upper_ino = Some(st.st_ino);
+            }
+            // The inode may be reused by a create in another directory the moment it is
+            // freed: retire its identity first, so that create never finds this node.
+            let freeing = upper_ino.is_none();
+            if freeing {
+                self.retire_node(child);
+            }
+            let removed = if needs_whiteout {
+                self.whiteout_over(upper.as_fd(), name, dir).map(Some)
             } else if dir {
                 match rfs::unlinkat(upper.as_fd(), name, AtFlags::REMOVEDIR) {
                     Err(Errno::NOTEMPTY) => {
                         // Only whiteouts inside: move it out of sight, then clean it.
                         let work = self.work_fd()?;
                         let tmp = self.temp_name();
-                        rfs::renameat(upper.as_fd(), name, work.as_fd(), &tmp)?;
-                        remove_any(work.as_fd(), &tmp)?;
+                        rfs::renameat(upper.as_fd(), name, work.as_fd(), &tmp)
+                            .and_then(|()| remove_any(work.as_fd(), &tmp))
+                            .map(|()| None)
                     }
-                    other => other?,
+                    other => other.map(|()| None),
                 }
-                None
             } else {
-                rfs::unlinkat(upper.as_fd(), name, AtFlags::empty())?;
-                None
+                rfs::unlinkat(upper.as_fd(), name, AtFlags::empty()).map(|()| None)
+            };
+            if removed.is_err() && freeing {
+                self.unretire_node(child, (st.st_dev, st.st_ino));
             }
+            removed?
         } else {
             Some(format::create_whiteout(upper.as_fd(), name)?)
         };
         drop(cstate);
-        if last_link {
-            child.set_unlinked();
-            self.nodes.retire(child.id);
-            child.clear_fds();
-        } else {
-            child.remove_name(parent.id, name);
-        }
+        self.name_removed(child, parent.id, name, upper_ino);
         let l = listing_mut(&mut pstate);
         l.entries.shift_remove(name);
         if let Some(form) = whiteout {
@@ -441,6 +454,25 @@ impl Union {
         let exchange = flags.contains(RenameFlags::EXCHANGE);
         let parent = self.dir_node(parent_id)?;
         let newparent = self.dir_node(newparent_id)?;
+        loop {
+            let result = self.rename_once(&parent, name, &newparent, newname, flags, exchange);
+            // Another change took a name between the lookups and the locks: look again.
+            if result != Err(Errno::AGAIN) {
+                return result;
+            }
+        }
+    }
+
+    fn rename_once(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        newparent: &Arc<Node>,
+        newname: &OsStr,
+        flags: RenameFlags,
+        exchange: bool,
+    ) -> Result<(), Errno> {
+        let (parent_id, newparent_id) = (parent.id, newparent.id);
         let (src, _) = self.lookup(parent_id, name)?;
         let dst = match self.lookup(newparent_id, newname) {
             Ok((n, _)) => Some(n),
@@ -451,10 +483,10 @@ impl Union {
             }
         };
         let result = self.rename_nodes(
-            &parent,
+            parent,
             name,
             &src,
-            &newparent,
+            newparent,
             newname,
             dst.as_ref(),
             flags,
@@ -537,8 +569,11 @@ impl Union {
         };
         let src_entry = src_listing.entries.get(name).ok_or(Errno::NOENT)?.clone();
         let dst_entry = dst_listing.entries.get(newname).cloned();
-        if dst_entry.is_some() != dst.is_some() {
-            return Err(Errno::NOENT);
+        let names_moved = !src.has_name(parent.id, name)
+            || dst.is_some_and(|d| !d.has_name(newparent.id, newname))
+            || dst_entry.is_some() != dst.is_some();
+        if names_moved {
+            return Err(Errno::AGAIN);
         }
         let from = self.dir_fd(parent, 0)?;
         let to = self.dir_fd(newparent, 0)?;
@@ -591,13 +626,131 @@ impl Union {
                 super::copyup::remove_contents(rd.as_fd())?;
             }
         }
-        let dst_last_link = match (&dst_entry, dst) {
+        let dst_upper_ino = match (&dst_entry, dst) {
             (Some(d), Some(dnode)) if d.top() == 0 && !dnode.is_dir => {
-                rfs::statat(to.as_fd(), newname, AtFlags::SYMLINK_NOFOLLOW)?.st_nlink <= 1
+                let st = rfs::statat(to.as_fd(), newname, AtFlags::SYMLINK_NOFOLLOW)?;
+                (st.st_nlink > 1).then_some(st.st_ino)
             }
-            (Some(_), Some(_)) => true,
-            _ => false,
+            _ => None,
         };
+        // As in unlink: a replaced last link is retired before its inode can be reused.
+        let dst_freed = match (&dst_entry, dst) {
+            (Some(d), Some(dnode)) if d.top() == 0 && dst_upper_ino.is_none() => {
+                let st = rfs::statat(to.as_fd(), newname, AtFlags::SYMLINK_NOFOLLOW)?;
+                self.retire_node(dnode);
+                Some((dnode, (st.st_dev, st.st_ino)))
+            }
+            _ => None,
+        };
+        let result = self.move_entry(
+            parent,
+            name,
+            src,
+            &src_entry,
+            newparent,
+            newname,
+            &from,
+            &to,
+            target_whiteout,
+            target_covers,
+        );
+        let src_whiteout = match result {
+            Ok(w) => w,
+            Err(e) => {
+                if let Some((dnode, key)) = dst_freed {
+                    self.unretire_node(dnode, key);
+                }
+                return Err(e);
+            }
+        };
+        // Book-keeping: listings and node locations.
+        {
+            let l = listing_mut(&mut first);
+            l.entries.shift_remove(name);
+            if let Some(form) = src_whiteout {
+                l.upper_whiteouts.insert(name.to_owned(), form);
+            }
+        }
+        {
+            let target = second.as_mut().unwrap_or(&mut first);
+            let l = listing_mut(target);
+            l.upper_whiteouts.remove(newname);
+            l.entries.insert(
+                newname.to_owned(),
+                Entry {
+                    kind: src_entry.kind,
+                    layers: vec![0],
+                    covers_lower: target_covers,
+                    ino: src_entry.ino,
+                },
+            );
+        }
+        if let Some(dnode) = dst {
+            self.name_removed(dnode, newparent.id, newname, dst_upper_ino);
+        }
+        src.rename_name(
+            parent.id,
+            name,
+            super::inode::Location {
+                parent: Some(newparent.clone()),
+                name: newname.to_owned(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Bookkeeping after the name `name` in `parent` of `node` is gone. `upper_ino` is the
+    /// upper inode when it had other links before: then the node lives on if one of its other
+    /// known names still holds that inode (checked after the removal, so of two racing
+    /// unlinks of the last two names in different directories, the later one sees none).
+    fn name_removed(&self, node: &Arc<Node>, parent: u64, name: &OsStr, upper_ino: Option<u64>) {
+        node.remove_name(parent, name);
+        let alive = upper_ino.is_some_and(|ino| {
+            node.names().iter().any(|loc| {
+                let Some(p) = &loc.parent else { return false };
+                if loc.is(parent, name) {
+                    return false;
+                }
+                self.dir_fd(p, 0)
+                    .and_then(|fd| rfs::statat(fd.as_fd(), &loc.name, AtFlags::SYMLINK_NOFOLLOW))
+                    .is_ok_and(|st| st.st_ino == ino)
+            })
+        });
+        if !alive {
+            self.retire_node(node);
+        }
+    }
+
+    /// Mark `node` gone: no lookup finds it again and its inode numbers are free for others.
+    fn retire_node(&self, node: &Arc<Node>) {
+        node.set_unlinked();
+        self.nodes.retire(node.id);
+        node.clear_fds();
+    }
+
+    /// Undo [`Union::retire_node`] after the removal it prepared failed; `key` is the
+    /// node's upper object.
+    fn unretire_node(&self, node: &Arc<Node>, key: (u64, u64)) {
+        node.set_linked();
+        self.nodes.alias(key, node.id);
+    }
+
+    /// Move `name` (upper, in `from`) to `newname` (in `to`), leaving a whiteout behind when
+    /// lower layers have the old name; returns the form of that whiteout.
+    #[allow(clippy::too_many_arguments)]
+    fn move_entry(
+        &self,
+        _parent: &Arc<Node>,
+        name: &OsStr,
+        src: &Arc<Node>,
+        src_entry: &Entry,
+        _newparent: &Arc<Node>,
+        newname: &OsStr,
+        from: &OwnedFd,
+        to: &OwnedFd,
+        target_whiteout: Option<WhiteoutForm>,
+        target_covers: bool,
+    ) -> Result<Option<WhiteoutForm>, Errno> {
         if src.is_dir && target_covers {
             let fd = rfs::openat(
                 from.as_fd(),
@@ -647,45 +800,6 @@ impl Union {
                 format::remove_whiteout(to.as_fd(), newname, WhiteoutForm::OciFile)?;
             }
         }
-        // Book-keeping: listings and node locations.
-        {
-            let l = listing_mut(&mut first);
-            l.entries.shift_remove(name);
-            if let Some(form) = src_whiteout {
-                l.upper_whiteouts.insert(name.to_owned(), form);
-            }
-        }
-        {
-            let target = second.as_mut().unwrap_or(&mut first);
-            let l = listing_mut(target);
-            l.upper_whiteouts.remove(newname);
-            l.entries.insert(
-                newname.to_owned(),
-                Entry {
-                    kind: src_entry.kind,
-                    layers: vec![0],
-                    covers_lower: target_covers,
-                    ino: src_entry.ino,
-                },
-            );
-        }
-        if let Some(dnode) = dst {
-            if dst_last_link {
-                dnode.set_unlinked();
-                self.nodes.retire(dnode.id);
-                dnode.clear_fds();
-            } else {
-                dnode.remove_name(newparent.id, newname);
-            }
-        }
-        src.rename_name(
-            parent.id,
-            name,
-            super::inode::Location {
-                parent: Some(newparent.clone()),
-                name: newname.to_owned(),
-            },
-        );
-        Ok(())
+        Ok(src_whiteout)
     }
 }

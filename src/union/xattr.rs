@@ -99,13 +99,9 @@ impl Union {
             let fd = self.dir_fd(&node, top)?;
             f(&XattrTarget::Dir(std::os::fd::AsFd::as_fd(&*fd)))
         } else {
-            let loc = node.location();
-            let parent = loc.parent.ok_or(Errno::STALE)?;
-            let pfd = self.dir_fd(&parent, top)?;
-            f(&XattrTarget::Entry(
-                std::os::fd::AsFd::as_fd(&*pfd),
-                loc.name.as_os_str(),
-            ))
+            self.with_name(&node, Some(top), |dir, name| {
+                f(&XattrTarget::Entry(dir, name))
+            })
         }
     }
 
