@@ -421,3 +421,42 @@ pub fn default_stratafs() -> PathBuf {
     let above = dir.parent().map(|d| d.join("stratafs"));
     above.filter(|p| is_executable(p)).unwrap_or(next_to)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_backends_with_options() {
+        let exe = Path::new("/x/stratafs");
+        let b = Backend::parse("stratafs+metacopy=on+fsync=0", exe).unwrap();
+        assert_eq!(
+            b,
+            Backend::WithOptions(
+                Box::new(Backend::Stratafs(exe.into())),
+                "metacopy=on,fsync=0".into()
+            )
+        );
+        assert_eq!(b.name(), "stratafs+metacopy=on+fsync=0");
+        assert!(b.is_fuse());
+        assert!(!Backend::parse("overlay+metacopy=on", exe)
+            .unwrap()
+            .is_fuse());
+        assert!(Backend::parse("native+x", exe).is_err());
+        assert!(Backend::parse("zfs", exe).is_err());
+    }
+
+    #[test]
+    fn kernel_lowerdirs_are_relative_to_their_common_parent() {
+        let layers = vec![
+            PathBuf::from("/f/stack/l001"),
+            PathBuf::from("/f/stack/l000"),
+        ];
+        assert_eq!(
+            relative_layers(&layers),
+            (PathBuf::from("/f/stack"), "l001:l000".into())
+        );
+        let mixed = vec![PathBuf::from("/a/x"), PathBuf::from("/b/y")];
+        assert_eq!(relative_layers(&mixed).1, "/a/x:/b/y");
+    }
+}

@@ -220,6 +220,9 @@ fn run_workload(
                 let unmounted = m.unmount();
                 if *backend == Backend::Native {
                     workload.restore_native(set, fixture)?;
+                    // The restore's dirty pages would otherwise be written back during the
+                    // next timed run.
+                    rustix::fs::sync();
                 }
                 samples.extend(ran?);
                 unmounted?;
