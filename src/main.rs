@@ -176,8 +176,8 @@ fn serve(
             .max(2)
     }));
     config.clone_fd = true;
-    let union = Arc::new(union);
-    let fs = StrataFs::new(union.clone(), root && union.options.passthrough);
+    let passthrough = root && union.options.passthrough;
+    let fs = StrataFs::new(Arc::new(union), passthrough);
     let mut session = match Session::new(fs, mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -202,12 +202,8 @@ fn serve(
         drop(pipe);
         let _ = sys::detach_stdio();
     }
-    let served = session.run();
-    // Leave an upper layer that kernel overlayfs reads without metacopy=on.
-    match union.complete_all_metacopies() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("copied the data of {n} metadata-only copies up"),
-        Err(e) => tracing::error!("completing metadata-only copies: {e}"),
-    }
-    served.map_err(|e| (anyhow::anyhow!("serving the mount: {e}"), None))
+    // Returns only if the session fails; a normal end exits in `StrataFs::destroy`.
+    session
+        .run()
+        .map_err(|e| (anyhow::anyhow!("serving the mount: {e}"), None))
 }

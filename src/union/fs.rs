@@ -289,6 +289,19 @@ impl Filesystem for StrataFs {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        // The mount is gone (or going). Leave an upper layer that kernel overlayfs reads
+        // without metacopy=on, then exit here: fuser would otherwise try to unmount the mount
+        // point by path on its way out, and a new mount may already be there (a container
+        // restarted on the same rootfs directory).
+        match self.union.complete_all_metacopies() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("copied the data of {n} metadata-only copies up"),
+            Err(e) => tracing::error!("completing metadata-only copies: {e}"),
+        }
+        std::process::exit(0);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self.union.lookup(parent.0, name);
         tracing::debug!(
