@@ -87,6 +87,7 @@ pub enum Cmd {
         /// Seconds before SIGKILL.
         #[arg(short = 't', long = "time", default_value_t = 10)]
         time: u64,
+        #[arg(required = true)]
         containers: Vec<String>,
     },
     /// Stop and start again on the same writable layer.
@@ -94,6 +95,7 @@ pub enum Cmd {
         /// Seconds before SIGKILL.
         #[arg(short = 't', long = "time", default_value_t = 10)]
         time: u64,
+        #[arg(required = true)]
         containers: Vec<String>,
     },
     /// Send a signal.
@@ -101,6 +103,7 @@ pub enum Cmd {
         /// Signal name or number.
         #[arg(short = 's', long = "signal", default_value = "KILL")]
         signal: String,
+        #[arg(required = true)]
         containers: Vec<String>,
     },
     /// Remove containers (their writable layer; volumes stay).
@@ -108,6 +111,7 @@ pub enum Cmd {
         /// Kill a running container first.
         #[arg(short = 'f', long)]
         force: bool,
+        #[arg(required = true)]
         containers: Vec<String>,
     },
     /// List containers.

@@ -26,14 +26,18 @@ enum Cmd {
     Containers(containers::Cmd),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let code = match cli.cmd {
-        Cmd::Containers(c) => containers::run(&cli.root, c)?,
+    let result = match cli.cmd {
+        Cmd::Containers(c) => containers::run(&cli.root, c),
     };
-    std::process::exit(code)
+    // One line, docker's convention: 125 when strata itself failed, else the process's code.
+    std::process::exit(result.unwrap_or_else(|e| {
+        eprintln!("strata: {e:#}");
+        125
+    }))
 }
