@@ -596,3 +596,42 @@ fn ten_containers_share_the_image_layers() {
     );
     e.assert_no_leaks();
 }
+
+#[test]
+fn run_tty_gives_a_terminal() {
+    need_root!();
+    let e = Env::new();
+    // `script` gives strata a terminal, as an interactive shell would.
+    let line = format!(
+        "{} run --rm -it {} sh -c 'test -t 0 && test -t 1 && echo isatty; exit 4'",
+        env!("CARGO_BIN_EXE_strata"),
+        e.image
+    );
+    let mut c = Command::new("timeout");
+    c.args(["30", "script", "-qec", &line, "/dev/null"])
+        .env("STRATA_ROOT", e.store())
+        .env("STRATA_STRATAFS", env!("CARGO_BIN_EXE_stratafs"))
+        .stdin(Stdio::null());
+    let o = c.output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout(&o).contains("isatty"), "{}", stdout(&o));
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}
+
+#[test]
+fn runtime_choice_errors_are_one_line() {
+    need_root!();
+    let e = Env::new();
+    let o = e.run(&["--rm", "--runtime", "no-such-runtime"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-runtime"));
+    assert!(e.containers().is_empty());
+}

@@ -43,7 +43,7 @@ pub struct CreateArgs {
     /// Keep stdin open.
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Allocate a terminal (not supported yet).
+    /// Allocate a terminal (foreground runs only: runc proxies it; detached needs a console socket).
     #[arg(short = 't', long)]
     tty: bool,
     /// OCI runtime (runc, crun or a path).
@@ -178,9 +178,6 @@ fn local_image(arg: &str) -> Result<ImageSpec> {
 }
 
 fn options(a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions, ImageSpec)> {
-    if a.tty {
-        bail!("-t is not supported yet (use -i)");
-    }
     let network_host = match a.network.as_str() {
         "host" => true,
         "none" => false,
@@ -209,7 +206,7 @@ fn options(a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions, ImageSpec)>
         network_host,
         entrypoint: a.entrypoint.clone(),
         cmd: a.cmd.clone(),
-        tty: false,
+        tty: a.tty,
         auto_remove,
         runtime: a.runtime.clone(),
     };
@@ -221,6 +218,9 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Run { rm, detach, args } => {
             let (opts, image) = options(&args, rm)?;
+            if detach && opts.tty {
+                bail!("-t with -d is not supported yet (it needs a console socket)");
+            }
             let mut c = Container::create(root, &image, &opts)?;
             if detach {
                 if let Err(e) = c.start() {
@@ -251,12 +251,6 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             c.start()?;
             println!("{container}");
             Ok(0)
-        }
-        Cmd::Stop { time, containers } | Cmd::Restart { time, containers }
-            if containers.is_empty() =>
-        {
-            let _ = time;
-            bail!("no container given")
         }
         Cmd::Stop { time, containers } => {
             each(

@@ -49,6 +49,11 @@ impl Runtime {
             None => vec!["runc", "crun"],
         };
         for c in &candidates {
+            if c.ends_with("crun") && cgroups_are_hybrid() {
+                return Err(Error::Runtime(
+                    "crun refuses hosts with hybrid (v1+v2) cgroups like this one: use --runtime runc".into(),
+                ));
+            }
             if let Some(path) = which(c) {
                 let name = path
                     .file_name()
