@@ -4,6 +4,8 @@
 //! `strata` command with a deadline, and on drop removes runtime state, unmounts anything left
 //! under its dir and kills (by PID) any daemon whose command line names its dir.
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -83,7 +85,44 @@ impl Env {
 
     /// Run `strata ARGS` with `stdin`, killed at the deadline.
     fn strata(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+        self.strata_as(None, args, stdin)
+    }
+
+    /// Hand the test dir to the unprivileged test user, for rootless runs.
+    fn give_to_user(&self) -> (u32, u32) {
+        let (uid, gid) = common::unprivileged::setup_user();
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut p = self.dir.path().parent();
+        while let Some(d) = p {
+            let m = std::fs::metadata(d).unwrap().permissions().mode();
+            if m & 0o001 == 0 {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
+            }
+            p = d.parent();
+        }
+        (uid, gid)
+    }
+
+    /// `strata ARGS` as `user` (uid, gid) when given, else as the caller.
+    fn strata_as(&self, user: Option<(u32, u32)>, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = match user {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--init-groups", "--"])
+                    .arg(env!("CARGO_BIN_EXE_strata"))
+                    .env("HOME", self.dir.path());
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_strata")),
+        };
         c.args(args)
             .env("STRATA_ROOT", self.store())
             .env("STRATA_STRATAFS", env!("CARGO_BIN_EXE_stratafs"))
@@ -634,4 +673,61 @@ fn runtime_choice_errors_are_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no-such-runtime"));
     assert!(e.containers().is_empty());
+}
+
+#[test]
+fn rootless_run_lifecycle_and_volumes() {
+    need_root!();
+    let e = Env::new();
+    let user = Some(e.give_to_user());
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "--rm",
+            &e.image,
+            "sh",
+            "-c",
+            "id -u; echo w > /root/w; cat /root/w; exit 6",
+        ],
+        None,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(stdout(&o), "0\nw\n");
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "r",
+            "-v",
+            "v:/v",
+            &e.image,
+            "sh",
+            "-c",
+            "echo kept > /v/f; sleep 1000",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    while Instant::now() < deadline && seen != "kept\n" {
+        seen = stdout(&e.strata_as(user, &["exec", "r", "cat", "/v/f"], None));
+    }
+    assert_eq!(seen, "kept\n");
+    assert!(stdout(&e.strata_as(user, &["ps"], None)).contains("running"));
+    assert!(e.strata_as(user, &["rm", "-f", "r"], None).status.success());
+    assert!(
+        e.store().join("volumes/v/_data/f").exists(),
+        "volume survives rm"
+    );
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
 }

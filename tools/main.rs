@@ -8,14 +8,9 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "strata", version)]
 struct Cli {
-    /// Store directory (containers, volumes, runtime state).
-    #[arg(
-        long,
-        global = true,
-        env = "STRATA_ROOT",
-        default_value = "/var/lib/strata"
-    )]
-    root: std::path::PathBuf,
+    /// Store directory [default: /var/lib/strata as root, ~/.local/share/strata otherwise].
+    #[arg(long, global = true, env = "STRATA_ROOT")]
+    root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -32,12 +27,23 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let root = cli.root.unwrap_or_else(default_root);
     let result = match cli.cmd {
-        Cmd::Containers(c) => containers::run(&cli.root, c),
+        Cmd::Containers(c) => containers::run(&root, c),
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {
         eprintln!("strata: {e:#}");
         125
     }))
+}
+
+/// The store of root is system-wide; an unprivileged user's lives in their home, as podman's.
+fn default_root() -> std::path::PathBuf {
+    match std::env::var_os("HOME") {
+        Some(h) if !rustix::process::geteuid().is_root() => {
+            std::path::Path::new(&h).join(".local/share/strata")
+        }
+        _ => "/var/lib/strata".into(),
+    }
 }

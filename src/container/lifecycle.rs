@@ -105,13 +105,7 @@ impl Container {
                     .unwrap_or(0),
             },
         };
-        // Built on the mounted union so `-u NAME` resolves in the image's own /etc/passwd.
-        let built = c
-            .mount()
-            .and_then(|()| spec::build(image, opts, &paths.rootfs(), &mounts));
-        let unmounted = mount::unmount_rootfs(&paths.rootfs());
-        let result = built.and_then(|s| {
-            unmounted?;
+        let result = spec::build(image, opts, &paths.rootfs(), &mounts).and_then(|s| {
             s.save(paths.config())?;
             Ok(s)
         });
@@ -248,11 +242,19 @@ impl Container {
             let msg = std::fs::read(&rt_err)
                 .map(|b| last_error_line(&b))
                 .unwrap_or_default();
+            // What the runtime saw, so a failure of the mount is told apart from a bad command.
+            let root = self.paths.rootfs();
+            let seen = format!(
+                "rootfs mounted={}, entries={}, bin/sh visible={}",
+                mount::is_mounted(&root),
+                std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0),
+                root.join("bin/sh").exists()
+            );
             let _ = self.release();
             self.state.status = Status::Exited;
             self.state.save(&self.paths)?;
             st?;
-            return Err(Error::Runtime(format!("{} run failed: {msg}", rt.name)));
+            return Err(Error::Runtime(format!("{msg} ({seen})")));
         }
         self.state.status = Status::Running;
         self.state.exit_code = None;

@@ -121,7 +121,39 @@ pub fn unmount_rootfs(target: &Path) -> Result<()> {
             target.display()
         )));
     }
+    wait_daemon_exit(target);
     Ok(())
+}
+
+/// Wait (up to 5 s) until no daemon serving `target` is alive: an exiting FUSE daemon
+/// unmounts its mount point by path, which would take down a new mount made there meanwhile
+/// (seen as "executable file not found" when a container restarts).
+fn wait_daemon_exit(target: &Path) {
+    let needle = target.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && daemon_alive(&needle) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Whether a live (non-zombie) stratafs process names `mountpoint` on its command line.
+fn daemon_alive(mountpoint: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            return false;
+        };
+        let mut args = cmd.split(|b| *b == 0).map(String::from_utf8_lossy);
+        let is_stratafs = args.next().is_some_and(|a| a.ends_with("stratafs"));
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'));
+        is_stratafs && !zombie && args.any(|a| a == mountpoint)
+    })
 }
 
 #[cfg(test)]

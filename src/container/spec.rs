@@ -1,11 +1,12 @@
 //! The OCI runtime-spec `config.json` of a container, built from the image config and the
 //! user's run options.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use oci_spec::runtime::{
-    LinuxNamespaceType, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
-    Spec, User, UserBuilder,
+    LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder,
+    PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Spec, User, UserBuilder,
 };
 
 use super::lifecycle::RunOptions;
@@ -47,7 +48,7 @@ pub fn build(
         .clone()
         .or_else(|| cfg.user().clone().filter(|u| !u.is_empty()));
     let user = match user_name {
-        Some(u) => resolve_user(&u, rootfs)?,
+        Some(u) => resolve_user(&u, &image.lower_dirs)?,
         None => User::default(),
     };
 
@@ -71,7 +72,12 @@ pub fn build(
         opts.hostname.clone().unwrap_or_else(|| "strata".into()),
     ));
 
-    let mut all_mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
+    let rootless = !rustix::process::geteuid().is_root();
+    let mut all_mounts: Vec<Mount> = if rootless {
+        oci_spec::runtime::get_rootless_mounts()
+    } else {
+        spec.mounts().clone().unwrap_or_default()
+    };
     for m in mounts {
         let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
         options.push(if m.read_only { "ro" } else { "rw" }.into());
@@ -98,6 +104,25 @@ pub fn build(
                 && t != LinuxNamespaceType::Cgroup
         })
         .collect();
+    let mut ns = ns;
+    if rootless {
+        // A single mapping (container root = the calling user), as podman does without subuids.
+        ns.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()?,
+        );
+        let map = |host: u32| {
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(host)
+                .size(1u32)
+                .build()
+        };
+        linux.set_uid_mappings(Some(vec![map(rustix::process::geteuid().as_raw())?]));
+        linux.set_gid_mappings(Some(vec![map(rustix::process::getegid().as_raw())?]));
+        linux.set_resources(None);
+    }
     linux.set_namespaces(Some(ns));
     spec.set_linux(Some(linux));
     Ok(spec)
@@ -142,13 +167,13 @@ fn merge_env(env: &mut Vec<String>, entry: &str) {
 }
 
 /// Resolve `user[:group]` (names or numbers) against the image's /etc/passwd and /etc/group.
-pub fn resolve_user(spec: &str, rootfs: &Path) -> Result<User> {
+pub fn resolve_user(spec: &str, layers: &[std::path::PathBuf]) -> Result<User> {
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let passwd = read_top(layers, "etc/passwd");
+    let group = read_top(layers, "etc/group");
     let (uid, mut gid) = match u.parse::<u32>() {
         Ok(n) => {
             let gid = lookup(&passwd, |f| f[2] == u).and_then(|f| f[3].parse().ok());
@@ -175,6 +200,21 @@ pub fn resolve_user(spec: &str, rootfs: &Path) -> Result<User> {
         };
     }
     Ok(UserBuilder::default().uid(uid).gid(gid).build()?)
+}
+
+/// `rel` from the topmost layer that has it as a regular file (layers bottom first): read
+/// from the layers so `create` need not mount the union.
+fn read_top(layers: &[std::path::PathBuf], rel: &str) -> String {
+    layers
+        .iter()
+        .rev()
+        .map(|l| l.join(rel))
+        .find(|p| {
+            std::fs::symlink_metadata(p)
+                .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_char_device())
+        })
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
 }
 
 /// The first line of a colon file with at least 4 fields matching `pred`.
@@ -256,13 +296,13 @@ mod tests {
         )
         .unwrap();
         std::fs::write(d.path().join("etc/group"), "staff:x:50:\n").unwrap();
-        let u = resolve_user("bob", d.path()).unwrap();
+        let u = resolve_user("bob", &[d.path().to_path_buf()]).unwrap();
         assert_eq!((u.uid(), u.gid()), (1000, 1001));
-        let u = resolve_user("bob:staff", d.path()).unwrap();
+        let u = resolve_user("bob:staff", &[d.path().to_path_buf()]).unwrap();
         assert_eq!((u.uid(), u.gid()), (1000, 50));
-        let u = resolve_user("77:78", d.path()).unwrap();
+        let u = resolve_user("77:78", &[d.path().to_path_buf()]).unwrap();
         assert_eq!((u.uid(), u.gid()), (77, 78));
-        assert!(resolve_user("nobody", d.path()).is_err());
+        assert!(resolve_user("nobody", &[d.path().to_path_buf()]).is_err());
     }
 
     #[test]
