@@ -3,6 +3,7 @@
 //! The arrows point one way: the `strata` tools call the library modules, which call
 //! [`union`] (the filesystem) and [`sys`] (the only `unsafe` code).
 
+pub mod bench;
 pub mod container;
 pub mod sys;
 pub mod union;

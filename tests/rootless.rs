@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::fs;
 use std::process::Command;
 
 use common::unprivileged::*;
@@ -153,4 +154,41 @@ cat chown.txt
         "kernel vs stratafs in a user namespace:\n{out}\n{err}"
     );
     assert!(out.contains("0:0"), "{out}");
+}
+
+/// The differential test (tests/differential.rs) a second time, as the unprivileged user in a
+/// user namespace with its subordinate ids mapped (`unshare --map-auto`), against kernel
+/// overlayfs mounted there with `userxattr`.
+#[test]
+fn differential_test_passes_in_a_user_namespace() {
+    let dir = user_dir();
+    let _reaper = DaemonReaper(dir.path().to_path_buf());
+    // Cargo builds every test binary before running any; the differential one sits beside us.
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let binary = fs::read_dir(&deps)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("differential-") && p.extension().is_none()
+        })
+        .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("the differential test binary is built");
+    let script = format!(
+        "STRATA_TEST_TMP=$PWD STRATA_DIFF_SEEDS=20 STRATA_DIFF_OPS=500 \
+         unshare --map-root-user --map-auto --mount --propagation private {} --test-threads=1",
+        binary.display()
+    );
+    let o = as_user(&script, dir.path());
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success() && out.contains("1 passed"),
+        "differential test in a user namespace: {}\n{out}\n{err}",
+        o.status
+    );
 }

@@ -1,35 +1,52 @@
-//! `strata`: the command line. One small file per verb group; no logic here.
+//! `strata`: the command line of the Strata tools. Each verb group lives in its own file and
+//! only translates flags into calls on the library.
 
+mod bench;
 mod containers;
 
-use clap::Parser;
+use clap::{ArgAction, Parser, Subcommand};
 
-/// Strata: union filesystem tools for container images.
+/// Strata: union filesystems for container images.
 #[derive(Parser)]
-#[command(name = "strata", version)]
+#[command(name = "strata", version, about)]
 struct Cli {
+    /// More log output (--verbose, twice for debug); RUST_LOG overrides it. Long only:
+    /// `-v` is docker's volume flag of `run`/`create`.
+    #[arg(long, action = ArgAction::Count, global = true)]
+    verbose: u8,
     /// Store directory [default: /var/lib/strata as root, ~/.local/share/strata otherwise].
     #[arg(long, global = true, env = "STRATA_ROOT")]
     root: Option<std::path::PathBuf>,
     #[command(subcommand)]
-    cmd: Cmd,
+    command: Command,
 }
 
-#[derive(clap::Subcommand)]
-enum Cmd {
+#[derive(Subcommand)]
+enum Command {
+    /// Compare union filesystems on one fixture: table, JSON and SVG chart.
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Containers(containers::Cmd),
 }
 
 fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let root = cli.root.unwrap_or_else(default_root);
-    let result = match cli.cmd {
-        Cmd::Containers(c) => containers::run(&root, c),
+    let result = match cli.command {
+        Command::Bench(args) => bench::run(args).map(|()| 0),
+        Command::Containers(c) => containers::run(&root, c),
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {

@@ -279,34 +279,11 @@ impl Union {
             FileType::Symlink => {
                 let target = rfs::readlinkat(src_dir, name, Vec::new())?;
                 rfs::symlinkat(target.as_c_str(), work, tmp)?;
-                copy_xattrs(
-                    &XattrTarget::Entry(src_dir, name),
-                    &XattrTarget::Entry(work, tmp),
-                )?;
-                rfs::chownat(
-                    work,
-                    tmp,
-                    Some(uid(st.st_uid)),
-                    Some(gid(st.st_gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
-                rfs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
+                finish_entry(src_dir, name, work, tmp, st, None)?;
             }
             _ => {
                 rfs::mknodat(work, tmp, ftype, mode, st.st_rdev)?;
-                copy_xattrs(
-                    &XattrTarget::Entry(src_dir, name),
-                    &XattrTarget::Entry(work, tmp),
-                )?;
-                rfs::chownat(
-                    work,
-                    tmp,
-                    Some(uid(st.st_uid)),
-                    Some(gid(st.st_gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
-                rfs::chmodat(work, tmp, mode, AtFlags::empty())?;
-                rfs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
+                finish_entry(src_dir, name, work, tmp, st, Some(mode))?;
             }
         }
         Ok(())
@@ -332,6 +309,33 @@ enum DataCopy {
     Marker,
     /// None (the file is about to be emptied).
     Nothing,
+}
+
+/// Give the copy `tmp` (in `work`) of `name` (in `src_dir`) the original's owner, mode
+/// (`None` for a symlink, which has none to set), xattrs and times, in that order.
+fn finish_entry(
+    src_dir: BorrowedFd<'_>,
+    name: &OsStr,
+    work: BorrowedFd<'_>,
+    tmp: &OsStr,
+    st: &rfs::Stat,
+    mode: Option<Mode>,
+) -> Result<(), Errno> {
+    rfs::chownat(
+        work,
+        tmp,
+        Some(uid(st.st_uid)),
+        Some(gid(st.st_gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    if let Some(mode) = mode {
+        rfs::chmodat(work, tmp, mode, AtFlags::empty())?;
+    }
+    copy_xattrs(
+        &XattrTarget::Entry(src_dir, name),
+        &XattrTarget::Entry(work, tmp),
+    )?;
+    rfs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)
 }
 
 fn uid(raw: u32) -> rfs::Uid {

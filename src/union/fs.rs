@@ -411,17 +411,11 @@ impl Filesystem for StrataFs {
         let r = self.union.unlink(parent.0, name);
         tracing::debug!("unlink {} {name:?} -> {r:?}", parent.0);
         self.check(&[parent.0], "unlink");
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(ferr(e)),
-        }
+        reply_empty(reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.union.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(ferr(e)),
-        }
+        reply_empty(reply, self.union.rmdir(parent.0, name));
     }
 
     fn symlink(
@@ -460,10 +454,7 @@ impl Filesystem for StrataFs {
             newparent.0
         );
         self.check(&[parent.0, newparent.0], "rename");
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(ferr(e)),
-        }
+        reply_empty(reply, r);
     }
 
     fn link(
@@ -571,10 +562,7 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.union.fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(ferr(e)),
-        }
+        reply_empty(reply, self.union.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -685,10 +673,7 @@ impl Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.union.fsyncdir(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(ferr(e)),
-        }
+        reply_empty(reply, self.union.fsyncdir(fh.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -717,10 +702,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.union.setxattr(ino.0, name, value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(ferr(e)),
-        }
+        reply_empty(reply, self.union.setxattr(ino.0, name, value, flags));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -732,10 +714,7 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.union.removexattr(ino.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(ferr(e)),
-        }
+        reply_empty(reply, self.union.removexattr(ino.0, name));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -824,10 +803,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.union.fallocate(fh.0, offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(ferr(e)),
-        }
+        reply_empty(reply, self.union.fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(
@@ -843,6 +819,13 @@ impl Filesystem for StrataFs {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(ferr(e)),
         }
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(ferr(e)),
     }
 }
 

@@ -29,6 +29,17 @@ pub enum NewObject<'a> {
     Symlink(&'a OsStr),
 }
 
+/// Run `attempt` until it does not answer EAGAIN, which here means: another change took a
+/// name between the lookups and the locks, so look again.
+fn until_settled<T>(mut attempt: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    loop {
+        match attempt() {
+            Err(Errno::AGAIN) => continue,
+            other => return other,
+        }
+    }
+}
+
 fn check_name(name: &OsStr) -> Result<(), Errno> {
     if name.len() > NAME_MAX {
         return Err(Errno::NAMETOOLONG);
@@ -304,15 +315,12 @@ impl Union {
             return Err(Errno::NAMETOOLONG);
         }
         let parent = self.dir_node(parent_id)?;
-        loop {
+        until_settled(|| {
             let (child, _) = self.lookup(parent_id, name)?;
             let result = self.remove_node(&parent, name, &child, dir);
             self.nodes.unref(child.id);
-            // Another change took the name between the lookup and the lock: look again.
-            if result != Err(Errno::AGAIN) {
-                return result;
-            }
-        }
+            result
+        })
     }
 
     fn remove_node(
@@ -487,13 +495,7 @@ impl Union {
         let exchange = flags.contains(RenameFlags::EXCHANGE);
         let parent = self.dir_node(parent_id)?;
         let newparent = self.dir_node(newparent_id)?;
-        loop {
-            let result = self.rename_once(&parent, name, &newparent, newname, flags, exchange);
-            // Another change took a name between the lookups and the locks: look again.
-            if result != Err(Errno::AGAIN) {
-                return result;
-            }
-        }
+        until_settled(|| self.rename_once(&parent, name, &newparent, newname, flags, exchange))
     }
 
     fn rename_once(

@@ -65,6 +65,14 @@ macro_rules! both_backends {
     };
 }
 
+/// Whether the tests run inside a user namespace (as an unprivileged user): then kernel
+/// overlayfs is mounted with `userxattr` and opaque markers use `user.overlay.opaque`.
+pub fn in_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().take(3).collect::<Vec<_>>() != ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
+
 /// The base directory for temp dirs: `$STRATA_TEST_TMP` or the system temp dir.
 pub fn scratch_base() -> PathBuf {
     let base = std::env::var_os("STRATA_TEST_TMP")
@@ -309,9 +317,15 @@ impl Layer {
         self
     }
 
-    /// Marks dir `rel` opaque with `trusted.overlay.opaque=y` (creating it if missing).
+    /// Marks dir `rel` opaque with `trusted.overlay.opaque=y` (creating it if missing); in a
+    /// user namespace, where trusted.* is out of reach, with the kernel's `userxattr` form.
     pub fn opaque_trusted(&self, rel: impl AsRef<Path>) -> &Self {
-        self.dir(&rel).xattr(rel, "trusted.overlay.opaque", b"y")
+        let name = if in_user_namespace() {
+            "user.overlay.opaque"
+        } else {
+            "trusted.overlay.opaque"
+        };
+        self.dir(&rel).xattr(rel, name, b"y")
     }
 
     /// Marks dir `rel` opaque with `user.overlay.opaque=y` (creating it if missing).
@@ -447,7 +461,10 @@ impl<'a> Mount<'a> {
         };
         match backend {
             Backend::Kernel => {
-                if spec.writable {
+                if in_user_namespace() {
+                    // Unprivileged overlayfs: user.overlay.* xattrs, no index.
+                    opts.push("userxattr".into());
+                } else if spec.writable {
                     opts.push("index=on".into());
                     opts.push("redirect_dir=off".into());
                     opts.push("metacopy=off".into());
