@@ -4,5 +4,6 @@
 //! [`union`] (the filesystem) and [`sys`] (the only `unsafe` code).
 
 pub mod bench;
+pub mod container;
 pub mod sys;
 pub mod union;

@@ -2,6 +2,7 @@
 //! only translates flags into calls on the library.
 
 mod bench;
+mod containers;
 
 use clap::{ArgAction, Parser, Subcommand};
 
@@ -9,9 +10,13 @@ use clap::{ArgAction, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "strata", version, about)]
 struct Cli {
-    /// More log output (-v, -vv); RUST_LOG overrides it.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
+    /// More log output (--verbose, twice for debug); RUST_LOG overrides it. Long only:
+    /// `-v` is docker's volume flag of `run`/`create`.
+    #[arg(long, action = ArgAction::Count, global = true)]
     verbose: u8,
+    /// Store directory [default: /var/lib/strata as root, ~/.local/share/strata otherwise].
+    #[arg(long, global = true, env = "STRATA_ROOT")]
+    root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,9 +25,11 @@ struct Cli {
 enum Command {
     /// Compare union filesystems on one fixture: table, JSON and SVG chart.
     Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Containers(containers::Cmd),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -36,7 +43,24 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
-        Command::Bench(args) => bench::run(args),
+    let root = cli.root.unwrap_or_else(default_root);
+    let result = match cli.command {
+        Command::Bench(args) => bench::run(args).map(|()| 0),
+        Command::Containers(c) => containers::run(&root, c),
+    };
+    // One line, docker's convention: 125 when strata itself failed, else the process's code.
+    std::process::exit(result.unwrap_or_else(|e| {
+        eprintln!("strata: {e:#}");
+        125
+    }))
+}
+
+/// The store of root is system-wide; an unprivileged user's lives in their home, as podman's.
+fn default_root() -> std::path::PathBuf {
+    match std::env::var_os("HOME") {
+        Some(h) if !rustix::process::geteuid().is_root() => {
+            std::path::Path::new(&h).join(".local/share/strata")
+        }
+        _ => "/var/lib/strata".into(),
     }
 }

@@ -1,0 +1,406 @@
+//! Container lifecycle: create, start, run, stop, restart, kill, rm, exec, logs, inspect.
+//!
+//! The rootfs is mounted only while the process may run (start → exit/stop), so a created or
+//! exited container holds no mount and no daemon.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::runtime::{last_error_line, Runtime};
+use super::state::{self, ContainerState, Paths, Status};
+use super::{diff, io_err, mount, spec, volume, Error, ImageSpec, Result};
+
+/// The options of `strata create`/`run` (docker's meaning).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--name`.
+    pub name: Option<String>,
+    /// `-e K=V` (a bare `K` copies strata's own value).
+    pub env: Vec<String>,
+    /// `-w DIR`.
+    pub workdir: Option<String>,
+    /// `-u USER[:GROUP]`, names resolved in the image's /etc/passwd.
+    pub user: Option<String>,
+    /// `-v SRC:DST[:ro]`.
+    pub volumes: Vec<String>,
+    /// `--read-only`.
+    pub read_only: bool,
+    /// `--hostname`.
+    pub hostname: Option<String>,
+    /// `--network host` (else a private network namespace with only loopback).
+    pub network_host: bool,
+    /// `--entrypoint`.
+    pub entrypoint: Option<String>,
+    /// Command and arguments after the image.
+    pub cmd: Vec<String>,
+    /// `-t`.
+    pub tty: bool,
+    /// `--rm`.
+    pub auto_remove: bool,
+    /// `--runtime` (default: detected).
+    pub runtime: Option<String>,
+}
+
+/// A container in a store.
+#[derive(Debug)]
+pub struct Container {
+    store_root: PathBuf,
+    paths: Paths,
+    /// Its persisted state.
+    pub state: ContainerState,
+}
+
+fn new_id() -> Result<String> {
+    let mut b = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(io_err("read /dev/urandom"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+impl Container {
+    /// Create a container of `image` in `store_root`: directories, an empty upper and the
+    /// runtime bundle. Nothing is mounted or started.
+    pub fn create(store_root: &Path, image: &ImageSpec, opts: &RunOptions) -> Result<Container> {
+        let runtime = Runtime::detect(opts.runtime.as_deref(), store_root)?;
+        let id = new_id()?;
+        let name = opts
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("strata-{}", &id[..12]));
+        if state::list(store_root)?.iter().any(|s| s.name == name) {
+            return Err(Error::Invalid(format!(
+                "the container name {name:?} is already in use"
+            )));
+        }
+        let mounts = opts
+            .volumes
+            .iter()
+            .map(|v| volume::parse(store_root, v))
+            .collect::<Result<Vec<_>>>()?;
+        let paths = Paths::new(store_root, &id);
+        for d in [paths.upper(), paths.work(), paths.rootfs()] {
+            std::fs::create_dir_all(&d).map_err(io_err(format!("create {}", d.display())))?;
+        }
+        let c = Container {
+            store_root: store_root.to_path_buf(),
+            paths: paths.clone(),
+            state: ContainerState {
+                id: id.clone(),
+                name,
+                image: image.id.clone(),
+                lower_dirs: image.lower_dirs.clone(),
+                command: Vec::new(),
+                status: Status::Created,
+                exit_code: None,
+                runtime: runtime.name.clone(),
+                volumes: mounts.iter().filter_map(|m| m.volume.clone()).collect(),
+                auto_remove: opts.auto_remove,
+                created: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            },
+        };
+        let result = spec::build(image, opts, &paths.rootfs(), &mounts).and_then(|s| {
+            s.save(paths.config())?;
+            Ok(s)
+        });
+        match result {
+            Ok(s) => {
+                let mut c = c;
+                c.state.command = s
+                    .process()
+                    .as_ref()
+                    .and_then(|p| p.args().clone())
+                    .unwrap_or_default();
+                c.state.save(&paths)?;
+                Ok(c)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&paths.dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Open container `key` (ID, ID prefix or name).
+    pub fn open(store_root: &Path, key: &str) -> Result<Container> {
+        let state = state::find(store_root, key)?;
+        Ok(Container {
+            store_root: store_root.to_path_buf(),
+            paths: Paths::new(store_root, &state.id),
+            state,
+        })
+    }
+
+    /// All containers of the store, their status refreshed.
+    pub fn list(store_root: &Path) -> Result<Vec<Container>> {
+        let mut out = Vec::new();
+        for s in state::list(store_root)? {
+            let mut c = Container {
+                store_root: store_root.to_path_buf(),
+                paths: Paths::new(store_root, &s.id),
+                state: s,
+            };
+            c.refresh()?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// The container's directory (`containers/ID`).
+    pub fn dir(&self) -> &Path {
+        &self.paths.dir
+    }
+
+    fn runtime(&self) -> Result<Runtime> {
+        Runtime::detect(Some(&self.state.runtime), &self.store_root)
+    }
+
+    fn mount(&self) -> Result<()> {
+        if mount::is_mounted(&self.paths.rootfs()) {
+            return Ok(());
+        }
+        mount::mount_rootfs(
+            &self.state.lower_dirs,
+            &self.paths.upper(),
+            &self.paths.work(),
+            &self.paths.rootfs(),
+        )
+    }
+
+    /// Release everything a stopped process held: runtime state and the mount.
+    fn release(&mut self) -> Result<()> {
+        let rt = self.runtime()?;
+        rt.delete(&self.state.id)?;
+        mount::unmount_rootfs(&self.paths.rootfs())
+    }
+
+    /// Check the recorded status against the runtime; a process that died behind strata's
+    /// back is marked exited and its mount released.
+    pub fn refresh(&mut self) -> Result<()> {
+        if self.state.status != Status::Running {
+            return Ok(());
+        }
+        let live = self.runtime()?.status(&self.state.id);
+        if matches!(
+            live.as_deref(),
+            Some("running") | Some("paused") | Some("created")
+        ) {
+            return Ok(());
+        }
+        self.release()?;
+        self.state.status = Status::Exited;
+        self.state.save(&self.paths)
+    }
+
+    /// Whether the process is running (checked with the runtime).
+    pub fn is_running(&mut self) -> Result<bool> {
+        self.refresh()?;
+        Ok(self.state.status == Status::Running)
+    }
+
+    fn prepare_start(&mut self) -> Result<Runtime> {
+        if self.is_running()? {
+            return Err(Error::State(format!(
+                "container {} is already running",
+                self.state.name
+            )));
+        }
+        let rt = self.runtime()?;
+        rt.delete(&self.state.id)?;
+        self.mount()?;
+        Ok(rt)
+    }
+
+    /// Start detached: output goes to the container's log.
+    pub fn start(&mut self) -> Result<()> {
+        let rt = self.prepare_start()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.paths.log())
+            .map_err(io_err("open log"))?;
+        let err_log = log.try_clone().map_err(io_err("dup log"))?;
+        // runc's own errors go to a separate file so they are not mixed into the log.
+        let rt_err = self.paths.dir.join("runtime.err");
+        let mut cmd = rt.command();
+        cmd.arg("--log")
+            .arg(&rt_err)
+            .args(["run", "--detach", "--bundle"]);
+        cmd.arg(&self.paths.dir).arg(&self.state.id);
+        cmd.stdin(Stdio::null()).stdout(log).stderr(err_log);
+        let st = cmd
+            .status()
+            .map_err(|e| Error::Runtime(format!("cannot run {}: {e}", rt.path.display())));
+        let ok = matches!(st, Ok(s) if s.success());
+        if !ok {
+            let msg = std::fs::read(&rt_err)
+                .map(|b| last_error_line(&b))
+                .unwrap_or_default();
+            // What the runtime saw, so a failure of the mount is told apart from a bad command.
+            let root = self.paths.rootfs();
+            let seen = format!(
+                "rootfs mounted={}, entries={}, bin/sh visible={}",
+                mount::is_mounted(&root),
+                std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0),
+                root.join("bin/sh").exists()
+            );
+            let _ = self.release();
+            self.state.status = Status::Exited;
+            self.state.save(&self.paths)?;
+            st?;
+            return Err(Error::Runtime(format!("{msg} ({seen})")));
+        }
+        self.state.status = Status::Running;
+        self.state.exit_code = None;
+        self.state.save(&self.paths)
+    }
+
+    /// Run in the foreground with strata's stdio (stdin only if `interactive`); returns the
+    /// process's exit code (128+N for a signal), after releasing the mount.
+    pub fn run_attached(&mut self, interactive: bool) -> Result<i32> {
+        let rt = self.prepare_start()?;
+        let mut cmd = rt.command();
+        cmd.args(["run", "--bundle"])
+            .arg(&self.paths.dir)
+            .arg(&self.state.id);
+        if !interactive {
+            cmd.stdin(Stdio::null());
+        }
+        self.state.status = Status::Running;
+        self.state.save(&self.paths)?;
+        let st = cmd.status();
+        let released = self.release();
+        self.state.status = Status::Exited;
+        let code = match st {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+            }
+            Err(e) => {
+                self.state.save(&self.paths)?;
+                return Err(Error::Runtime(format!(
+                    "cannot run {}: {e}",
+                    rt.path.display()
+                )));
+            }
+        };
+        self.state.exit_code = Some(code);
+        self.state.save(&self.paths)?;
+        released?;
+        Ok(code)
+    }
+
+    /// Send `signal` to the container's process.
+    pub fn kill(&mut self, signal: &str) -> Result<()> {
+        if !self.is_running()? {
+            return Err(Error::State(format!(
+                "container {} is not running",
+                self.state.name
+            )));
+        }
+        self.runtime()?.kill(&self.state.id, signal, false)
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout`; then release the mount.
+    pub fn stop(&mut self, timeout: Duration) -> Result<()> {
+        if !self.is_running()? {
+            return Ok(());
+        }
+        let rt = self.runtime()?;
+        let _ = rt.kill(&self.state.id, "TERM", false);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && rt.status(&self.state.id).as_deref() == Some("running") {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if rt.status(&self.state.id).as_deref() == Some("running") {
+            let _ = rt.kill(&self.state.id, "KILL", true);
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until && rt.status(&self.state.id).as_deref() == Some("running")
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.release()?;
+        self.state.status = Status::Exited;
+        self.state.save(&self.paths)
+    }
+
+    /// Stop then start again on the same upper layer.
+    pub fn restart(&mut self, timeout: Duration) -> Result<()> {
+        self.stop(timeout)?;
+        self.start()
+    }
+
+    /// Remove the container: refuse a running one unless `force`; the upper is discarded,
+    /// named volumes are kept.
+    pub fn remove(mut self, force: bool) -> Result<()> {
+        if self.is_running()? {
+            if !force {
+                return Err(Error::State(format!(
+                    "container {} is running: stop it first or use rm -f",
+                    self.state.name
+                )));
+            }
+            let _ = self.runtime()?.kill(&self.state.id, "KILL", true);
+        }
+        self.release()?;
+        std::fs::remove_dir_all(&self.paths.dir)
+            .map_err(io_err(format!("remove {}", self.paths.dir.display())))
+    }
+
+    /// Run `args` inside the running container with strata's stdio; returns the exit code.
+    pub fn exec(&mut self, args: &[String], env: &[String], tty: bool) -> Result<i32> {
+        if !self.is_running()? {
+            return Err(Error::State(format!(
+                "container {} is not running",
+                self.state.name
+            )));
+        }
+        let st = self.runtime()?.exec(&self.state.id, args, env, tty)?;
+        use std::os::unix::process::ExitStatusExt;
+        Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
+    }
+
+    /// Copy the log to `out`; with `follow`, keep copying until the process exits.
+    pub fn logs(&mut self, out: &mut dyn std::io::Write, follow: bool) -> Result<()> {
+        let mut f = match File::open(self.paths.log()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => return Ok(()),
+            Err(e) => return Err(io_err("open log")(e)),
+        };
+        loop {
+            std::io::copy(&mut f, out).map_err(io_err("copy log"))?;
+            if !follow || !self.is_running()? {
+                std::io::copy(&mut f, out).map_err(io_err("copy log"))?;
+                return Ok(());
+            }
+            let _ = out.flush();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the writable layer added, changed and deleted.
+    pub fn diff(&self) -> Result<Vec<diff::Change>> {
+        diff::changes(&self.paths.upper(), &self.state.lower_dirs)
+    }
+
+    /// State plus paths, as JSON for `inspect`.
+    pub fn inspect(&mut self) -> Result<serde_json::Value> {
+        self.refresh()?;
+        let mut v = serde_json::to_value(&self.state).map_err(|source| Error::Json {
+            what: "state".into(),
+            source,
+        })?;
+        v["dir"] = self.paths.dir.display().to_string().into();
+        v["upper"] = self.paths.upper().display().to_string().into();
+        v["rootfs"] = self.paths.rootfs().display().to_string().into();
+        v["mounted"] = mount::is_mounted(&self.paths.rootfs()).into();
+        Ok(v)
+    }
+}

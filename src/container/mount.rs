@@ -1,0 +1,174 @@
+//! The container root file system: a `stratafs` mount of the image layers plus the upper.
+//!
+//! `STRATA_MOUNT=overlay` switches to kernel overlayfs (developer use only); the default is
+//! the `stratafs` next to the running executable, or `$STRATA_STRATAFS`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{Error, Result};
+
+/// The stratafs binary to use.
+pub fn stratafs_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("STRATA_STRATAFS") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("stratafs")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("stratafs"))
+}
+
+/// Lowerdir option value: top layer leftmost, colons escaped.
+fn lowerdir_arg(lower_bottom_first: &[PathBuf]) -> String {
+    lower_bottom_first
+        .iter()
+        .rev()
+        .map(|p| p.to_string_lossy().replace(':', "\\:"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Mount layers (bottom first) + upper at `target`.
+pub fn mount_rootfs(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    if lower.is_empty() {
+        return Err(Error::Mount("an image needs at least one layer".into()));
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir_arg(lower),
+        upper.display(),
+        work.display()
+    );
+    let mut cmd = if std::env::var("STRATA_MOUNT").as_deref() == Ok("overlay") {
+        let mut c = Command::new("mount");
+        c.args(["-t", "overlay", "overlay", "-o"]);
+        c.arg(&opts).arg(target);
+        c
+    } else {
+        let mut c = Command::new(stratafs_binary());
+        c.arg("-o").arg(&opts).arg(target);
+        c
+    };
+    tracing::debug!(?cmd, "mounting rootfs");
+    let out = cmd
+        .output()
+        .map_err(|e| Error::Mount(format!("cannot run {:?}: {e}", cmd.get_program())))?;
+    if !out.status.success() {
+        return Err(Error::Mount(format!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `path` is a mount point, from /proc/self/mountinfo.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| unescape_mountinfo(m) == want)
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmount the rootfs if mounted; the FUSE daemon exits when its mount goes away.
+pub fn unmount_rootfs(target: &Path) -> Result<()> {
+    if !is_mounted(target) {
+        return Ok(());
+    }
+    for args in [&["-u"][..], &["-uz"][..]] {
+        let ok = Command::new("fusermount3")
+            .args(args)
+            .arg(target)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok && !is_mounted(target) {
+            return Ok(());
+        }
+    }
+    let _ = Command::new("umount").arg(target).output();
+    if is_mounted(target) {
+        let _ = Command::new("umount").arg("-l").arg(target).output();
+    }
+    if is_mounted(target) {
+        return Err(Error::Mount(format!(
+            "{} is still mounted",
+            target.display()
+        )));
+    }
+    wait_daemon_exit(target);
+    Ok(())
+}
+
+/// Wait (up to 5 s) until no daemon serving `target` is alive: an exiting FUSE daemon
+/// unmounts its mount point by path, which would take down a new mount made there meanwhile
+/// (seen as "executable file not found" when a container restarts).
+fn wait_daemon_exit(target: &Path) {
+    let needle = target.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && daemon_alive(&needle) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Whether a live (non-zombie) stratafs process names `mountpoint` on its command line.
+fn daemon_alive(mountpoint: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            return false;
+        };
+        let mut args = cmd.split(|b| *b == 0).map(String::from_utf8_lossy);
+        let is_stratafs = args.next().is_some_and(|a| a.ends_with("stratafs"));
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'));
+        is_stratafs && !zombie && args.any(|a| a == mountpoint)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowerdir_is_top_first_and_escaped() {
+        let l = vec![PathBuf::from("/a"), PathBuf::from("/b:c")];
+        assert_eq!(lowerdir_arg(&l), "/b\\:c:/a");
+    }
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo("/x\\040y"), "/x y");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}

@@ -1,0 +1,733 @@
+//! Containers end to end, as root: `strata` verbs over a stratafs mount run by runc.
+//!
+//! Each test has its own store in a temp dir (under `$STRATA_TEST_TMP` if set), runs every
+//! `strata` command with a deadline, and on drop removes runtime state, unmounts anything left
+//! under its dir and kills (by PID) any daemon whose command line names its dir.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Env {
+    dir: tempfile::TempDir,
+    image: String,
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skip (pass with a note) when not root: rootful containers need it.
+macro_rules! need_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+fn mknod_whiteout(p: &Path) {
+    let st = Command::new("mknod")
+        .arg(p)
+        .args(["c", "0", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mknod whiteout");
+}
+
+impl Env {
+    fn new() -> Env {
+        let base = std::env::var_os("STRATA_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("strata-ctr-")
+            .tempdir_in(base)
+            .unwrap();
+        let l0 = dir.path().join("layers/base");
+        let l1 = dir.path().join("layers/top");
+        for d in ["bin", "etc", "tmp", "proc", "dev", "sys", "root"] {
+            std::fs::create_dir_all(l0.join(d)).unwrap();
+        }
+        std::fs::set_permissions(l0.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::copy("/bin/busybox", l0.join("bin/busybox")).expect("busybox-static is needed");
+        for a in [
+            "sh", "echo", "cat", "ls", "true", "false", "sleep", "id", "hostname", "pwd", "env",
+            "touch", "test", "rm",
+        ] {
+            std::os::unix::fs::symlink("busybox", l0.join("bin").join(a)).unwrap();
+        }
+        std::fs::write(
+            l0.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/tmp:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(l0.join("etc/group"), "root:x:0:\nbob:x:1000:\n").unwrap();
+        std::fs::write(l0.join("etc/old"), "old\n").unwrap();
+        std::fs::create_dir_all(l1.join("etc")).unwrap();
+        std::fs::write(l1.join("etc/release"), "top\n").unwrap();
+        mknod_whiteout(&l1.join("etc/old"));
+        let image = format!("{},{}", l0.display(), l1.display());
+        Env { dir, image }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Run `strata ARGS` with `stdin`, killed at the deadline.
+    fn strata(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.strata_as(None, args, stdin)
+    }
+
+    /// Hand the test dir to the unprivileged test user, for rootless runs.
+    fn give_to_user(&self) -> (u32, u32) {
+        let (uid, gid) = common::unprivileged::setup_user();
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut p = self.dir.path().parent();
+        while let Some(d) = p {
+            let m = std::fs::metadata(d).unwrap().permissions().mode();
+            if m & 0o001 == 0 {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
+            }
+            p = d.parent();
+        }
+        (uid, gid)
+    }
+
+    /// `strata ARGS` as `user` (uid, gid) when given, else as the caller.
+    fn strata_as(&self, user: Option<(u32, u32)>, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = match user {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--init-groups", "--"])
+                    .arg(env!("CARGO_BIN_EXE_strata"))
+                    .env("HOME", self.dir.path());
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_strata")),
+        };
+        c.args(args)
+            .env("STRATA_ROOT", self.store())
+            .env("STRATA_STRATAFS", env!("CARGO_BIN_EXE_stratafs"))
+            .env_remove("STRATA_MOUNT")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(s) = stdin {
+            let mut i = child.stdin.take().unwrap();
+            i.write_all(s.as_bytes()).unwrap();
+        }
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "strata {args:?} timed out; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `strata ARGS` that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.strata(args, None);
+        assert!(
+            o.status.success(),
+            "strata {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn run(&self, pre: &[&str], cmd: &[&str]) -> Output {
+        let mut a = vec!["run"];
+        a.extend_from_slice(pre);
+        a.push(&self.image);
+        a.extend_from_slice(cmd);
+        self.strata(&a, None)
+    }
+
+    fn containers(&self) -> Vec<String> {
+        match std::fs::read_dir(self.store().join("containers")) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn mounts_under(&self) -> Vec<String> {
+        let me = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&me))
+            .map(String::from)
+            .collect()
+    }
+
+    /// PIDs of live processes whose command line names this test's dir (daemons, runc).
+    fn processes(&self) -> Vec<i32> {
+        let me = self.dir.path().to_string_lossy().into_owned();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .map(|s| s.trim_start().starts_with('Z'))
+                .unwrap_or(false);
+            if !zombie && String::from_utf8_lossy(&cmd).contains(&me) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Nothing of this test's containers is left: no mount, no daemon.
+    fn assert_no_leaks(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && !(self.mounts_under().is_empty() && self.processes().is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(self.mounts_under(), Vec::<String>::new(), "mounts left");
+        assert_eq!(self.processes(), Vec::<i32>::new(), "processes left");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for id in self.containers() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(self.store().join("runtime/runc"))
+                .args(["delete", "--force", &id])
+                .output();
+        }
+        let mut m = self.mounts_under();
+        m.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for p in m {
+            if !Command::new("fusermount3")
+                .args(["-u", &p])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+            {
+                let _ = Command::new("umount").args(["-l", &p]).status();
+            }
+        }
+        for pid in self.processes() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn run_gives_exit_code_stdout_and_union_view() {
+    need_root!();
+    let e = Env::new();
+    let o = e.run(
+        &["--rm"],
+        &[
+            "sh",
+            "-c",
+            "echo hi; cat /etc/release; test ! -e /etc/old && echo gone; exit 7",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(stdout(&o), "hi\ntop\ngone\n");
+    assert!(e.containers().is_empty(), "--rm left {:?}", e.containers());
+    e.assert_no_leaks();
+}
+
+#[test]
+fn run_interactive_reads_stdin() {
+    need_root!();
+    let e = Env::new();
+    let o = e.strata(
+        &["run", "--rm", "-i", &e.image, "cat"],
+        Some("line one\nline two\n"),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(stdout(&o), "line one\nline two\n");
+    // Without -i the process sees an empty stdin.
+    let o = e.strata(&["run", "--rm", &e.image, "cat"], Some("ignored\n"));
+    assert_eq!(stdout(&o), "");
+    e.assert_no_leaks();
+}
+
+#[test]
+fn run_options_user_env_workdir_hostname_readonly() {
+    need_root!();
+    let e = Env::new();
+    let o = e.run(&["--rm", "-u", "bob"], &["id", "-u"]);
+    assert_eq!(stdout(&o), "1000\n");
+    let o = e.run(&["--rm", "-u", "77:78"], &["id"]);
+    assert_eq!(stdout(&o), "uid=77 gid=78\n");
+    let o = e.run(
+        &["--rm", "-e", "FOO=bar", "-w", "/tmp", "--hostname", "box"],
+        &["sh", "-c", "echo $FOO; pwd; hostname"],
+    );
+    assert_eq!(stdout(&o), "bar\n/tmp\nbox\n");
+    let o = e.run(&["--rm", "--read-only"], &["touch", "/x"]);
+    assert_ne!(o.status.code(), Some(0));
+    let o = e.run(&["--rm", "-u", "nosuchuser"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nosuchuser"));
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}
+
+#[test]
+fn detached_lifecycle_restart_keeps_state_rm_discards() {
+    need_root!();
+    let e = Env::new();
+    let script =
+        "echo started; echo state >> /root/s; trap 'exit 0' TERM; while true; do sleep 0.2; done";
+    let id = e
+        .ok(&["run", "-d", "--name", "c1", &e.image, "sh", "-c", script])
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !e.ok(&["logs", "c1"]).contains("started") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(e.ok(&["logs", "c1"]), "started\n");
+    assert!(e.ok(&["ps"]).contains("running"));
+    assert_eq!(e.ok(&["exec", "c1", "cat", "/root/s"]), "state\n");
+    let o = e.strata(&["exec", "c1", "sh", "-c", "exit 3"], None);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(e.ok(&["diff", "c1"]).lines().any(|l| l == "A /root/s"));
+    let o = e.strata(&["rm", "c1"], None);
+    assert_eq!(
+        o.status.code(),
+        Some(125),
+        "rm of a running container must be refused"
+    );
+    e.ok(&["stop", "-t", "5", "c1"]);
+    assert!(!e.ok(&["ps"]).contains("c1"));
+    assert!(e.ok(&["ps", "-a"]).contains("exited"));
+    assert!(
+        e.mounts_under().is_empty(),
+        "a stopped container holds no mount"
+    );
+    e.ok(&["restart", &id[..12]]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.ok(&["exec", "c1", "cat", "/root/s"]) != "state\nstate\n" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        e.ok(&["exec", "c1", "cat", "/root/s"]),
+        "state\nstate\n",
+        "restart keeps the upper"
+    );
+    let inspect: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "c1"])).unwrap();
+    assert_eq!(inspect["status"], "running");
+    e.ok(&["rm", "-f", "c1"]);
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+    // A new container of the same image starts from the image, not from c1's upper.
+    let o = e.run(&["--rm"], &["sh", "-c", "test -e /root/s; echo $?"]);
+    assert_eq!(stdout(&o), "1\n");
+}
+
+#[test]
+fn stop_escalates_to_sigkill() {
+    need_root!();
+    let e = Env::new();
+    // PID 1 ignores SIGTERM by default in a pid namespace, so only SIGKILL ends it.
+    e.ok(&["run", "-d", "--name", "stubborn", &e.image, "sleep", "1000"]);
+    let t = Instant::now();
+    e.ok(&["stop", "-t", "1", "stubborn"]);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(15),
+        "stop took {took:?}"
+    );
+    assert!(e.ok(&["ps", "-a"]).contains("exited"));
+    e.ok(&["rm", "stubborn"]);
+    e.assert_no_leaks();
+}
+
+#[test]
+fn process_killed_behind_strata_is_seen_as_exited() {
+    need_root!();
+    let e = Env::new();
+    let id = e
+        .ok(&["run", "-d", &e.image, "sleep", "1000"])
+        .trim()
+        .to_string();
+    let st = Command::new("runc")
+        .arg("--root")
+        .arg(e.store().join("runtime/runc"))
+        .args(["state", &id])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.ok(&["ps"]).contains(&id[..12]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!e.ok(&["ps"]).contains(&id[..12]));
+    assert!(e.ok(&["ps", "-a"]).contains(&id[..12]));
+    e.ok(&["rm", &id]);
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}
+
+#[test]
+fn failed_start_leaks_nothing() {
+    need_root!();
+    let e = Env::new();
+    let o = e.run(&["--rm"], &["/no/such/binary"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+    let o = e.run(&["-d", "--name", "bad"], &["/no/such/binary"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).trim().contains('\n'),
+        "one-line error: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    e.assert_no_leaks();
+    e.ok(&["rm", "bad"]);
+    let id = e
+        .ok(&["create", &e.image, "/no/such/binary"])
+        .trim()
+        .to_string();
+    assert_ne!(e.strata(&["start", &id], None).status.code(), Some(0));
+    e.assert_no_leaks();
+    e.ok(&["rm", &id]);
+    assert!(e.containers().is_empty());
+}
+
+#[test]
+fn volumes_outlive_containers() {
+    need_root!();
+    let e = Env::new();
+    e.ok(&["volume", "create", "data"]);
+    let o = e.run(
+        &["--rm", "-v", "data:/data"],
+        &["sh", "-c", "echo kept > /data/f"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = e.run(&["--rm", "-v", "data:/data"], &["cat", "/data/f"]);
+    assert_eq!(stdout(&o), "kept\n");
+    assert!(e.ok(&["volume", "ls"]).lines().any(|l| l == "data"));
+    let host = e.dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("h"), "from host\n").unwrap();
+    let spec = format!("{}:/h:ro", host.display());
+    let o = e.run(
+        &["--rm", "-v", &spec],
+        &["sh", "-c", "cat /h/h; touch /h/x"],
+    );
+    assert_eq!(stdout(&o), "from host\n");
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a :ro bind mount must refuse writes"
+    );
+    let spec = format!("{}:/h", host.display());
+    e.run(&["--rm", "-v", &spec], &["touch", "/h/x"]);
+    assert!(host.join("x").exists());
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "user",
+        "-v",
+        "data:/data",
+        &e.image,
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(
+        e.strata(&["volume", "rm", "data"], None).status.code(),
+        Some(125),
+        "volume in use"
+    );
+    e.ok(&["rm", "-f", "user"]);
+    e.ok(&["volume", "rm", "data"]);
+    assert!(!e.ok(&["volume", "ls"]).contains("data"));
+    e.assert_no_leaks();
+}
+
+#[test]
+fn diff_reports_add_change_delete() {
+    need_root!();
+    let e = Env::new();
+    let o = e.run(
+        &["--name", "d"],
+        &[
+            "sh",
+            "-c",
+            "echo new > /root/new; echo more >> /etc/release; rm /etc/passwd",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let d = e.ok(&["diff", "d"]);
+    let lines: Vec<&str> = d.lines().collect();
+    for want in [
+        "C /root",
+        "A /root/new",
+        "C /etc",
+        "C /etc/release",
+        "D /etc/passwd",
+    ] {
+        assert!(lines.contains(&want), "missing {want:?} in {lines:?}");
+    }
+    e.ok(&["rm", "d"]);
+    e.assert_no_leaks();
+}
+
+fn du_bytes(p: &Path) -> u64 {
+    let o = Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn ten_containers_share_the_image_layers() {
+    need_root!();
+    let e = Env::new();
+    let image_bytes = du_bytes(&e.dir.path().join("layers"));
+    let mut ids = Vec::new();
+    let t = Instant::now();
+    for i in 0..10 {
+        let id = e.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("n{i}"),
+            &e.image,
+            "sh",
+            "-c",
+            &format!("echo {i} > /root/mine; sleep 1000"),
+        ]);
+        ids.push(id.trim().to_string());
+    }
+    let per_start = t.elapsed() / 10;
+    for (i, id) in ids.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while e.ok(&["exec", id, "cat", "/root/mine"]) != format!("{i}\n")
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            e.ok(&["exec", id, "cat", "/root/mine"]),
+            format!("{i}\n"),
+            "each sees only its own file"
+        );
+    }
+    let mut per_container = Vec::new();
+    for id in &ids {
+        let d = e.store().join("containers").join(id);
+        assert!(
+            !d.join("upper/bin/busybox").exists(),
+            "image data copied into a container"
+        );
+        per_container.push(
+            du_bytes(&d.join("upper"))
+                + du_bytes(&d.join("work"))
+                + std::fs::metadata(d.join("config.json")).unwrap().len(),
+        );
+    }
+    let max = *per_container.iter().max().unwrap();
+    assert!(
+        max < 64 * 1024,
+        "a container added {max} bytes (image {image_bytes})"
+    );
+    for id in &ids {
+        e.ok(&["rm", "-f", id]);
+    }
+    let t = Instant::now();
+    for _ in 0..5 {
+        let o = e.run(&["--rm"], &["true"]);
+        assert_eq!(o.status.code(), Some(0));
+    }
+    let run_true = t.elapsed() / 5;
+    eprintln!(
+        "FIGURES image={image_bytes}B added_per_container(upper+work+config)={per_container:?}B max={max}B run_-d_each={per_start:?} run_--rm_true={run_true:?}"
+    );
+    e.assert_no_leaks();
+}
+
+#[test]
+fn run_tty_gives_a_terminal() {
+    need_root!();
+    let e = Env::new();
+    // `script` gives strata a terminal, as an interactive shell would.
+    let line = format!(
+        "{} run --rm -it {} sh -c 'test -t 0 && test -t 1 && echo isatty; exit 4'",
+        env!("CARGO_BIN_EXE_strata"),
+        e.image
+    );
+    let mut c = Command::new("timeout");
+    c.args(["30", "script", "-qec", &line, "/dev/null"])
+        .env("STRATA_ROOT", e.store())
+        .env("STRATA_STRATAFS", env!("CARGO_BIN_EXE_stratafs"))
+        .stdin(Stdio::null());
+    let o = c.output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout(&o).contains("isatty"), "{}", stdout(&o));
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}
+
+#[test]
+fn runtime_choice_errors_are_one_line() {
+    need_root!();
+    let e = Env::new();
+    let o = e.run(&["--rm", "--runtime", "no-such-runtime"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-runtime"));
+    assert!(e.containers().is_empty());
+}
+
+#[test]
+fn rootless_run_lifecycle_and_volumes() {
+    need_root!();
+    let e = Env::new();
+    let user = Some(e.give_to_user());
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "--rm",
+            &e.image,
+            "sh",
+            "-c",
+            "id -u; echo w > /root/w; cat /root/w; exit 6",
+        ],
+        None,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(stdout(&o), "0\nw\n");
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "r",
+            "-v",
+            "v:/v",
+            &e.image,
+            "sh",
+            "-c",
+            "echo kept > /v/f; sleep 1000",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    while Instant::now() < deadline && seen != "kept\n" {
+        seen = stdout(&e.strata_as(user, &["exec", "r", "cat", "/v/f"], None));
+    }
+    assert_eq!(seen, "kept\n");
+    assert!(stdout(&e.strata_as(user, &["ps"], None)).contains("running"));
+    assert!(e.strata_as(user, &["rm", "-f", "r"], None).status.success());
+    assert!(
+        e.store().join("volumes/v/_data/f").exists(),
+        "volume survives rm"
+    );
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}

@@ -1,0 +1,367 @@
+//! Container verbs: run, create, start, stop, restart, kill, rm, ps, logs, exec, inspect,
+//! diff, volume.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use strata::container::{volume, Container, ImageSpec, RunOptions, Status};
+
+/// Options shared by `run` and `create`.
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// Container name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Environment variable K=V.
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// File of K=V lines.
+    #[arg(long = "env-file")]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// User (name or uid[:gid]).
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// Volume HOST:CTR[:ro] or NAME:CTR.
+    #[arg(short = 'v', long = "volume")]
+    volume: Vec<String>,
+    /// Mount the root file system read-only.
+    #[arg(long = "read-only")]
+    read_only: bool,
+    /// Hostname.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Network: none (default, loopback only) or host.
+    #[arg(long, default_value = "none")]
+    network: String,
+    /// Override the image entrypoint.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Keep stdin open.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a terminal (foreground runs only: runc proxies it; detached needs a console socket).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// OCI runtime (runc, crun or a path).
+    #[arg(long)]
+    runtime: Option<String>,
+    /// Image: a root file system directory, or DIR,DIR,... layers bottom first.
+    image: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
+}
+
+/// Container verbs.
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// Create and start a container.
+    Run {
+        /// Remove the container when it exits.
+        #[arg(long)]
+        rm: bool,
+        /// Run in the background and print the container ID.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[command(flatten)]
+        args: CreateArgs,
+    },
+    /// Create a container without starting it.
+    Create {
+        #[command(flatten)]
+        args: CreateArgs,
+    },
+    /// Start a created or stopped container.
+    Start {
+        /// Attach to its output and return its exit code.
+        #[arg(short = 'a', long)]
+        attach: bool,
+        container: String,
+    },
+    /// Stop: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        /// Seconds before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop and start again on the same writable layer.
+    Restart {
+        /// Seconds before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal.
+    Kill {
+        /// Signal name or number.
+        #[arg(short = 's', long = "signal", default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers (their writable layer; volumes stay).
+    Rm {
+        /// Kill a running container first.
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// List containers.
+    Ps {
+        /// Show all, not only running.
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
+    /// Print the output of a detached container.
+    Logs {
+        /// Follow until it exits.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        container: String,
+    },
+    /// Run a command in a running container.
+    Exec {
+        /// Environment variable K=V.
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Keep stdin open (always on).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        container: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show a container's state as JSON.
+    Inspect { container: String },
+    /// Show what the writable layer added (A), changed (C), deleted (D).
+    Diff { container: String },
+    /// Named volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+}
+
+/// `strata volume` verbs.
+#[derive(clap::Subcommand)]
+pub enum VolumeCmd {
+    /// Create a named volume.
+    Create { name: String },
+    /// List volumes.
+    Ls,
+    /// Remove volumes not used by any container.
+    Rm { names: Vec<String> },
+}
+
+/// An image given as local layer directories (until the image store is wired in).
+fn local_image(arg: &str) -> Result<ImageSpec> {
+    let lower_dirs: Vec<PathBuf> = arg
+        .split(',')
+        .map(|p| std::fs::canonicalize(p).with_context(|| format!("image {p}: not a directory")))
+        .collect::<Result<_>>()?;
+    let config: oci_spec::image::ImageConfiguration = serde_json::from_value(serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": []}
+    }))?;
+    Ok(ImageSpec {
+        id: arg.to_string(),
+        lower_dirs,
+        config,
+    })
+}
+
+fn options(a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions, ImageSpec)> {
+    let network_host = match a.network.as_str() {
+        "host" => true,
+        "none" => false,
+        n => bail!("unsupported --network {n:?}: none or host"),
+    };
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("env file {}", f.display()))?;
+        env.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    env.extend(a.env.iter().cloned());
+    let opts = RunOptions {
+        name: a.name.clone(),
+        env,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        volumes: a.volume.clone(),
+        read_only: a.read_only,
+        hostname: a.hostname.clone(),
+        network_host,
+        entrypoint: a.entrypoint.clone(),
+        cmd: a.cmd.clone(),
+        tty: a.tty,
+        auto_remove,
+        runtime: a.runtime.clone(),
+    };
+    Ok((opts, local_image(&a.image)?))
+}
+
+/// Run one container verb; returns the process exit code.
+pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::Run { rm, detach, args } => {
+            let (opts, image) = options(&args, rm)?;
+            if detach && opts.tty {
+                bail!("-t with -d is not supported yet (it needs a console socket)");
+            }
+            let mut c = Container::create(root, &image, &opts)?;
+            if detach {
+                if let Err(e) = c.start() {
+                    if rm {
+                        let _ = c.remove(true);
+                    }
+                    return Err(e.into());
+                }
+                println!("{}", c.state.id);
+                return Ok(0);
+            }
+            let code = c.run_attached(args.interactive);
+            if rm {
+                c.remove(true)?;
+            }
+            Ok(code?)
+        }
+        Cmd::Create { args } => {
+            let (opts, image) = options(&args, false)?;
+            println!("{}", Container::create(root, &image, &opts)?.state.id);
+            Ok(0)
+        }
+        Cmd::Start { attach, container } => {
+            let mut c = Container::open(root, &container)?;
+            if attach {
+                return Ok(c.run_attached(false)?);
+            }
+            c.start()?;
+            println!("{container}");
+            Ok(0)
+        }
+        Cmd::Stop { time, containers } => {
+            each(
+                root,
+                &containers,
+                |c| Ok(c.stop(Duration::from_secs(time))?),
+            )
+        }
+        Cmd::Restart { time, containers } => each(root, &containers, |c| {
+            Ok(c.restart(Duration::from_secs(time))?)
+        }),
+        Cmd::Kill { signal, containers } => each(root, &containers, |c| Ok(c.kill(&signal)?)),
+        Cmd::Rm { force, containers } => {
+            for k in &containers {
+                Container::open(root, k)?.remove(force)?;
+                println!("{k}");
+            }
+            Ok(0)
+        }
+        Cmd::Ps { all } => {
+            println!(
+                "{:<14}{:<10}{:<28}{:<20}NAMES",
+                "CONTAINER ID", "STATUS", "COMMAND", "IMAGE"
+            );
+            for c in Container::list(root)? {
+                let s = &c.state;
+                if !all && s.status != Status::Running {
+                    continue;
+                }
+                let status = match (s.status, s.exit_code) {
+                    (Status::Exited, Some(code)) => format!("exited({code})"),
+                    (st, _) => format!("{st:?}").to_lowercase(),
+                };
+                let mut command = s.command.join(" ");
+                command.truncate(26);
+                let mut image = s.image.clone();
+                image.truncate(18);
+                println!(
+                    "{:<14}{:<10}{:<28}{:<20}{}",
+                    &s.id[..12],
+                    status,
+                    command,
+                    image,
+                    s.name
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Logs { follow, container } => {
+            Container::open(root, &container)?.logs(&mut std::io::stdout().lock(), follow)?;
+            Ok(0)
+        }
+        Cmd::Exec {
+            env,
+            interactive: _,
+            container,
+            cmd,
+        } => Ok(Container::open(root, &container)?.exec(&cmd, &env, false)?),
+        Cmd::Inspect { container } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Container::open(root, &container)?.inspect()?)?
+            );
+            Ok(0)
+        }
+        Cmd::Diff { container } => {
+            for ch in Container::open(root, &container)?.diff()? {
+                println!("{} {}", ch.kind, ch.path);
+            }
+            Ok(0)
+        }
+        Cmd::Volume(v) => volume_cmd(root, v),
+    }
+}
+
+fn each(
+    root: &Path,
+    keys: &[String],
+    mut f: impl FnMut(&mut Container) -> Result<()>,
+) -> Result<i32> {
+    for k in keys {
+        f(&mut Container::open(root, k)?)?;
+        println!("{k}");
+    }
+    Ok(0)
+}
+
+fn volume_cmd(root: &Path, v: VolumeCmd) -> Result<i32> {
+    match v {
+        VolumeCmd::Create { name } => {
+            volume::create(root, &name)?;
+            println!("{name}");
+        }
+        VolumeCmd::Ls => {
+            println!("VOLUME NAME");
+            for n in volume::list(root)? {
+                println!("{n}");
+            }
+        }
+        VolumeCmd::Rm { names } => {
+            let all = Container::list(root)?;
+            for n in names {
+                let users: Vec<String> = all
+                    .iter()
+                    .filter(|c| c.state.volumes.contains(&n))
+                    .map(|c| c.state.name.clone())
+                    .collect();
+                volume::remove(root, &n, &users)?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(0)
+}
