@@ -9,6 +9,12 @@ use std::time::Duration;
 use strata::bench::{self, Backend, BenchConfig, FixtureSpec, Report, Workload, BACKEND_NAMES};
 
 fn main() {
+    // `cargo test --all-targets` runs bench binaries too, without `--bench`: there, only check
+    // that this one builds and starts (the comparison takes minutes).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("union_compare: run with `cargo bench --bench union_compare`");
+        return;
+    }
     let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let fixture_dir = std::env::var_os("STRATA_BENCH_FIXTURE")
         .map(PathBuf::from)
