@@ -31,6 +31,9 @@ const MAX_WRITE: u32 = 1 << 20;
 const MAX_READAHEAD: u32 = 1 << 20;
 /// We keep no per-open state that close must flush (no locks, no write cache): skip FLUSH.
 const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+/// Entries prepared per readdir request: more than a reply buffer (one page) can hold, so a
+/// large directory is not copied whole for every page of it.
+const READDIR_BATCH: usize = 512;
 /// How many 2 ms steps an open waits for a just-closed passthrough file's RELEASE.
 const RELEASE_GRACE_STEPS: u32 = 50;
 /// Stacking depth of backing files (lowers may themselves be on an overlay or FUSE mount).
@@ -598,7 +601,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.union.readdir(fh.0, offset, usize::MAX) {
+        let entries = match self.union.readdir(fh.0, offset, READDIR_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
         };
@@ -618,7 +621,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.union.readdir(fh.0, offset, usize::MAX) {
+        let entries = match self.union.readdir(fh.0, offset, READDIR_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
         };

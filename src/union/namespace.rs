@@ -50,6 +50,27 @@ fn check_name(name: &OsStr) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Record in a directory's listing the new upper object `name` (stat `st`), which replaced a
+/// whiteout when `over_whiteout`.
+fn add_upper_entry(
+    state: &mut super::inode::NodeState,
+    name: &OsStr,
+    st: &rfs::Stat,
+    over_whiteout: bool,
+) {
+    let l = listing_mut(state);
+    l.upper_whiteouts.remove(name);
+    l.entries.insert(
+        name.to_owned(),
+        Entry {
+            kind: FileType::from_raw_mode(st.st_mode),
+            layers: vec![0],
+            covers_lower: over_whiteout,
+            ino: (0, st.st_ino),
+        },
+    );
+}
+
 fn listing_mut(state: &mut super::inode::NodeState) -> &mut Listing {
     Arc::make_mut(state.listing.as_mut().expect("listing read before locking"))
 }
@@ -214,17 +235,7 @@ impl Union {
             }
         };
         let st = rfs::statat(upper.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
-        let l = listing_mut(&mut pstate);
-        l.upper_whiteouts.remove(name);
-        l.entries.insert(
-            name.to_owned(),
-            Entry {
-                kind: FileType::from_raw_mode(st.st_mode),
-                layers: vec![0],
-                covers_lower: whiteout.is_some(),
-                ino: (0, st.st_ino),
-            },
-        );
+        add_upper_entry(&mut pstate, name, &st, whiteout.is_some());
         let layer = self.layer(0);
         let node = self
             .nodes
@@ -457,17 +468,7 @@ impl Union {
             }
         }
         let st = rfs::statat(upper.as_fd(), newname, AtFlags::SYMLINK_NOFOLLOW)?;
-        let l = listing_mut(&mut pstate);
-        l.upper_whiteouts.remove(newname);
-        l.entries.insert(
-            newname.to_owned(),
-            Entry {
-                kind: FileType::from_raw_mode(st.st_mode),
-                layers: vec![0],
-                covers_lower: whiteout.is_some(),
-                ino: (0, st.st_ino),
-            },
-        );
+        add_upper_entry(&mut pstate, newname, &st, whiteout.is_some());
         drop(pstate);
         node.add_alias(&newparent, newname);
         self.nodes.add_lookup(&node);
