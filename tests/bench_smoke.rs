@@ -18,9 +18,11 @@ use strata::bench::Workload;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn temp_base() -> PathBuf {
-    std::env::var_os("STRATA_TEST_TMP")
+    let base = std::env::var_os("STRATA_TEST_TMP")
         .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base).expect("create the temp base");
+    base
 }
 
 fn run_bench(dir: &Path) -> std::process::Output {
