@@ -4,6 +4,7 @@
 //! [`union`] (the filesystem) and [`sys`] (the only `unsafe` code).
 
 pub mod bench;
+pub mod build;
 pub mod container;
 pub mod sys;
 pub mod union;
