@@ -6,5 +6,6 @@
 pub mod bench;
 pub mod build;
 pub mod container;
+pub mod image;
 pub mod sys;
 pub mod union;

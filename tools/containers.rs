@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use strata::container::{volume, Container, ImageSpec, RunOptions, Status};
+use strata::image::Store;
 
 /// Options shared by `run` and `create`.
 #[derive(clap::Args)]
@@ -49,7 +50,8 @@ pub struct CreateArgs {
     /// OCI runtime (runc, crun or a path).
     #[arg(long)]
     runtime: Option<String>,
-    /// Image: a root file system directory, or DIR,DIR,... layers bottom first.
+    /// Image: a name, tag or ID from the store; or a root file system directory, or
+    /// DIR,DIR,... layer directories bottom first (a path with a `/`).
     image: String,
     /// Command and arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -139,8 +141,17 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Show a container's state as JSON.
-    Inspect { container: String },
+    /// Show a container's state, or an image's config and manifest, as JSON.
+    Inspect { name: String },
+    /// Make a new image from a container: its writable layer on top of its image's layers.
+    Commit {
+        /// Commit message recorded in the history.
+        #[arg(short = 'm', long = "message")]
+        message: Option<String>,
+        container: String,
+        /// NAME[:TAG] of the new image.
+        name: Option<String>,
+    },
     /// Show what the writable layer added (A), changed (C), deleted (D).
     Diff { container: String },
     /// Named volumes.
@@ -177,7 +188,22 @@ fn local_image(arg: &str) -> Result<ImageSpec> {
     })
 }
 
-fn options(a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions, ImageSpec)> {
+/// The image a `run`/`create` argument names: a path (with a `/`) is a directory or layer
+/// list; anything else is looked up in the image store and its layers extracted.
+fn image_spec(root: &Path, arg: &str) -> Result<ImageSpec> {
+    if arg.contains('/') && Path::new(arg.split(',').next().unwrap_or(arg)).is_dir() {
+        return local_image(arg);
+    }
+    let store = Store::open(root)?;
+    let img = store.resolve(arg)?;
+    Ok(ImageSpec {
+        id: img.id.to_string(),
+        lower_dirs: store.layer_dirs(&img)?,
+        config: img.config,
+    })
+}
+
+fn options(root: &Path, a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions, ImageSpec)> {
     let network_host = match a.network.as_str() {
         "host" => true,
         "none" => false,
@@ -210,14 +236,14 @@ fn options(a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions, ImageSpec)>
         auto_remove,
         runtime: a.runtime.clone(),
     };
-    Ok((opts, local_image(&a.image)?))
+    Ok((opts, image_spec(root, &a.image)?))
 }
 
 /// Run one container verb; returns the process exit code.
 pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Run { rm, detach, args } => {
-            let (opts, image) = options(&args, rm)?;
+            let (opts, image) = options(root, &args, rm)?;
             if detach && opts.tty {
                 bail!("-t with -d is not supported yet (it needs a console socket)");
             }
@@ -239,7 +265,7 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             Ok(code?)
         }
         Cmd::Create { args } => {
-            let (opts, image) = options(&args, false)?;
+            let (opts, image) = options(root, &args, false)?;
             println!("{}", Container::create(root, &image, &opts)?.state.id);
             Ok(0)
         }
@@ -309,11 +335,26 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             container,
             cmd,
         } => Ok(Container::open(root, &container)?.exec(&cmd, &env, false)?),
-        Cmd::Inspect { container } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&Container::open(root, &container)?.inspect()?)?
-            );
+        Cmd::Inspect { name } => {
+            let doc = match Container::open(root, &name) {
+                Ok(mut c) => c.inspect()?,
+                Err(strata::container::Error::NoSuchContainer(_)) => {
+                    crate::images::inspect(root, &name)
+                        .with_context(|| format!("no container or image named {name:?}"))?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(0)
+        }
+        Cmd::Commit {
+            message,
+            container,
+            name,
+        } => {
+            let c = Container::open(root, &container)?;
+            let img = crate::images::commit(root, &c, name.as_deref(), message.as_deref())?;
+            println!("{}", img.id);
             Ok(0)
         }
         Cmd::Diff { container } => {

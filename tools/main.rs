@@ -3,6 +3,7 @@
 
 mod bench;
 mod containers;
+mod images;
 
 use clap::{ArgAction, Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     Bench(bench::BenchArgs),
     #[command(flatten)]
     Containers(containers::Cmd),
+    #[command(flatten)]
+    Images(images::Cmd),
 }
 
 fn main() {
@@ -47,6 +50,7 @@ fn main() {
     let result = match cli.command {
         Command::Bench(args) => bench::run(args).map(|()| 0),
         Command::Containers(c) => containers::run(&root, c),
+        Command::Images(c) => images::run(&root, c),
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {
@@ -55,12 +59,15 @@ fn main() {
     }))
 }
 
-/// The store of root is system-wide; an unprivileged user's lives in their home, as podman's.
+/// The store of root is system-wide; an unprivileged user's lives in `$XDG_DATA_HOME/strata`
+/// (default `~/.local/share/strata`), as podman's does.
 fn default_root() -> std::path::PathBuf {
-    match std::env::var_os("HOME") {
-        Some(h) if !rustix::process::geteuid().is_root() => {
-            std::path::Path::new(&h).join(".local/share/strata")
-        }
+    if rustix::process::geteuid().is_root() {
+        return "/var/lib/strata".into();
+    }
+    match (std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME")) {
+        (Some(x), _) if !x.is_empty() => std::path::Path::new(&x).join("strata"),
+        (_, Some(h)) => std::path::Path::new(&h).join(".local/share/strata"),
         _ => "/var/lib/strata".into(),
     }
 }

@@ -4,6 +4,7 @@
 //! The seam to the image store is [`ImageSpec`]: whoever owns images hands over the extracted
 //! layer directories (bottom to top) and the image config; nothing here knows how they were made.
 
+pub mod commit;
 pub mod diff;
 pub mod lifecycle;
 pub mod mount;

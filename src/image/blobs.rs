@@ -1,0 +1,259 @@
+//! Content-addressed blobs under `blobs/sha256/`: written to a temp file while hashed, checked
+//! against the digest they claim, then renamed into place, so a reader never sees half a blob.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::digest::{Digest, DigestReader, DigestWriter};
+use super::{io_err, Error, Result};
+
+/// Prefix of the temp files of blobs being written (swept by garbage collection).
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// The blob directory of a store.
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    dir: PathBuf,
+}
+
+impl Blobs {
+    /// Blobs kept in `dir` (`…/blobs/sha256`), created if missing.
+    pub fn open(dir: PathBuf) -> Result<Blobs> {
+        fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        Ok(Blobs { dir })
+    }
+
+    /// Where blob `d` lives.
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        self.dir.join(d.hex())
+    }
+
+    /// Whether blob `d` is present.
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.path(d).is_file()
+    }
+
+    /// Start writing a new blob.
+    pub fn writer(&self) -> Result<BlobWriter> {
+        let temp = self.dir.join(format!(
+            "{TEMP_PREFIX}{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(io_err(format!("create {}", temp.display())))?;
+        Ok(BlobWriter {
+            out: Some(DigestWriter::new(BufWriter::with_capacity(1 << 20, file))),
+            temp,
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Store `bytes` as a blob; returns its digest.
+    pub fn put(&self, bytes: &[u8]) -> Result<Digest> {
+        let mut w = self.writer()?;
+        w.write_all(bytes).map_err(io_err("write blob"))?;
+        Ok(w.commit(None)?.0)
+    }
+
+    /// Open blob `d` for reading (not verified: see [`Blobs::read`] and [`VerifyingReader`]).
+    pub fn open_blob(&self, d: &Digest) -> Result<File> {
+        File::open(self.path(d)).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::MissingBlob(d.clone()),
+            _ => Error::Io {
+                what: format!("open blob {d}"),
+                source: e,
+            },
+        })
+    }
+
+    /// Read a whole (small: JSON) blob and check it against its digest.
+    pub fn read(&self, d: &Digest) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.open_blob(d)?
+            .read_to_end(&mut buf)
+            .map_err(io_err(format!("read blob {d}")))?;
+        let found = Digest::of(&buf);
+        if &found != d {
+            return Err(Error::DigestMismatch {
+                what: format!("blob {}", self.path(d).display()),
+                expected: d.clone(),
+                found,
+            });
+        }
+        Ok(buf)
+    }
+
+    /// A reader of blob `d` that fails at its end if the content does not match the digest.
+    pub fn verifying_reader(&self, d: &Digest) -> Result<VerifyingReader<File>> {
+        Ok(VerifyingReader::new(self.open_blob(d)?, d.clone()))
+    }
+
+    /// The size of blob `d`.
+    pub fn size(&self, d: &Digest) -> Result<u64> {
+        Ok(fs::metadata(self.path(d))
+            .map_err(io_err(format!("stat blob {d}")))?
+            .len())
+    }
+
+    /// Every blob digest present, and the temp files left by writers.
+    pub fn list(&self) -> Result<(Vec<Digest>, Vec<PathBuf>)> {
+        let mut blobs = Vec::new();
+        let mut temps = Vec::new();
+        for e in fs::read_dir(&self.dir).map_err(io_err(format!("list {}", self.dir.display())))? {
+            let e = e.map_err(io_err("list blobs"))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) {
+                temps.push(e.path());
+            } else if let Ok(d) = format!("sha256:{name}").parse() {
+                blobs.push(d);
+            }
+        }
+        Ok((blobs, temps))
+    }
+
+    /// Delete blob `d` (absent is fine).
+    pub fn remove(&self, d: &Digest) -> Result<()> {
+        match fs::remove_file(self.path(d)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_err(format!("remove blob {d}"))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A blob being written: hashed as it goes, renamed to its digest by [`BlobWriter::commit`],
+/// deleted if dropped uncommitted.
+pub struct BlobWriter {
+    out: Option<DigestWriter<BufWriter<File>>>,
+    temp: PathBuf,
+    dir: PathBuf,
+}
+
+impl BlobWriter {
+    /// Finish: flush, fsync, check against `expected` if given, rename into place. Returns the
+    /// digest and size.
+    pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let out = self.out.take().expect("commit once");
+        let (digest, len, buf) = out.finish();
+        let file = buf
+            .into_inner()
+            .map_err(|e| io_err("flush blob")(e.into_error()))?;
+        file.sync_all().map_err(io_err("fsync blob"))?;
+        drop(file);
+        if let Some(exp) = expected {
+            if exp != &digest {
+                let _ = fs::remove_file(&self.temp);
+                return Err(Error::DigestMismatch {
+                    what: "blob".into(),
+                    expected: exp.clone(),
+                    found: digest,
+                });
+            }
+        }
+        let dest = self.dir.join(digest.hex());
+        fs::rename(&self.temp, &dest).map_err(io_err(format!("rename to {}", dest.display())))?;
+        Ok((digest, len))
+    }
+
+    /// The temp file's path (for messages).
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.as_mut().expect("not committed").write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Reads `inner` and, at end of input, fails with `InvalidData` unless what was read hashes to
+/// the expected digest: a truncated or corrupt blob can never be taken for a good one.
+pub struct VerifyingReader<R> {
+    inner: Option<DigestReader<R>>,
+    expected: Digest,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    /// Verify `inner` against `expected`.
+    pub fn new(inner: R, expected: Digest) -> Self {
+        VerifyingReader {
+            inner: Some(DigestReader::new(inner)),
+            expected,
+        }
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(0);
+        };
+        let n = inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let (found, _) = self.inner.take().expect("present").finish();
+            if found != self.expected {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "content does not match its digest: expected {}, found {found}",
+                        self.expected
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_read_and_mismatch() {
+        let t = tempfile::tempdir().unwrap();
+        let b = Blobs::open(t.path().join("sha256")).unwrap();
+        let d = b.put(b"hello").unwrap();
+        assert_eq!(d, Digest::of(b"hello"));
+        assert_eq!(b.read(&d).unwrap(), b"hello");
+        // Corrupt it: the read must fail with a mismatch naming the blob.
+        fs::write(b.path(&d), b"hellO").unwrap();
+        assert!(matches!(b.read(&d), Err(Error::DigestMismatch { .. })));
+        let mut s = String::new();
+        let err = b.verifying_reader(&d).unwrap().read_to_string(&mut s);
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        // A writer with the wrong expected digest leaves nothing behind.
+        let mut w = b.writer().unwrap();
+        w.write_all(b"x").unwrap();
+        assert!(w.commit(Some(&Digest::of(b"y"))).is_err());
+        let (blobs, temps) = b.list().unwrap();
+        assert_eq!((blobs.len(), temps.len()), (1, 0));
+        // A dropped writer leaves nothing either.
+        let mut w = b.writer().unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        assert_eq!(b.list().unwrap().1.len(), 0);
+        assert!(matches!(
+            b.read(&Digest::of(b"nope")),
+            Err(Error::MissingBlob(_))
+        ));
+    }
+}

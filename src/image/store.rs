@@ -1,0 +1,550 @@
+//! The image store: an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/`) plus the
+//! layers extracted once each, by diff ID, under `layers/sha256/`, which are the lowerdirs of
+//! every container of every image that shares them.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType};
+
+use super::blobs::{Blobs, TEMP_PREFIX};
+use super::digest::{Digest, DigestReader, DigestWriter};
+use super::extract::{self, UnpackOptions};
+use super::layout::{self, IndexEntry};
+use super::lock::Lock;
+use super::pack::{self, PackOptions};
+use super::reference::Reference;
+use super::{io_err, Error, Result};
+
+/// OCI media type of a gzip-compressed layer.
+pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// OCI media type of an uncompressed layer.
+pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// OCI media type of an image manifest.
+pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI media type of an image config.
+pub const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// A layer blob as a manifest lists it, with the digest of its uncompressed tar.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerDesc {
+    /// Digest of the blob (compressed).
+    pub digest: Digest,
+    /// Digest of the uncompressed tar (`rootfs.diff_ids`).
+    pub diff_id: Digest,
+    /// Blob size in bytes.
+    pub size: u64,
+    /// Blob media type.
+    pub media_type: String,
+}
+
+/// An image read from the store.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Digest of its manifest.
+    pub manifest_digest: Digest,
+    /// The manifest.
+    pub manifest: ImageManifest,
+    /// Digest of its config: the image ID.
+    pub id: Digest,
+    /// The config.
+    pub config: ImageConfiguration,
+    /// Tags pointing at it (`name:tag`).
+    pub tags: Vec<String>,
+}
+
+impl Image {
+    /// The layers, bottom first, with their diff IDs from the config.
+    pub fn layers(&self) -> Result<Vec<LayerDesc>> {
+        let diff_ids = self.config.rootfs().diff_ids();
+        let layers = self.manifest.layers();
+        if diff_ids.len() != layers.len() {
+            return Err(Error::Invalid(format!(
+                "image {}: the manifest lists {} layers but the config {} diff IDs",
+                self.id.short(),
+                layers.len(),
+                diff_ids.len()
+            )));
+        }
+        layers
+            .iter()
+            .zip(diff_ids)
+            .map(|(l, d)| {
+                Ok(LayerDesc {
+                    digest: l.digest().to_string().parse()?,
+                    diff_id: d.parse()?,
+                    size: l.size(),
+                    media_type: l.media_type().to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The name to show for it: its first tag or its short ID.
+    pub fn display_name(&self) -> String {
+        self.tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.id.short().to_string())
+    }
+}
+
+/// Serialize with sorted object keys, so equal values give equal bytes and equal digests.
+pub fn canonical_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    let value = serde_json::to_value(v).map_err(|e| Error::Json {
+        what: "serialize".into(),
+        source: e,
+    })?;
+    serde_json::to_vec(&value).map_err(|e| Error::Json {
+        what: "serialize".into(),
+        source: e,
+    })
+}
+
+/// An opened store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    blobs: Blobs,
+}
+
+impl Store {
+    /// Open the store at `root`, creating its layout if missing.
+    pub fn open(root: &Path) -> Result<Store> {
+        fs::create_dir_all(root).map_err(io_err(format!("create {}", root.display())))?;
+        let blobs = Blobs::open(root.join("blobs/sha256"))?;
+        for d in ["layers/sha256", "tmp", "build-cache"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io_err(format!("create {}", p.display())))?;
+        }
+        let layout_file = root.join("oci-layout");
+        if !layout_file.exists() {
+            layout::write_atomic(&layout_file, layout::OCI_LAYOUT.as_bytes())?;
+        }
+        let store = Store {
+            root: root.to_path_buf(),
+            blobs,
+        };
+        if !store.index_path().exists() {
+            let _l = store.index_lock()?;
+            if !store.index_path().exists() {
+                layout::write_index(&store.index_path(), &[])?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The blob directory.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    fn index_lock(&self) -> Result<Lock> {
+        Lock::exclusive(&self.root.join(".index.lock"))
+    }
+
+    /// Announce that this process will write blobs or layers not yet in the index: garbage
+    /// collection waits until the returned lock is dropped.
+    pub fn writer_lock(&self) -> Result<Lock> {
+        Lock::shared(&self.root.join(".gc.lock"))
+    }
+
+    /// A fresh private directory under the store's `tmp/` (same filesystem as the layers).
+    pub fn temp_dir(&self, what: &str) -> Result<TempDir> {
+        let p = self.root.join("tmp").join(format!(
+            "{what}-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        fs::create_dir(&p).map_err(io_err(format!("create {}", p.display())))?;
+        Ok(TempDir(p))
+    }
+
+    /// The index entries.
+    pub fn entries(&self) -> Result<Vec<IndexEntry>> {
+        layout::read_index(&self.index_path())
+    }
+
+    /// Read the image whose manifest is `digest`.
+    pub fn image(&self, digest: &Digest, entries: &[IndexEntry]) -> Result<Image> {
+        let manifest: ImageManifest = self.read_json(digest, "manifest")?;
+        let config_digest: Digest = manifest.config().digest().to_string().parse()?;
+        let config: ImageConfiguration = self.read_json(&config_digest, "config")?;
+        let mut tags: Vec<String> = entries
+            .iter()
+            .filter(|e| &e.manifest == digest)
+            .filter_map(|e| e.name.clone())
+            .collect();
+        tags.sort();
+        tags.dedup();
+        Ok(Image {
+            manifest_digest: digest.clone(),
+            manifest,
+            id: config_digest,
+            config,
+            tags,
+        })
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(&self, d: &Digest, what: &str) -> Result<T> {
+        let bytes = self.blobs.read(d)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Json {
+            what: format!("{what} {d}"),
+            source: e,
+        })
+    }
+
+    /// Every image in the store (one per manifest), tags sorted.
+    pub fn images(&self) -> Result<Vec<Image>> {
+        let entries = self.entries()?;
+        let digests: BTreeSet<&Digest> = entries.iter().map(|e| &e.manifest).collect();
+        digests.into_iter().map(|d| self.image(d, &entries)).collect()
+    }
+
+    /// Find the image `s` names: a tag, `name@digest`, a full ID, or an ID prefix.
+    pub fn resolve(&self, s: &str) -> Result<Image> {
+        let entries = self.entries()?;
+        let not_found = || Error::NoSuchImage(s.to_string());
+        let reference = Reference::parse(s);
+        if let Ok(r) = &reference {
+            match r {
+                Reference::Tagged { .. } => {
+                    let t = r.tagged().expect("tagged");
+                    if let Some(e) = entries.iter().find(|e| e.name.as_deref() == Some(&t)) {
+                        return self.image(&e.manifest, &entries);
+                    }
+                }
+                Reference::Digested { digest, .. } => {
+                    return match entries.iter().find(|e| &e.manifest == digest) {
+                        Some(e) => self.image(&e.manifest, &entries),
+                        None => Err(not_found()),
+                    };
+                }
+                Reference::Id(_) => {}
+            }
+        }
+        // An image ID or a prefix of one (with or without "sha256:").
+        let hex = s.strip_prefix("sha256:").unwrap_or(s);
+        if hex.len() < 3 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return match reference {
+                Err(e) => Err(e),
+                Ok(_) => Err(not_found()),
+            };
+        }
+        let mut found: Vec<Image> = Vec::new();
+        for img in self.images()? {
+            if img.id.hex().starts_with(hex) && !found.iter().any(|f| f.id == img.id) {
+                found.push(img);
+            }
+        }
+        match found.len() {
+            0 => Err(not_found()),
+            1 => Ok(found.pop().expect("one")),
+            n => Err(Error::Ambiguous(format!("{s:?} matches {n} images"))),
+        }
+    }
+
+    /// Point tag `name` (`name:tag`) at `image`; the image it pointed at before keeps its
+    /// other tags, or stays as an untagged image if it has none.
+    pub fn tag(&self, image: &Image, name: &str) -> Result<()> {
+        self.update_index(|entries| {
+            let old = entries
+                .iter()
+                .position(|e| e.name.as_deref() == Some(name));
+            if let Some(i) = old {
+                let prev = entries.remove(i);
+                if !entries.iter().any(|e| e.manifest == prev.manifest) {
+                    entries.push(IndexEntry { name: None, ..prev });
+                }
+            }
+            entries.retain(|e| !(e.manifest == image.manifest_digest && e.name.is_none()));
+            entries.push(IndexEntry {
+                manifest: image.manifest_digest.clone(),
+                size: self.blobs.size(&image.manifest_digest)?,
+                media_type: image.manifest.media_type().as_ref().map(|m| m.to_string()).unwrap_or_else(|| MANIFEST.to_string()),
+                name: Some(name.to_string()),
+            });
+            Ok(())
+        })
+    }
+
+    /// Keep `image` in the index without a tag (unless it already has one).
+    pub fn add_untagged(&self, image: &Image) -> Result<()> {
+        self.update_index(|entries| {
+            if !entries.iter().any(|e| e.manifest == image.manifest_digest) {
+                entries.push(IndexEntry {
+                    manifest: image.manifest_digest.clone(),
+                    size: self.blobs.size(&image.manifest_digest)?,
+                    media_type: MANIFEST.to_string(),
+                    name: None,
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Remove tag `name`; returns whether the image it named is still in the index.
+    pub fn untag(&self, name: &str) -> Result<bool> {
+        let mut remains = false;
+        self.update_index(|entries| {
+            let Some(i) = entries.iter().position(|e| e.name.as_deref() == Some(name)) else {
+                return Err(Error::NoSuchImage(name.to_string()));
+            };
+            let prev = entries.remove(i);
+            remains = entries.iter().any(|e| e.manifest == prev.manifest);
+            Ok(())
+        })?;
+        Ok(remains)
+    }
+
+    /// Remove every index entry of `image` (its blobs go at the next garbage collection).
+    pub fn remove(&self, image: &Image) -> Result<()> {
+        self.update_index(|entries| {
+            entries.retain(|e| e.manifest != image.manifest_digest);
+            Ok(())
+        })
+    }
+
+    fn update_index(&self, f: impl FnOnce(&mut Vec<IndexEntry>) -> Result<()>) -> Result<()> {
+        let _l = self.index_lock()?;
+        let mut entries = self.entries()?;
+        f(&mut entries)?;
+        layout::write_index(&self.index_path(), &entries)
+    }
+
+    /// Store the tar of the directory `dir` as a gzip layer blob.
+    pub fn layer_from_dir(&self, dir: &Path, opts: PackOptions) -> Result<LayerDesc> {
+        self.write_gzip_layer(|out| pack::pack(dir, out, opts).map(|_| ()))
+    }
+
+    /// Store the (plain or gzip) tar read from `input` as a gzip layer blob.
+    pub fn layer_from_tar(&self, input: impl Read, what: &str) -> Result<LayerDesc> {
+        let mut input = decompressed(BufReader::new(input), what)?;
+        self.write_gzip_layer(|out| {
+            io::copy(&mut input, out)
+                .map(|_| ())
+                .map_err(io_err(format!("read {what}")))
+        })
+    }
+
+    fn write_gzip_layer(&self, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<LayerDesc> {
+        let blob = self.blobs.writer()?;
+        let gz = flate2::GzBuilder::new().write(blob, flate2::Compression::default());
+        let mut tar_out = DigestWriter::new(gz);
+        fill(&mut tar_out)?;
+        let (diff_id, _, gz) = tar_out.finish();
+        let blob = gz.finish().map_err(io_err("compress layer"))?;
+        let (digest, size) = blob.commit(None)?;
+        Ok(LayerDesc {
+            digest,
+            diff_id,
+            size,
+            media_type: LAYER_GZIP.to_string(),
+        })
+    }
+
+    /// Write `config` and a manifest of `layers` as blobs; the image is not in the index yet
+    /// (see [`Store::tag`], [`Store::add_untagged`]).
+    pub fn write_image(&self, config: &ImageConfiguration, layers: &[LayerDesc]) -> Result<Image> {
+        let config_bytes = canonical_json(config)?;
+        let config_digest = self.blobs.put(&config_bytes)?;
+        let descs = layers
+            .iter()
+            .map(|l| descriptor(&l.media_type, l.size, &l.digest))
+            .collect::<Result<Vec<_>>>()?;
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(descriptor(CONFIG, config_bytes.len() as u64, &config_digest)?)
+            .layers(descs)
+            .build()
+            .map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
+        let manifest_bytes = canonical_json(&manifest)?;
+        let manifest_digest = self.blobs.put(&manifest_bytes)?;
+        Ok(Image {
+            manifest_digest,
+            manifest,
+            id: config_digest,
+            config: config.clone(),
+            tags: Vec::new(),
+        })
+    }
+
+    /// The directory holding `layer` extracted in overlay format, extracting it first if
+    /// needed (verifying the blob digest and the diff ID on the way).
+    pub fn extracted(&self, layer: &LayerDesc) -> Result<PathBuf> {
+        let dest = self.root.join("layers/sha256").join(layer.diff_id.hex());
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let tmp = self
+            .root
+            .join("layers")
+            .join(format!("{TEMP_PREFIX}{}-{:016x}", std::process::id(), fastrand::u64(..)));
+        fs::create_dir(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+        let guard = TempDir(tmp);
+        let what = format!("layer {}", layer.digest);
+        let blob = self.blobs.verifying_reader(&layer.digest)?;
+        let mut tar = DigestReader::new(decompressed(BufReader::with_capacity(1 << 20, blob), &what)?);
+        extract::unpack(&mut tar, guard.path(), &what, UnpackOptions::for_current_user())?;
+        // Read to the end so both digests cover the whole blob.
+        io::copy(&mut tar, &mut io::sink()).map_err(|e| Error::Tar {
+            what: format!("read {what}"),
+            source: e,
+        })?;
+        let (found, _) = tar.finish();
+        if found != layer.diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("uncompressed {what}"),
+                expected: layer.diff_id.clone(),
+                found,
+            });
+        }
+        let d = rustix::fs::open(guard.path(), rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
+            .map_err(|e| io_err("open layer")(e.into()))?;
+        rustix::fs::syncfs(&d).map_err(|e| io_err("sync layer")(e.into()))?;
+        match fs::rename(guard.path(), &dest) {
+            Ok(()) => {
+                std::mem::forget(guard);
+                Ok(dest)
+            }
+            // Another process extracted it meanwhile.
+            Err(_) if dest.is_dir() => Ok(dest),
+            Err(e) => Err(io_err(format!("rename to {}", dest.display()))(e)),
+        }
+    }
+
+    /// The extracted layer directories of `image`, bottom first.
+    pub fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>> {
+        image.layers()?.iter().map(|l| self.extracted(l)).collect()
+    }
+
+    /// Free blobs, extracted layers and temp files no image in the index needs. Layer
+    /// directories in `keep` (lowerdirs of existing containers) stay. Waits for processes
+    /// holding [`Store::writer_lock`].
+    pub fn gc(&self, keep: &[PathBuf]) -> Result<GcStats> {
+        let _l = Lock::exclusive(&self.root.join(".gc.lock"))?;
+        let mut live_blobs: HashSet<Digest> = HashSet::new();
+        let mut live_layers: HashSet<String> = HashSet::new();
+        for img in self.images()? {
+            live_blobs.insert(img.manifest_digest.clone());
+            live_blobs.insert(img.id.clone());
+            for l in img.layers()? {
+                live_blobs.insert(l.digest);
+                live_layers.insert(l.diff_id.hex().to_string());
+            }
+        }
+        let keep: HashSet<PathBuf> = keep.iter().cloned().collect();
+        let mut stats = GcStats::default();
+        let (blobs, temps) = self.blobs.list()?;
+        for b in blobs {
+            if !live_blobs.contains(&b) {
+                stats.bytes += self.blobs.size(&b).unwrap_or(0);
+                self.blobs.remove(&b)?;
+                stats.blobs += 1;
+            }
+        }
+        for t in temps {
+            let _ = fs::remove_file(t);
+        }
+        let layers = self.root.join("layers/sha256");
+        for e in fs::read_dir(&layers).map_err(io_err("list layers"))? {
+            let e = e.map_err(io_err("list layers"))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !live_layers.contains(&name) && !keep.contains(&e.path()) {
+                remove_dir(&e.path())?;
+                stats.layers += 1;
+            }
+        }
+        for dir in [self.root.join("layers"), self.root.join("tmp")] {
+            for e in fs::read_dir(&dir).map_err(io_err("list temp dirs"))? {
+                let e = e.map_err(io_err("list temp dirs"))?;
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if dir.ends_with("tmp") || n.starts_with(TEMP_PREFIX) {
+                    remove_dir(&e.path())?;
+                }
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// What garbage collection freed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GcStats {
+    /// Blobs deleted.
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Extracted layers deleted.
+    pub layers: u64,
+}
+
+/// A descriptor for the store's own blobs.
+pub fn descriptor(media_type: &str, size: u64, d: &Digest) -> Result<Descriptor> {
+    Ok(Descriptor::new(
+        MediaType::from(media_type),
+        size,
+        oci_spec::image::Digest::try_from(d.as_str())
+            .map_err(|e| Error::Invalid(format!("digest {d}: {e}")))?,
+    ))
+}
+
+/// Remove a directory tree of the store (directories without write permission included).
+pub fn remove_dir(p: &Path) -> Result<()> {
+    let parent = p.parent().unwrap_or(Path::new("/"));
+    let name = p.file_name().unwrap_or_default();
+    let dir = rustix::fs::open(parent, rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
+        .map_err(|e| io_err(format!("open {}", parent.display()))(e.into()))?;
+    match extract::remove_tree(std::os::fd::AsFd::as_fd(&dir), name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            fs::remove_file(p).map_err(io_err(format!("remove {}", p.display())))
+        }
+        Err(e) => Err(io_err(format!("remove {}", p.display()))(e)),
+    }
+}
+
+/// A directory removed when dropped (unless forgotten).
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = remove_dir(&self.0);
+    }
+}
+
+/// `input` decompressed if it is gzip; zstd and other formats are refused by name.
+pub fn decompressed<'a, R: BufRead + 'a>(mut input: R, what: &str) -> Result<Box<dyn Read + 'a>> {
+    let head = input.fill_buf().map_err(io_err(format!("read {what}")))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(input)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Err(Error::Invalid(format!("{what}: zstd-compressed layers are not supported")))
+    } else if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {
+        Err(Error::Invalid(format!("{what}: bzip2/xz-compressed tars are not supported; use gzip or none")))
+    } else {
+        Ok(Box::new(input))
+    }
+}
