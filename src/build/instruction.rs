@@ -36,9 +36,9 @@ pub enum Instruction {
     Add(CopySpec),
     /// `WORKDIR path`.
     Workdir(String),
-    /// `ENV K=V ...` or legacy `ENV K V`: pairs in order.
+    /// `ENV K=V ...` or legacy `ENV K V`: pairs in order, as written (`expand` removes quotes).
     Env(Vec<(String, String)>),
-    /// `ARG NAME[=default]` (several allowed on one line).
+    /// `ARG NAME[=default]` (several allowed on one line; defaults as written).
     Arg(Vec<(String, Option<String>)>),
     /// `CMD`.
     Cmd(CommandForm),
@@ -46,7 +46,7 @@ pub enum Instruction {
     Entrypoint(CommandForm),
     /// `EXPOSE 80/tcp 53/udp`: the words as written.
     Expose(Vec<String>),
-    /// `LABEL k=v ...`: pairs in order (quotes removed).
+    /// `LABEL k=v ...`: pairs in order, as written (`expand` removes quotes, as docker does).
     Label(Vec<(String, String)>),
     /// `USER name[:group]`.
     User(String),
