@@ -78,13 +78,18 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             let mut list = Vec::new();
             for r in &images {
                 let img = store.resolve(r)?;
-                let tag = reference::Reference::parse(r).ok().and_then(|p| p.tagged()).filter(|t| img.tags.contains(t));
+                let tag = reference::Reference::parse(r)
+                    .ok()
+                    .and_then(|p| p.tagged())
+                    .filter(|t| img.tags.contains(t));
                 list.push((img, tag));
             }
             archive::save(&store, &list, &output)?;
         }
         Cmd::Load { input } => {
-            for img in archive::load(&store, &input).with_context(|| format!("load {}", input.display()))? {
+            for img in archive::load(&store, &input)
+                .with_context(|| format!("load {}", input.display()))?
+            {
                 if img.tags.is_empty() {
                     println!("Loaded image ID: {}", img.id);
                 }
@@ -115,7 +120,10 @@ fn ago(created: Option<&String>) -> String {
     let Some(t) = created.and_then(|c| humantime::parse_rfc3339_weak(c).ok()) else {
         return "N/A".into();
     };
-    let secs = SystemTime::now().duration_since(t).unwrap_or(Duration::ZERO).as_secs();
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
     match secs {
         0..=59 => format!("{secs} seconds ago"),
         60..=3599 => format!("{} minutes ago", secs / 60),
@@ -136,7 +144,11 @@ pub fn human_size(n: u64) -> String {
     if u == 0 {
         format!("{n}B")
     } else {
-        format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string() + units[u]
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + units[u]
     }
 }
 
@@ -148,7 +160,10 @@ fn images(store: &Store, quiet: bool) -> Result<()> {
         }
         return Ok(());
     }
-    println!("{:<30} {:<12} {:<14} {:<16} SIZE", "REPOSITORY", "TAG", "IMAGE ID", "CREATED");
+    println!(
+        "{:<30} {:<12} {:<14} {:<16} SIZE",
+        "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
+    );
     for img in list {
         let size: u64 = img.manifest.layers().iter().map(|l| l.size()).sum();
         let created = ago(img.config.created().as_ref());
@@ -164,7 +179,11 @@ fn images(store: &Store, quiet: bool) -> Result<()> {
                 .collect()
         };
         for (n, t) in names {
-            println!("{n:<30} {t:<12} {:<14} {created:<16} {}", img.id.short(), human_size(size));
+            println!(
+                "{n:<30} {t:<12} {:<14} {created:<16} {}",
+                img.id.short(),
+                human_size(size)
+            );
         }
     }
     Ok(())
@@ -179,7 +198,14 @@ fn history(img: &Image, no_trunc: bool) -> Result<()> {
             (0, "<missing>".to_string())
         } else {
             match layer_iter.next() {
-                Some(l) => (l.size, if no_trunc { l.digest.to_string() } else { l.digest.short().to_string() }),
+                Some(l) => (
+                    l.size,
+                    if no_trunc {
+                        l.digest.to_string()
+                    } else {
+                        l.digest.short().to_string()
+                    },
+                ),
                 None => (0, "<missing>".to_string()),
             }
         };
@@ -189,7 +215,10 @@ fn history(img: &Image, no_trunc: bool) -> Result<()> {
         }
         rows.push((digest, ago(h.created().as_ref()), by, size));
     }
-    println!("{:<14} {:<16} {:<46} {:>10}", "LAYER", "CREATED", "CREATED BY", "SIZE");
+    println!(
+        "{:<14} {:<16} {:<46} {:>10}",
+        "LAYER", "CREATED", "CREATED BY", "SIZE"
+    );
     for (d, c, by, size) in rows.iter().rev() {
         println!("{d:<14} {c:<16} {by:<46} {:>10}", human_size(*size));
     }
@@ -200,7 +229,10 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<()> {
     let containers = Container::list(root)?;
     for key in keys {
         let img = store.resolve(key)?;
-        let named_tag = reference::Reference::parse(key).ok().and_then(|r| r.tagged()).filter(|t| img.tags.contains(t));
+        let named_tag = reference::Reference::parse(key)
+            .ok()
+            .and_then(|r| r.tagged())
+            .filter(|t| img.tags.contains(t));
         // A tag of an image with other tags: only the tag goes, as docker does.
         if let Some(t) = &named_tag {
             if img.tags.len() > 1 {
@@ -209,9 +241,17 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<()> {
                 continue;
             }
         }
-        let users: Vec<&str> = containers.iter().filter(|c| c.state.image == img.id.as_str()).map(|c| c.state.name.as_str()).collect();
+        let users: Vec<&str> = containers
+            .iter()
+            .filter(|c| c.state.image == img.id.as_str())
+            .map(|c| c.state.name.as_str())
+            .collect();
         if !users.is_empty() && !force {
-            bail!("image {} is used by container(s) {}: remove them first or use rmi -f", img.display_name(), users.join(", "));
+            bail!(
+                "image {} is used by container(s) {}: remove them first or use rmi -f",
+                img.display_name(),
+                users.join(", ")
+            );
         }
         store.remove(&img)?;
         for t in &img.tags {
@@ -219,15 +259,33 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<()> {
         }
         println!("Deleted: {}", img.id);
     }
-    let keep: Vec<PathBuf> = containers.iter().flat_map(|c| c.state.lower_dirs.clone()).collect();
+    let keep: Vec<PathBuf> = containers
+        .iter()
+        .flat_map(|c| c.state.lower_dirs.clone())
+        .collect();
     let stats = store.gc(&keep)?;
-    tracing::info!("freed {} blobs ({} bytes) and {} layers", stats.blobs, stats.bytes, stats.layers);
+    tracing::info!(
+        "freed {} blobs ({} bytes) and {} layers",
+        stats.blobs,
+        stats.bytes,
+        stats.layers
+    );
     Ok(())
 }
 
 /// `strata commit`.
-pub fn commit(root: &Path, c: &Container, name: Option<&str>, message: Option<&str>) -> Result<Image> {
+pub fn commit(
+    root: &Path,
+    c: &Container,
+    name: Option<&str>,
+    message: Option<&str>,
+) -> Result<Image> {
     let store = Store::open(root)?;
     let tag = name.map(reference::parse_tag).transpose()?;
-    Ok(strata::container::commit::commit(&store, c, tag.as_deref(), message)?)
+    Ok(strata::container::commit::commit(
+        &store,
+        c,
+        tag.as_deref(),
+        message,
+    )?)
 }

@@ -2,6 +2,7 @@
 //! only translates flags into calls on the library.
 
 mod bench;
+mod build;
 mod containers;
 mod images;
 
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Compare union filesystems on one fixture: table, JSON and SVG chart.
     Bench(bench::BenchArgs),
+    /// Build an image from a Dockerfile.
+    Build(build::BuildArgs),
     #[command(flatten)]
     Containers(containers::Cmd),
     #[command(flatten)]
@@ -49,6 +52,7 @@ fn main() {
     let root = cli.root.unwrap_or_else(default_root);
     let result = match cli.command {
         Command::Bench(args) => bench::run(args).map(|()| 0),
+        Command::Build(args) => build::run(&root, args),
         Command::Containers(c) => containers::run(&root, c),
         Command::Images(c) => images::run(&root, c),
     };

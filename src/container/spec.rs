@@ -29,9 +29,14 @@ pub fn build(
         opts.entrypoint.as_deref(),
         &opts.cmd,
     )?;
-    let mut env: Vec<String> = cfg.env().clone().unwrap_or_else(|| {
-        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]
-    });
+    // docker's rule: an image without PATH (scratch-built ones) gets the default one.
+    let mut env: Vec<String> = cfg.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
     for e in &opts.env {
         merge_env(&mut env, e);
     }

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use super::digest::Digest;
 use super::layout::{self, IndexEntry};
 use super::reference;
-use super::store::{self, canonical_json, descriptor, Image, Store, CONFIG, LAYER_GZIP, LAYER_TAR, MANIFEST};
+use super::store::{
+    self, canonical_json, descriptor, Image, Store, CONFIG, LAYER_GZIP, LAYER_TAR, MANIFEST,
+};
 use super::{io_err, Error, Result};
 
 /// Largest JSON document accepted from an archive.
@@ -51,10 +53,15 @@ fn is_index_type(media_type: &str) -> bool {
 /// Write `images` (each with the tag to record, if any) to `out` as an OCI archive that also
 /// carries docker's `manifest.json`, so both `strata load`/skopeo and `docker load` read it.
 pub fn save(store: &Store, images: &[(Image, Option<String>)], out: &Path) -> Result<()> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        out.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let result = (|| {
@@ -109,20 +116,35 @@ pub fn save(store: &Store, images: &[(Image, Option<String>)], out: &Path) -> Re
             add(&mut tar, &format!("blobs/sha256/{}", d.hex()), size, &mut r)?;
         }
         let layout_bytes = layout::OCI_LAYOUT.as_bytes();
-        add(&mut tar, "oci-layout", layout_bytes.len() as u64, &mut &layout_bytes[..])?;
+        add(
+            &mut tar,
+            "oci-layout",
+            layout_bytes.len() as u64,
+            &mut &layout_bytes[..],
+        )?;
         let index_tmp = store.temp_dir("save")?;
         let index_path = index_tmp.path().join("index.json");
         layout::write_index(&index_path, &entries)?;
         let index_bytes = fs::read(&index_path).map_err(io_err("read index"))?;
-        add(&mut tar, "index.json", index_bytes.len() as u64, &mut &index_bytes[..])?;
+        add(
+            &mut tar,
+            "index.json",
+            index_bytes.len() as u64,
+            &mut &index_bytes[..],
+        )?;
         let m = serde_json::to_vec(&docker).map_err(|e| Error::Json {
             what: "manifest.json".into(),
             source: e,
         })?;
         add(&mut tar, "manifest.json", m.len() as u64, &mut &m[..])?;
-        let mut w = tar.into_inner().map_err(io_err(format!("write {}", tmp.display())))?;
-        w.flush().map_err(io_err(format!("write {}", tmp.display())))?;
-        w.get_ref().sync_all().map_err(io_err(format!("sync {}", tmp.display())))?;
+        let mut w = tar
+            .into_inner()
+            .map_err(io_err(format!("write {}", tmp.display())))?;
+        w.flush()
+            .map_err(io_err(format!("write {}", tmp.display())))?;
+        w.get_ref()
+            .sync_all()
+            .map_err(io_err(format!("sync {}", tmp.display())))?;
         fs::rename(&tmp, out).map_err(io_err(format!("rename to {}", out.display())))
     })();
     if result.is_err() {
@@ -141,7 +163,10 @@ pub fn load(store: &Store, input: &Path) -> Result<Vec<Image>> {
         archive_images(store, input)?
     };
     if found.is_empty() {
-        return Err(Error::Invalid(format!("{}: no image in it", input.display())));
+        return Err(Error::Invalid(format!(
+            "{}: no image in it",
+            input.display()
+        )));
     }
     let mut out = Vec::new();
     for (img, tags) in found {
@@ -178,15 +203,25 @@ pub fn from_layout_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<I
 
 /// The tag to record for an index annotation, if it is a usable reference.
 fn tag_from_annotation(name: &str) -> Option<String> {
-    let name = name.strip_prefix("docker.io/library/").or_else(|| name.strip_prefix("docker.io/")).unwrap_or(name);
+    let name = name
+        .strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name);
     reference::parse_tag(name).ok()
 }
 
 /// Images of an OCI layout directory, their blobs copied into the store.
-fn layout_dir_images(store: &Store, dir: &Path, want: Option<&str>) -> Result<Vec<(Image, Vec<String>)>> {
+fn layout_dir_images(
+    store: &Store,
+    dir: &Path,
+    want: Option<&str>,
+) -> Result<Vec<(Image, Vec<String>)>> {
     let index_path = dir.join("index.json");
     if !index_path.is_file() {
-        return Err(Error::Invalid(format!("{}: not an OCI image layout (no index.json)", dir.display())));
+        return Err(Error::Invalid(format!(
+            "{}: not an OCI image layout (no index.json)",
+            dir.display()
+        )));
     }
     let entries = layout::read_index(&index_path)?;
     let blob_path = |d: &Digest| dir.join("blobs/sha256").join(d.hex());
@@ -194,11 +229,15 @@ fn layout_dir_images(store: &Store, dir: &Path, want: Option<&str>) -> Result<Ve
         if store.blobs().contains(d) {
             return Ok(());
         }
-        let f = File::open(blob_path(d)).map_err(io_err(format!("open blob {d} of {}", dir.display())))?;
+        let f = File::open(blob_path(d))
+            .map_err(io_err(format!("open blob {d} of {}", dir.display())))?;
         let mut w = store.blobs().writer()?;
-        io::copy(&mut BufReader::with_capacity(1 << 20, f), &mut w).map_err(io_err(format!("copy blob {d}")))?;
+        io::copy(&mut BufReader::with_capacity(1 << 20, f), &mut w)
+            .map_err(io_err(format!("copy blob {d}")))?;
         w.commit(Some(d)).map_err(|e| match e {
-            Error::DigestMismatch { expected, found, .. } => Error::DigestMismatch {
+            Error::DigestMismatch {
+                expected, found, ..
+            } => Error::DigestMismatch {
                 what: format!("blob {} of {}", expected, dir.display()),
                 expected,
                 found,
@@ -211,13 +250,21 @@ fn layout_dir_images(store: &Store, dir: &Path, want: Option<&str>) -> Result<Ve
     for e in &entries {
         let matches = match (want, &e.name) {
             (None, _) => true,
-            (Some(w), Some(n)) => n == w || tag_from_annotation(n).as_deref() == reference::parse_tag(w).ok().as_deref(),
+            (Some(w), Some(n)) => {
+                n == w
+                    || tag_from_annotation(n).as_deref() == reference::parse_tag(w).ok().as_deref()
+            }
             (Some(_), None) => false,
         };
         if !matches {
             continue;
         }
-        let tags: Vec<String> = e.name.as_deref().and_then(tag_from_annotation).into_iter().collect();
+        let tags: Vec<String> = e
+            .name
+            .as_deref()
+            .and_then(tag_from_annotation)
+            .into_iter()
+            .collect();
         match groups.iter_mut().find(|g| g.0 == e.manifest) {
             Some(g) => g.2.extend(tags),
             None => groups.push((e.manifest.clone(), e.media_type.clone(), tags)),
@@ -233,8 +280,13 @@ fn layout_dir_images(store: &Store, dir: &Path, want: Option<&str>) -> Result<Ve
         } else {
             digest
         };
-        let manifest: ImageManifest = serde_json::from_slice(&store.blobs().read(&manifest_digest)?)
-            .map_err(|e| Error::Json { what: format!("manifest {manifest_digest}"), source: e })?;
+        let manifest: ImageManifest =
+            serde_json::from_slice(&store.blobs().read(&manifest_digest)?).map_err(|e| {
+                Error::Json {
+                    what: format!("manifest {manifest_digest}"),
+                    source: e,
+                }
+            })?;
         copy(&manifest.config().digest().to_string().parse()?)?;
         for l in manifest.layers() {
             copy(&l.digest().to_string().parse()?)?;
@@ -247,8 +299,11 @@ fn layout_dir_images(store: &Store, dir: &Path, want: Option<&str>) -> Result<Ve
 
 /// The manifest of an image index for this machine's platform.
 fn pick_platform(index_bytes: &[u8], digest: &Digest) -> Result<Digest> {
-    let index: oci_spec::image::ImageIndex = serde_json::from_slice(index_bytes)
-        .map_err(|e| Error::Json { what: format!("index {digest}"), source: e })?;
+    let index: oci_spec::image::ImageIndex =
+        serde_json::from_slice(index_bytes).map_err(|e| Error::Json {
+            what: format!("index {digest}"),
+            source: e,
+        })?;
     let arch = host_arch();
     for m in index.manifests() {
         let ok = match m.platform() {
@@ -259,7 +314,9 @@ fn pick_platform(index_bytes: &[u8], digest: &Digest) -> Result<Digest> {
             return m.digest().to_string().parse();
         }
     }
-    Err(Error::Invalid(format!("image index {digest} has no linux/{arch} image")))
+    Err(Error::Invalid(format!(
+        "image index {digest} has no linux/{arch} image"
+    )))
 }
 
 /// Images of a tar archive (OCI archive or `docker save` output, optionally gzip-compressed).
@@ -271,14 +328,22 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<(Image, Vec<String>
     // Every regular file becomes a blob; keep which path holds which digest.
     let mut by_path: HashMap<String, Digest> = HashMap::new();
     let mut docs: HashMap<String, Vec<u8>> = HashMap::new();
-    let bad = |e: io::Error| Error::Tar { what: format!("read {what}"), source: e };
+    let bad = |e: io::Error| Error::Tar {
+        what: format!("read {what}"),
+        source: e,
+    };
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
-        let path = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_string();
-        if matches!(path.as_str(), "index.json" | "manifest.json" | "oci-layout" | "repositories") {
+        let path = String::from_utf8_lossy(&entry.path_bytes())
+            .trim_start_matches("./")
+            .to_string();
+        if matches!(
+            path.as_str(),
+            "index.json" | "manifest.json" | "oci-layout" | "repositories"
+        ) {
             if entry.size() > MAX_JSON {
                 return Err(Error::Invalid(format!("{what}: {path} is too large")));
             }
@@ -291,11 +356,15 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<(Image, Vec<String>
             .strip_prefix("blobs/sha256/")
             .map(|h| format!("sha256:{h}").parse())
             .transpose()
-            .map_err(|_| Error::Invalid(format!("{what}: {path} is not named by a sha256 digest")))?;
+            .map_err(|_| {
+                Error::Invalid(format!("{what}: {path} is not named by a sha256 digest"))
+            })?;
         let mut w = store.blobs().writer()?;
         io::copy(&mut entry, &mut w).map_err(bad)?;
         let (d, _) = w.commit(expected.as_ref()).map_err(|e| match e {
-            Error::DigestMismatch { expected, found, .. } => Error::DigestMismatch {
+            Error::DigestMismatch {
+                expected, found, ..
+            } => Error::DigestMismatch {
                 what: format!("{path} in {what}"),
                 expected,
                 found,
@@ -307,10 +376,14 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<(Image, Vec<String>
     if docs.contains_key("index.json") {
         // OCI archive (also docker >= 25): the blobs are in the store now; read it as a layout.
         let tmp = store.temp_dir("load")?;
-        fs::write(tmp.path().join("index.json"), &docs["index.json"]).map_err(io_err("write index"))?;
+        fs::write(tmp.path().join("index.json"), &docs["index.json"])
+            .map_err(io_err("write index"))?;
         fs::create_dir_all(tmp.path().join("blobs")).map_err(io_err("create blobs"))?;
-        std::os::unix::fs::symlink(store.root().join("blobs/sha256"), tmp.path().join("blobs/sha256"))
-            .map_err(io_err("link blobs"))?;
+        std::os::unix::fs::symlink(
+            store.root().join("blobs/sha256"),
+            tmp.path().join("blobs/sha256"),
+        )
+        .map_err(io_err("link blobs"))?;
         let mut found = layout_dir_images(store, tmp.path(), None)?;
         // docker's index names only the tag ("latest"); its manifest.json has the full names,
         // which replace those.
@@ -332,37 +405,77 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<(Image, Vec<String>
         return Ok(found);
     }
     let Some(m) = docs.get("manifest.json") else {
-        return Err(Error::Invalid(format!("{what}: neither an OCI archive (index.json) nor a docker archive (manifest.json)")));
+        return Err(Error::Invalid(format!(
+            "{what}: neither an OCI archive (index.json) nor a docker archive (manifest.json)"
+        )));
     };
-    let dm: Vec<DockerManifest> = serde_json::from_slice(m).map_err(|e| Error::Json { what: format!("manifest.json in {what}"), source: e })?;
+    let dm: Vec<DockerManifest> = serde_json::from_slice(m).map_err(|e| Error::Json {
+        what: format!("manifest.json in {what}"),
+        source: e,
+    })?;
     let mut out = Vec::new();
     for d in dm {
-        let find = |p: &str| by_path.get(p).cloned().ok_or_else(|| Error::Invalid(format!("{what}: manifest.json names {p}, which is not in the archive")));
+        let find = |p: &str| {
+            by_path.get(p).cloned().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{what}: manifest.json names {p}, which is not in the archive"
+                ))
+            })
+        };
         let config_digest = find(&d.config)?;
         let config_bytes = store.blobs().read(&config_digest)?;
-        let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
-            .map_err(|e| Error::Json { what: format!("{} in {what}", d.config), source: e })?;
+        let config: ImageConfiguration =
+            serde_json::from_slice(&config_bytes).map_err(|e| Error::Json {
+                what: format!("{} in {what}", d.config),
+                source: e,
+            })?;
         let mut layers = Vec::new();
         for (i, p) in d.layers.iter().enumerate() {
             let digest = find(p)?;
             let mut head = [0u8; 2];
-            let n = store.blobs().open_blob(&digest)?.read(&mut head).map_err(io_err("read layer"))?;
+            let n = store
+                .blobs()
+                .open_blob(&digest)?
+                .read(&mut head)
+                .map_err(io_err("read layer"))?;
             let gz = n == 2 && head == [0x1f, 0x8b];
-            if !gz && config.rootfs().diff_ids().get(i).map(String::as_str) != Some(digest.as_str()) {
-                return Err(Error::Invalid(format!("{what}: layer {p} does not match diff ID {} of the config", config.rootfs().diff_ids().get(i).cloned().unwrap_or_default())));
+            if !gz && config.rootfs().diff_ids().get(i).map(String::as_str) != Some(digest.as_str())
+            {
+                return Err(Error::Invalid(format!(
+                    "{what}: layer {p} does not match diff ID {} of the config",
+                    config
+                        .rootfs()
+                        .diff_ids()
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_default()
+                )));
             }
-            layers.push(descriptor(if gz { LAYER_GZIP } else { LAYER_TAR }, store.blobs().size(&digest)?, &digest)?);
+            layers.push(descriptor(
+                if gz { LAYER_GZIP } else { LAYER_TAR },
+                store.blobs().size(&digest)?,
+                &digest,
+            )?);
         }
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
-            .config(descriptor(CONFIG, config_bytes.len() as u64, &config_digest)?)
+            .config(descriptor(
+                CONFIG,
+                config_bytes.len() as u64,
+                &config_digest,
+            )?)
             .layers(layers)
             .build()
             .map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
         let manifest_digest = store.blobs().put(&canonical_json(&manifest)?)?;
         let img = store.image(&manifest_digest, &[])?;
-        let tags = d.repo_tags.iter().flatten().filter_map(|t| tag_from_annotation(t)).collect();
+        let tags = d
+            .repo_tags
+            .iter()
+            .flatten()
+            .filter_map(|t| tag_from_annotation(t))
+            .collect();
         out.push((img, tags));
     }
     Ok(out)

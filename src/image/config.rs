@@ -1,6 +1,9 @@
 //! Image configs as strata writes them: platform, `rootfs.diff_ids` and `history` kept in step.
 
-use oci_spec::image::{Arch, ConfigBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, Os, RootFsBuilder};
+use oci_spec::image::{
+    Arch, ConfigBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, Os,
+    RootFsBuilder,
+};
 
 use super::archive::host_arch;
 use super::{Error, Result};
@@ -27,7 +30,13 @@ pub fn empty() -> Result<ImageConfiguration> {
         .architecture(Arch::from(host_arch()))
         .os(Os::Linux)
         .config(ConfigBuilder::default().build().map_err(spec_err)?)
-        .rootfs(RootFsBuilder::default().typ("layers").diff_ids(Vec::<String>::new()).build().map_err(spec_err)?)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(Vec::<String>::new())
+                .build()
+                .map_err(spec_err)?,
+        )
         .history(Vec::new())
         .build()
         .map_err(spec_err)
@@ -38,7 +47,12 @@ fn spec_err(e: oci_spec::OciSpecError) -> Error {
 }
 
 /// Record a new layer with digest `diff_id` made by `created_by`.
-pub fn push_layer(config: &mut ImageConfiguration, diff_id: &str, created_by: &str, created: &str) -> Result<()> {
+pub fn push_layer(
+    config: &mut ImageConfiguration,
+    diff_id: &str,
+    created_by: &str,
+    created: &str,
+) -> Result<()> {
     let mut rootfs = config.rootfs().clone();
     let mut ids = rootfs.diff_ids().clone();
     ids.push(diff_id.to_string());
@@ -48,8 +62,15 @@ pub fn push_layer(config: &mut ImageConfiguration, diff_id: &str, created_by: &s
 }
 
 /// Record a history entry; `empty_layer` for instructions that only change the config.
-pub fn push_history(config: &mut ImageConfiguration, created_by: &str, created: &str, empty_layer: bool) -> Result<()> {
-    let mut b = HistoryBuilder::default().created(created.to_string()).created_by(created_by.to_string());
+pub fn push_history(
+    config: &mut ImageConfiguration,
+    created_by: &str,
+    created: &str,
+    empty_layer: bool,
+) -> Result<()> {
+    let mut b = HistoryBuilder::default()
+        .created(created.to_string())
+        .created_by(created_by.to_string());
     if empty_layer {
         b = b.empty_layer(true);
     }

@@ -70,7 +70,12 @@ struct PendingDir {
 
 /// Unpack the tar read from `input` into the existing, empty directory `dest`. `what` names the
 /// layer in error messages.
-pub fn unpack(input: impl Read, dest: &Path, what: &str, opts: UnpackOptions) -> Result<UnpackStats> {
+pub fn unpack(
+    input: impl Read,
+    dest: &Path,
+    what: &str,
+    opts: UnpackOptions,
+) -> Result<UnpackStats> {
     let root = rfs::open(
         dest,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -84,7 +89,12 @@ pub fn unpack(input: impl Read, dest: &Path, what: &str, opts: UnpackOptions) ->
 }
 
 /// Unpack the tar read from `input` beneath the directory open as `root`.
-pub fn unpack_at(input: impl Read, root: OwnedFd, what: &str, opts: UnpackOptions) -> Result<UnpackStats> {
+pub fn unpack_at(
+    input: impl Read,
+    root: OwnedFd,
+    what: &str,
+    opts: UnpackOptions,
+) -> Result<UnpackStats> {
     let mut u = Unpacker {
         root,
         what,
@@ -154,11 +164,7 @@ impl Unpacker<'_> {
 
     fn io(&self, entry: &[u8], doing: &str, e: impl Into<io::Error>) -> Error {
         Error::Io {
-            what: format!(
-                "{}: {doing} {}",
-                self.what,
-                String::from_utf8_lossy(entry)
-            ),
+            what: format!("{}: {doing} {}", self.what, String::from_utf8_lossy(entry)),
             source: e.into(),
         }
     }
@@ -223,7 +229,10 @@ impl Unpacker<'_> {
         };
         self.stats.entries += 1;
         let header = entry.header().clone();
-        let mode = header.mode().map_err(|e| self.tar_error("read mode in", e))? & 0o7777;
+        let mode = header
+            .mode()
+            .map_err(|e| self.tar_error("read mode in", e))?
+            & 0o7777;
         let uid = header.uid().unwrap_or(0) as u32;
         let gid = header.gid().unwrap_or(0) as u32;
         let mtime = header.mtime().unwrap_or(0) as i64;
@@ -233,14 +242,17 @@ impl Unpacker<'_> {
             self.open_parent(&comps, &raw)?;
             return self.mark_opaque(&dir_comps, &raw);
         }
-        if let Some(target) = format::oci_whiteout_target(name.as_bytes()).filter(|_| self.opts.whiteouts) {
+        if let Some(target) =
+            format::oci_whiteout_target(name.as_bytes()).filter(|_| self.opts.whiteouts)
+        {
             let target = OsStr::from_bytes(target).to_os_string();
-            let parent = self.open_parent(&comps, &raw)?.try_clone_to_owned().map_err(|e| {
-                Error::Io {
+            let parent = self
+                .open_parent(&comps, &raw)?
+                .try_clone_to_owned()
+                .map_err(|e| Error::Io {
                     what: "dup".into(),
                     source: e,
-                }
-            })?;
+                })?;
             self.clear(parent.as_fd(), &target, false, &raw)?;
             format::create_whiteout(parent.as_fd(), &target)
                 .map_err(|e| self.io(&raw, "write whiteout", e))?;
@@ -285,16 +297,23 @@ impl Unpacker<'_> {
                 let f = rfs::openat(
                     p,
                     &name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| self.io(&raw, "create", e))?;
                 let mut file = std::fs::File::from(f);
-                let n = io::copy(&mut entry, &mut file).map_err(|e| self.tar_error("read data of entry in", e))?;
+                let n = io::copy(&mut entry, &mut file)
+                    .map_err(|e| self.tar_error("read data of entry in", e))?;
                 self.stats.bytes += n;
                 self.owner_and_xattrs(file.as_fd(), uid, gid, &xattrs, &raw)?;
-                rfs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(|e| self.io(&raw, "chmod", e))?;
-                rfs::futimens(&file, &times(mtime)).map_err(|e| self.io(&raw, "set times of", e))?;
+                rfs::fchmod(&file, Mode::from_raw_mode(mode))
+                    .map_err(|e| self.io(&raw, "chmod", e))?;
+                rfs::futimens(&file, &times(mtime))
+                    .map_err(|e| self.io(&raw, "set times of", e))?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -304,8 +323,14 @@ impl Unpacker<'_> {
                 rfs::symlinkat(OsStr::from_bytes(&target), p, &name)
                     .map_err(|e| self.io(&raw, "symlink", e))?;
                 if self.opts.chown {
-                    rfs::chownat(p, &name, Some(rfs::Uid::from_raw(uid)), Some(rfs::Gid::from_raw(gid)), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(|e| self.io(&raw, "chown", e))?;
+                    rfs::chownat(
+                        p,
+                        &name,
+                        Some(rfs::Uid::from_raw(uid)),
+                        Some(rfs::Gid::from_raw(gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| self.io(&raw, "chown", e))?;
                 }
                 rfs::utimensat(p, &name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| self.io(&raw, "set times of", e))?;
@@ -326,18 +351,24 @@ impl Unpacker<'_> {
                     OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                 )
                 .map_err(|_| {
-                    self.unsafe_entry(&raw, format!(
-                        "hard link to {:?}, which is not in the layer",
-                        String::from_utf8_lossy(&target)
-                    ))
+                    self.unsafe_entry(
+                        &raw,
+                        format!(
+                            "hard link to {:?}, which is not in the layer",
+                            String::from_utf8_lossy(&target)
+                        ),
+                    )
                 })?;
                 match rfs::linkat(tparent.as_fd(), &tname, p, &name, AtFlags::empty()) {
                     Ok(()) => {}
                     Err(Errno::NOENT) => {
-                        return Err(self.unsafe_entry(&raw, format!(
-                            "hard link to {:?}, which is not in the layer",
-                            String::from_utf8_lossy(&target)
-                        )))
+                        return Err(self.unsafe_entry(
+                            &raw,
+                            format!(
+                                "hard link to {:?}, which is not in the layer",
+                                String::from_utf8_lossy(&target)
+                            ),
+                        ))
                     }
                     Err(e) => return Err(self.io(&raw, "hard link", e)),
                 }
@@ -362,35 +393,58 @@ impl Unpacker<'_> {
                 match rfs::mknodat(p, &name, ft, Mode::from_raw_mode(mode), dev) {
                     Ok(()) => {}
                     Err(Errno::PERM) if ft != FileType::Fifo => {
-                        tracing::warn!("{}: skipped device {} (not permitted)", self.what, String::from_utf8_lossy(&raw));
+                        tracing::warn!(
+                            "{}: skipped device {} (not permitted)",
+                            self.what,
+                            String::from_utf8_lossy(&raw)
+                        );
                         return Ok(());
                     }
                     Err(e) => return Err(self.io(&raw, "mknod", e)),
                 }
                 if self.opts.chown {
-                    rfs::chownat(p, &name, Some(rfs::Uid::from_raw(uid)), Some(rfs::Gid::from_raw(gid)), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(|e| self.io(&raw, "chown", e))?;
+                    rfs::chownat(
+                        p,
+                        &name,
+                        Some(rfs::Uid::from_raw(uid)),
+                        Some(rfs::Gid::from_raw(gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| self.io(&raw, "chown", e))?;
                 }
                 rfs::utimensat(p, &name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| self.io(&raw, "set times of", e))?;
             }
             other => {
-                return Err(self.unsafe_entry(&raw, format!("unsupported tar entry type {other:?}")));
+                return Err(
+                    self.unsafe_entry(&raw, format!("unsupported tar entry type {other:?}"))
+                );
             }
         }
         Ok(())
     }
 
     /// The entry's PAX `SCHILY.xattr.*` records, minus overlay-private ones.
-    fn xattrs<R: Read>(&self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    fn xattrs<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &[u8],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
-        if let Some(exts) = entry.pax_extensions().map_err(|e| self.tar_error("read pax headers in", e))? {
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(|e| self.tar_error("read pax headers in", e))?
+        {
             for ext in exts {
                 let ext = ext.map_err(|e| self.tar_error("read pax headers in", e))?;
                 let Ok(key) = ext.key() else { continue };
                 if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                     if format::is_private_xattr(name.as_bytes()) {
-                        tracing::warn!("{}: dropped overlay xattr {name} of {}", self.what, String::from_utf8_lossy(raw));
+                        tracing::warn!(
+                            "{}: dropped overlay xattr {name} of {}",
+                            self.what,
+                            String::from_utf8_lossy(raw)
+                        );
                         continue;
                     }
                     out.push((name.to_string(), ext.value_bytes().to_vec()));
@@ -400,16 +454,31 @@ impl Unpacker<'_> {
         Ok(out)
     }
 
-    fn owner_and_xattrs(&self, fd: BorrowedFd<'_>, uid: u32, gid: u32, xattrs: &[(String, Vec<u8>)], raw: &[u8]) -> Result<()> {
+    fn owner_and_xattrs(
+        &self,
+        fd: BorrowedFd<'_>,
+        uid: u32,
+        gid: u32,
+        xattrs: &[(String, Vec<u8>)],
+        raw: &[u8],
+    ) -> Result<()> {
         if self.opts.chown {
-            rfs::fchown(fd, Some(rfs::Uid::from_raw(uid)), Some(rfs::Gid::from_raw(gid)))
-                .map_err(|e| self.io(raw, "chown", e))?;
+            rfs::fchown(
+                fd,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| self.io(raw, "chown", e))?;
         }
         for (k, v) in xattrs {
             match rfs::fsetxattr(fd, k.as_str(), v, rfs::XattrFlags::empty()) {
                 Ok(()) => {}
                 Err(Errno::PERM) | Err(Errno::NOTSUP) | Err(Errno::ACCESS) => {
-                    tracing::warn!("{}: could not set xattr {k} on {}", self.what, String::from_utf8_lossy(raw));
+                    tracing::warn!(
+                        "{}: could not set xattr {k} on {}",
+                        self.what,
+                        String::from_utf8_lossy(raw)
+                    );
                 }
                 Err(e) => return Err(self.io(raw, &format!("set xattr {k} on"), e)),
             }
@@ -465,7 +534,7 @@ impl Unpacker<'_> {
     fn finish_dirs(&mut self) -> Result<()> {
         self.parent_cache = None;
         let mut pending = std::mem::take(&mut self.pending);
-        pending.sort_by(|a, b| b.components.len().cmp(&a.components.len()));
+        pending.sort_by_key(|d| std::cmp::Reverse(d.components.len()));
         for d in pending {
             let refs: Vec<&OsStr> = d.components.iter().map(|c| c.as_os_str()).collect();
             let raw = crate::union::layer::join(&refs).into_vec();

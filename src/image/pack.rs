@@ -194,8 +194,12 @@ impl<W: Write> Packer<W> {
                     .append_data(&mut h, OsStr::from_bytes(&p), io::empty())
                     .map_err(|e| self.err(path, "write", e))?;
                 if format::has_opaque_xattr(d.as_fd())
-                    && rfs::statat(&d, OsStr::from_bytes(OPAQUE_MARKER), AtFlags::SYMLINK_NOFOLLOW)
-                        .is_err()
+                    && rfs::statat(
+                        &d,
+                        OsStr::from_bytes(OPAQUE_MARKER),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .is_err()
                 {
                     let mut h = self.header(&st, EntryType::Regular);
                     h.set_mode(0o644);
@@ -266,7 +270,11 @@ impl<W: Write> Packer<W> {
                     .map_err(|e| self.err(path, "read link", e))?;
                 let mut h = self.header(&st, EntryType::Symlink);
                 self.builder
-                    .append_link(&mut h, OsStr::from_bytes(path), OsStr::from_bytes(target.as_bytes()))
+                    .append_link(
+                        &mut h,
+                        OsStr::from_bytes(path),
+                        OsStr::from_bytes(target.as_bytes()),
+                    )
                     .map_err(|e| self.err(path, "write", e))?;
             }
             FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo => {

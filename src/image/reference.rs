@@ -152,8 +152,13 @@ mod tests {
         assert_eq!(tagged("my/app-x_y.z:v1"), "my/app-x_y.z:v1");
         assert_eq!(tagged("localhost:5000/app"), "localhost:5000/app:latest");
         assert_eq!(tagged("localhost:5000/app:2"), "localhost:5000/app:2");
-        assert_eq!(split_tagged("localhost:5000/app:2"), ("localhost:5000/app", "2"));
-        for bad in ["", "Busybox", "a:", "a:b:c", "-a", "a/", "a//b", "a b", "a:.x", "../x"] {
+        assert_eq!(
+            split_tagged("localhost:5000/app:2"),
+            ("localhost:5000/app", "2")
+        );
+        for bad in [
+            "", "Busybox", "a:", "a:b:c", "-a", "a/", "a//b", "a b", "a:.x", "../x",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -7,7 +7,9 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType};
+use oci_spec::image::{
+    Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType,
+};
 
 use super::blobs::{Blobs, TEMP_PREFIX};
 use super::digest::{Digest, DigestReader, DigestWriter};
@@ -209,7 +211,10 @@ impl Store {
     pub fn images(&self) -> Result<Vec<Image>> {
         let entries = self.entries()?;
         let digests: BTreeSet<&Digest> = entries.iter().map(|e| &e.manifest).collect();
-        digests.into_iter().map(|d| self.image(d, &entries)).collect()
+        digests
+            .into_iter()
+            .map(|d| self.image(d, &entries))
+            .collect()
     }
 
     /// Find the image `s` names: a tag, `name@digest`, a full ID, or an ID prefix.
@@ -259,9 +264,7 @@ impl Store {
     /// other tags, or stays as an untagged image if it has none.
     pub fn tag(&self, image: &Image, name: &str) -> Result<()> {
         self.update_index(|entries| {
-            let old = entries
-                .iter()
-                .position(|e| e.name.as_deref() == Some(name));
+            let old = entries.iter().position(|e| e.name.as_deref() == Some(name));
             if let Some(i) = old {
                 let prev = entries.remove(i);
                 if !entries.iter().any(|e| e.manifest == prev.manifest) {
@@ -272,7 +275,12 @@ impl Store {
             entries.push(IndexEntry {
                 manifest: image.manifest_digest.clone(),
                 size: self.blobs.size(&image.manifest_digest)?,
-                media_type: image.manifest.media_type().as_ref().map(|m| m.to_string()).unwrap_or_else(|| MANIFEST.to_string()),
+                media_type: image
+                    .manifest
+                    .media_type()
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| MANIFEST.to_string()),
                 name: Some(name.to_string()),
             });
             Ok(())
@@ -338,7 +346,10 @@ impl Store {
         })
     }
 
-    fn write_gzip_layer(&self, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<LayerDesc> {
+    fn write_gzip_layer(
+        &self,
+        fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+    ) -> Result<LayerDesc> {
         let blob = self.blobs.writer()?;
         let gz = flate2::GzBuilder::new().write(blob, flate2::Compression::default());
         let mut tar_out = DigestWriter::new(gz);
@@ -366,7 +377,11 @@ impl Store {
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
-            .config(descriptor(CONFIG, config_bytes.len() as u64, &config_digest)?)
+            .config(descriptor(
+                CONFIG,
+                config_bytes.len() as u64,
+                &config_digest,
+            )?)
             .layers(descs)
             .build()
             .map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
@@ -388,16 +403,25 @@ impl Store {
         if dest.is_dir() {
             return Ok(dest);
         }
-        let tmp = self
-            .root
-            .join("layers")
-            .join(format!("{TEMP_PREFIX}{}-{:016x}", std::process::id(), fastrand::u64(..)));
+        let tmp = self.root.join("layers").join(format!(
+            "{TEMP_PREFIX}{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         fs::create_dir(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         let guard = TempDir(tmp);
         let what = format!("layer {}", layer.digest);
         let blob = self.blobs.verifying_reader(&layer.digest)?;
-        let mut tar = DigestReader::new(decompressed(BufReader::with_capacity(1 << 20, blob), &what)?);
-        extract::unpack(&mut tar, guard.path(), &what, UnpackOptions::for_current_user())?;
+        let mut tar = DigestReader::new(decompressed(
+            BufReader::with_capacity(1 << 20, blob),
+            &what,
+        )?);
+        extract::unpack(
+            &mut tar,
+            guard.path(),
+            &what,
+            UnpackOptions::for_current_user(),
+        )?;
         // Read to the end so both digests cover the whole blob.
         io::copy(&mut tar, &mut io::sink()).map_err(|e| Error::Tar {
             what: format!("read {what}"),
@@ -411,8 +435,12 @@ impl Store {
                 found,
             });
         }
-        let d = rustix::fs::open(guard.path(), rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
-            .map_err(|e| io_err("open layer")(e.into()))?;
+        let d = rustix::fs::open(
+            guard.path(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io_err("open layer")(e.into()))?;
         rustix::fs::syncfs(&d).map_err(|e| io_err("sync layer")(e.into()))?;
         match fs::rename(guard.path(), &dest) {
             Ok(()) => {
@@ -506,8 +534,12 @@ pub fn descriptor(media_type: &str, size: u64, d: &Digest) -> Result<Descriptor>
 pub fn remove_dir(p: &Path) -> Result<()> {
     let parent = p.parent().unwrap_or(Path::new("/"));
     let name = p.file_name().unwrap_or_default();
-    let dir = rustix::fs::open(parent, rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
-        .map_err(|e| io_err(format!("open {}", parent.display()))(e.into()))?;
+    let dir = rustix::fs::open(
+        parent,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io_err(format!("open {}", parent.display()))(e.into()))?;
     match extract::remove_tree(std::os::fd::AsFd::as_fd(&dir), name) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -541,9 +573,13 @@ pub fn decompressed<'a, R: BufRead + 'a>(mut input: R, what: &str) -> Result<Box
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(input)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(Error::Invalid(format!("{what}: zstd-compressed layers are not supported")))
+        Err(Error::Invalid(format!(
+            "{what}: zstd-compressed layers are not supported"
+        )))
     } else if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {
-        Err(Error::Invalid(format!("{what}: bzip2/xz-compressed tars are not supported; use gzip or none")))
+        Err(Error::Invalid(format!(
+            "{what}: bzip2/xz-compressed tars are not supported; use gzip or none"
+        )))
     } else {
         Ok(Box::new(input))
     }
