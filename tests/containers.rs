@@ -401,8 +401,117 @@ fn stop_escalates_to_sigkill() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(15),
         "stop took {took:?}"
     );
-    assert!(e.ok(&["ps", "-a"]).contains("exited"));
+    assert!(e.ok(&["ps", "-a"]).contains("exited(137)"));
     e.ok(&["rm", "stubborn"]);
+    e.assert_no_leaks();
+}
+
+impl Env {
+    /// The container's state.json as strata's monitor left it (read without running strata).
+    fn state_file(&self, id: &str) -> Option<serde_json::Value> {
+        let p = self.store().join("containers").join(id).join("state.json");
+        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    }
+
+    /// Wait (10 s at most) until the state file of `id` satisfies `f`.
+    fn wait_state(&self, id: &str, f: impl Fn(Option<&serde_json::Value>) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if f(self.state_file(id).as_ref()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+#[test]
+fn detached_exit_code_is_recorded_without_strata() {
+    need_root!();
+    let e = Env::new();
+    let id = e
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "e3",
+            &e.image,
+            "sh",
+            "-c",
+            "echo bye; exit 3",
+        ])
+        .trim()
+        .to_string();
+    // No strata command runs while the process exits: the monitor alone records it.
+    assert!(
+        e.wait_state(&id, |s| s.is_some_and(|s| s["status"] == "exited")),
+        "state: {:?}",
+        e.state_file(&id)
+    );
+    assert_eq!(e.state_file(&id).unwrap()["exit_code"], 3);
+    e.assert_no_leaks();
+    let ps = e.ok(&["ps", "-a"]);
+    let line = ps.lines().find(|l| l.contains("e3")).unwrap();
+    assert!(line.contains("exited(3)"), "{ps}");
+    let inspect: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "e3"])).unwrap();
+    assert_eq!(inspect["exit_code"], 3);
+    assert_eq!(inspect["mounted"], false);
+    assert_eq!(e.ok(&["logs", "e3"]), "bye\n");
+    // Started again, the same container records its new exit.
+    e.ok(&["start", "e3"]);
+    assert!(e.wait_state(&id, |s| s.is_some_and(|s| s["status"] == "exited")));
+    assert_eq!(e.ok(&["logs", "e3"]), "bye\nbye\n");
+    e.ok(&["rm", "e3"]);
+
+    // --rm with -d: the monitor removes the container when its process exits.
+    let id = e
+        .ok(&[
+            "run",
+            "-d",
+            "--rm",
+            &e.image,
+            "sh",
+            "-c",
+            "sleep 0.3; exit 5",
+        ])
+        .trim()
+        .to_string();
+    assert!(
+        e.wait_state(&id, |_| e.containers().is_empty()),
+        "--rm -d left {:?}",
+        e.containers()
+    );
+    e.assert_no_leaks();
+
+    // A killed monitor: strata still tells running from exited, and the code is unknown.
+    let id = e
+        .ok(&["run", "-d", "--name", "orphan", &e.image, "sleep", "1000"])
+        .trim()
+        .to_string();
+    let keeper = e.state_file(&id).unwrap()["keeper"]["pid"]
+        .as_i64()
+        .expect("a running detached container names its monitor") as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(keeper).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(e.ok(&["ps"]).contains("orphan"), "still running");
+    e.ok(&["kill", "orphan"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.ok(&["ps"]).contains("orphan") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ps = e.ok(&["ps", "-a"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("orphan") && l.contains("exited(?)")),
+        "{ps}"
+    );
+    let inspect: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "orphan"])).unwrap();
+    assert_eq!(inspect["exit_code"], serde_json::Value::Null);
+    e.ok(&["rm", "orphan"]);
     e.assert_no_leaks();
 }
 

@@ -146,6 +146,9 @@ pub enum Cmd {
     /// Named volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Internal: watch a detached container's process and record its exit.
+    #[command(name = "__monitor", hide = true)]
+    Monitor { id: String },
 }
 
 /// `strata volume` verbs.
@@ -272,7 +275,7 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
         }
         Cmd::Ps { all } => {
             println!(
-                "{:<14}{:<10}{:<28}{:<20}NAMES",
+                "{:<14}{:<12}{:<28}{:<20}NAMES",
                 "CONTAINER ID", "STATUS", "COMMAND", "IMAGE"
             );
             for c in Container::list(root)? {
@@ -282,6 +285,8 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
                 }
                 let status = match (s.status, s.exit_code) {
                     (Status::Exited, Some(code)) => format!("exited({code})"),
+                    // The exit was not seen (its monitor was killed): say so.
+                    (Status::Exited, None) => "exited(?)".to_string(),
                     (st, _) => format!("{st:?}").to_lowercase(),
                 };
                 let mut command = s.command.join(" ");
@@ -289,7 +294,7 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
                 let mut image = s.image.clone();
                 image.truncate(18);
                 println!(
-                    "{:<14}{:<10}{:<28}{:<20}{}",
+                    "{:<14}{:<12}{:<28}{:<20}{}",
                     &s.id[..12],
                     status,
                     command,
@@ -323,6 +328,10 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             Ok(0)
         }
         Cmd::Volume(v) => volume_cmd(root, v),
+        Cmd::Monitor { id } => {
+            strata::container::monitor::run(root, &id)?;
+            Ok(0)
+        }
     }
 }
 

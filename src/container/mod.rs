@@ -6,6 +6,7 @@
 
 pub mod diff;
 pub mod lifecycle;
+pub mod monitor;
 pub mod mount;
 pub mod runtime;
 pub mod spec;
