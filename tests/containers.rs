@@ -773,6 +773,45 @@ fn run_tty_gives_a_terminal() {
 }
 
 #[test]
+fn detached_tty_output_goes_to_the_log() {
+    need_root!();
+    let e = Env::new();
+    let id = e
+        .ok(&[
+            "run",
+            "-dt",
+            "--name",
+            "t",
+            &e.image,
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo isatty; echo $TERM; exit 4",
+        ])
+        .trim()
+        .to_string();
+    assert!(
+        e.wait_state(&id, |s| s.is_some_and(|s| s["status"] == "exited")),
+        "state: {:?}",
+        e.state_file(&id)
+    );
+    assert_eq!(e.state_file(&id).unwrap()["exit_code"], 4);
+    // A terminal ends lines with CR LF, as docker logs shows them.
+    assert_eq!(e.ok(&["logs", "t"]), "isatty\r\nxterm\r\n");
+    let dir = e.store().join("containers").join(&id);
+    assert!(!dir.join("console.sock").exists(), "console socket left");
+    e.assert_no_leaks();
+    // A long-running terminal container: running until stopped, then released.
+    e.ok(&["run", "-dt", "--name", "t2", &e.image, "sh"]);
+    assert!(e.ok(&["ps"]).contains("t2"));
+    assert_eq!(e.ok(&["exec", "t2", "echo", "in"]), "in\n");
+    e.ok(&["stop", "-t", "1", "t2"]);
+    assert!(e.ok(&["ps", "-a"]).contains("exited(137)"));
+    e.ok(&["rm", "t", "t2"]);
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}
+
+#[test]
 fn runtime_choice_errors_are_one_line() {
     need_root!();
     let e = Env::new();

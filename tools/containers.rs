@@ -43,7 +43,7 @@ pub struct CreateArgs {
     /// Keep stdin open.
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Allocate a terminal (foreground runs only: runc proxies it; detached needs a console socket).
+    /// Allocate a terminal (with -d its output goes to the log).
     #[arg(short = 't', long)]
     tty: bool,
     /// OCI runtime (runc, crun or a path).
@@ -221,9 +221,6 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Run { rm, detach, args } => {
             let (opts, image) = options(&args, rm)?;
-            if detach && opts.tty {
-                bail!("-t with -d is not supported yet (it needs a console socket)");
-            }
             let mut c = Container::create(root, &image, &opts)?;
             if detach {
                 if let Err(e) = c.start() {

@@ -8,8 +8,10 @@
 //! monitor is killed, `ps` still tells running from exited through the runtime, and shows the
 //! exit code as unknown.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,7 +83,7 @@ pub fn run(store_root: &Path, id: &str) -> Result<()> {
     let _ = rustix::process::setsid();
     let started = start(store_root, id);
     let mut stdout = std::io::stdout();
-    let (mut c, pid) = match started {
+    let (mut c, pid, terminal) = match started {
         Ok(v) => v,
         Err(e) => {
             let _ = writeln!(stdout, "{e}");
@@ -93,14 +95,23 @@ pub fn run(store_root: &Path, id: &str) -> Result<()> {
     let _ = stdout.flush();
     // Close the pipe (the caller reads to its end) and let go of the caller's terminal.
     let _ = crate::sys::detach_stdio();
+    let copier = terminal.map(|(master, log)| copy_terminal(master, log));
 
     let code = wait_for(pid);
+    if let Some(done) = copier {
+        // The terminal's output ends (EIO) once no process holds its slave side.
+        let _ = done.recv_timeout(Duration::from_secs(5));
+    }
     let me = Keeper::me();
     c.finish(code, me, true)
 }
 
+/// What `start` hands back: the container, its init pid, and for `-t` the terminal's master
+/// side with the log its output goes to.
+type Started = (Container, i32, Option<(OwnedFd, File)>);
+
 /// Start the process with the runtime; returns the container and its init pid.
-fn start(store_root: &Path, id: &str) -> Result<(Container, i32)> {
+fn start(store_root: &Path, id: &str) -> Result<Started> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| io_err("become a child subreaper")(e.into()))?;
     let mut c = Container::open_id(store_root, id)?;
@@ -114,12 +125,31 @@ fn start(store_root: &Path, id: &str) -> Result<(Container, i32)> {
     let err_log = log.try_clone().map_err(io_err("dup log"))?;
     let pid_file = paths.dir.join("pid");
     let _ = std::fs::remove_file(&pid_file);
+    let tty = oci_spec::runtime::Spec::load(paths.config())?
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    // A detached terminal: runc sends the pty master over this socket. Its path is relative
+    // (runc runs in the bundle dir) because absolute store paths can exceed sun_path's 108
+    // bytes.
+    let console = if tty {
+        std::env::set_current_dir(&paths.dir).map_err(io_err("enter the container dir"))?;
+        let _ = std::fs::remove_file(CONSOLE_SOCKET);
+        Some(UnixListener::bind(CONSOLE_SOCKET).map_err(io_err("bind the console socket"))?)
+    } else {
+        None
+    };
     let mut cmd = rt.command();
-    cmd.arg("--log")
+    cmd.current_dir(&paths.dir)
+        .arg("--log")
         .arg(runtime_err(&paths))
         .args(["run", "--detach", "--pid-file"])
-        .arg(&pid_file)
-        .arg("--bundle")
+        .arg(&pid_file);
+    if tty {
+        cmd.args(["--console-socket", CONSOLE_SOCKET]);
+    }
+    cmd.arg("--bundle")
         .arg(&paths.dir)
         .arg(id)
         .stdin(Stdio::null())
@@ -127,7 +157,15 @@ fn start(store_root: &Path, id: &str) -> Result<(Container, i32)> {
         .stderr(err_log);
     let st = cmd
         .status()
-        .map_err(|e| Error::Runtime(format!("cannot run {}: {e}", rt.path.display())))?;
+        .map_err(|e| Error::Runtime(format!("cannot run {}: {e}", rt.path.display())));
+    let master = match (&console, &st) {
+        (Some(l), Ok(s)) if s.success() => Some(receive_terminal(l)),
+        _ => None,
+    };
+    if console.is_some() {
+        let _ = std::fs::remove_file(paths.dir.join(CONSOLE_SOCKET));
+    }
+    let st = st?;
     if !st.success() {
         let msg = std::fs::read(runtime_err(&paths))
             .map(|b| last_error_line(&b))
@@ -142,8 +180,95 @@ fn start(store_root: &Path, id: &str) -> Result<(Container, i32)> {
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
         .ok_or_else(|| Error::Runtime(format!("{} wrote no pid file", rt.name)))?;
+    let terminal = match master {
+        Some(Ok(m)) => {
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(paths.log())
+                .map_err(io_err("open log"))?;
+            Some((m, log))
+        }
+        Some(Err(e)) => {
+            // Without its master the terminal would block the process: do not leave it.
+            let _ = rt.kill(id, "KILL", true);
+            return Err(e);
+        }
+        None => None,
+    };
     c.mark_running(Keeper::me())?;
-    Ok((c, pid))
+    Ok((c, pid, terminal))
+}
+
+/// The console socket's name in the container dir.
+const CONSOLE_SOCKET: &str = "console.sock";
+
+/// Take the pty master that runc sent over the console socket (SCM_RIGHTS). runc has
+/// already exited successfully, so its connection and message are queued.
+fn receive_terminal(listener: &UnixListener) -> Result<OwnedFd> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let none = || Error::Runtime("the runtime sent no terminal over the console socket".into());
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("console socket"))?;
+    let (stream, _) = listener.accept().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            none()
+        } else {
+            io_err("accept on the console socket")(e)
+        }
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io_err("console socket"))?;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // runc sends the terminal's name as the data.
+    let mut name = [0u8; 4096];
+    loop {
+        match recvmsg(
+            &stream,
+            &mut [std::io::IoSliceMut::new(&mut name)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io_err("receive the terminal")(e.into())),
+        }
+    }
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = msg {
+            if let Some(fd) = fds.next() {
+                return Ok(fd);
+            }
+        }
+    }
+    Err(none())
+}
+
+/// Copy the terminal's output into the log until it ends; the receiver hears when done.
+fn copy_terminal(master: OwnedFd, mut log: File) -> std::sync::mpsc::Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut master = File::from(master);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if log.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // EIO: every slave fd is closed, the terminal is done.
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(());
+    });
+    rx
 }
 
 /// Wait for `pid` (our child once runc has exited) and return its exit code, 128+N for a
