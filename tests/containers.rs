@@ -61,7 +61,7 @@ impl Env {
         std::fs::copy("/bin/busybox", l0.join("bin/busybox")).expect("busybox-static is needed");
         for a in [
             "sh", "echo", "cat", "ls", "true", "false", "sleep", "id", "hostname", "pwd", "env",
-            "touch", "test", "rm",
+            "touch", "test", "rm", "chown", "stat",
         ] {
             std::os::unix::fs::symlink("busybox", l0.join("bin").join(a)).unwrap();
         }
@@ -877,5 +877,113 @@ fn rootless_run_lifecycle_and_volumes() {
         "volume survives rm"
     );
     assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}
+
+/// The subordinate range of the test user in `file` (/etc/subuid or /etc/subgid).
+fn subrange(file: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:", common::unprivileged::USER)))
+        .expect("the test set-up adds a range");
+    let f: Vec<u64> = line
+        .split(':')
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (f[0], f[1])
+}
+
+fn id_map(text: &str) -> Vec<Vec<u64>> {
+    text.lines()
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect()
+}
+
+#[test]
+fn rootless_with_subids_maps_the_full_range() {
+    need_root!();
+    if Command::new("newuidmap").arg("--help").output().is_err() {
+        eprintln!("skipped: newuidmap (Debian's uidmap) is not installed");
+        return;
+    }
+    let e = Env::new();
+    let (uid, gid) = e.give_to_user();
+    let user = Some((uid, gid));
+    let (us, uc) = subrange("/etc/subuid");
+    let (gs, gc) = subrange("/etc/subgid");
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "--rm",
+            &e.image,
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; echo; cat /proc/self/gid_map",
+        ],
+        None,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = stdout(&o);
+    let (u, g) = out.split_once("\n\n").unwrap();
+    assert_eq!(id_map(u), vec![vec![0, uid as u64, 1], vec![1, us, uc]]);
+    assert_eq!(id_map(g), vec![vec![0, gid as u64, 1], vec![1, gs, gc]]);
+    // Container root can give a file to uid 1000: on the host it belongs to the range.
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "--name",
+            "own",
+            &e.image,
+            "sh",
+            "-c",
+            "echo mine > /root/f; chown 1000:1000 /root/f; stat -c %u:%g /root/f",
+        ],
+        None,
+    );
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "1000:1000\n"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let id = e.containers().pop().unwrap();
+    let host =
+        std::fs::metadata(e.store().join("containers").join(&id).join("upper/root/f")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((host.uid() as u64, host.gid() as u64), (us + 999, gs + 999));
+    // A process of uid 1000 uses the rootfs (the mount lets every mapped uid in).
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "--rm",
+            "-u",
+            "bob",
+            &e.image,
+            "sh",
+            "-c",
+            "id -u; echo x > /tmp/x; cat /tmp/x",
+        ],
+        None,
+    );
+    assert_eq!(
+        stdout(&o),
+        "1000\nx\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The user removes the container, files of the range included.
+    assert!(e.strata_as(user, &["rm", "own"], None).status.success());
+    assert!(e.containers().is_empty());
+    // The pause process holding the namespace goes once nothing uses it.
     e.assert_no_leaks();
 }

@@ -146,6 +146,9 @@ pub enum Cmd {
     /// Named volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Internal: hold the rootless user namespace of the store.
+    #[command(name = "__pause", hide = true)]
+    Pause,
     /// Internal: watch a detached container's process and record its exit.
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
@@ -218,6 +221,12 @@ fn options(a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions, ImageSpec)>
 
 /// Run one container verb; returns the process exit code.
 pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
+    if let Cmd::Pause = cmd {
+        strata::container::userns::pause(root)?;
+        return Ok(0);
+    }
+    // Rootless with subordinate ids: join the store's user namespace while single-threaded.
+    let _userns = strata::container::userns::enter(root)?;
     match cmd {
         Cmd::Run { rm, detach, args } => {
             let (opts, image) = options(&args, rm)?;
@@ -325,6 +334,7 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             Ok(0)
         }
         Cmd::Volume(v) => volume_cmd(root, v),
+        Cmd::Pause => Ok(0),
         Cmd::Monitor { id } => {
             strata::container::monitor::run(root, &id)?;
             Ok(0)

@@ -11,6 +11,7 @@ pub mod mount;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+pub mod userns;
 pub mod volume;
 
 use std::path::PathBuf;

@@ -25,7 +25,7 @@ use super::{io_err, Error, Result};
 pub const SUBCOMMAND: &str = "__monitor";
 
 /// The executable that understands [`SUBCOMMAND`]: `$STRATA_EXE`, else the running one.
-fn strata_exe() -> Result<PathBuf> {
+pub(crate) fn strata_exe() -> Result<PathBuf> {
     match std::env::var_os("STRATA_EXE") {
         Some(p) => Ok(PathBuf::from(p)),
         None => std::env::current_exe().map_err(io_err("find the strata executable")),

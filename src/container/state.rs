@@ -61,7 +61,11 @@ pub struct Keeper {
 impl Keeper {
     /// The calling process.
     pub fn me() -> Option<Keeper> {
-        let pid = std::process::id() as i32;
+        Keeper::of(std::process::id() as i32)
+    }
+
+    /// Process `pid` as it is now.
+    pub fn of(pid: i32) -> Option<Keeper> {
         Some(Keeper {
             pid,
             start_time: proc_start_time(pid)?,
