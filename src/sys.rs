@@ -47,3 +47,13 @@ pub fn zeroed_stat() -> rustix::fs::Stat {
     // SAFETY: `stat` is a plain C struct of integers, for which all-zero bytes are valid.
     unsafe { std::mem::zeroed() }
 }
+
+/// Move the calling thread into a new user namespace and a new mount namespace (the rootless
+/// pause process of `strata`, whose id maps are then written by newuidmap/newgidmap).
+pub fn unshare_user_and_mount() -> io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    // SAFETY: the only hazard of unshare is `CLONE_FILES`, which would leave other threads
+    // with a file table they no longer share; these flags do not include it.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS) }
+        .map_err(io::Error::from)
+}

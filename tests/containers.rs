@@ -61,7 +61,7 @@ impl Env {
         std::fs::copy("/bin/busybox", l0.join("bin/busybox")).expect("busybox-static is needed");
         for a in [
             "sh", "echo", "cat", "ls", "true", "false", "sleep", "id", "hostname", "pwd", "env",
-            "touch", "test", "rm",
+            "touch", "test", "rm", "chown", "stat",
         ] {
             std::os::unix::fs::symlink("busybox", l0.join("bin").join(a)).unwrap();
         }
@@ -401,8 +401,117 @@ fn stop_escalates_to_sigkill() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(15),
         "stop took {took:?}"
     );
-    assert!(e.ok(&["ps", "-a"]).contains("exited"));
+    assert!(e.ok(&["ps", "-a"]).contains("exited(137)"));
     e.ok(&["rm", "stubborn"]);
+    e.assert_no_leaks();
+}
+
+impl Env {
+    /// The container's state.json as strata's monitor left it (read without running strata).
+    fn state_file(&self, id: &str) -> Option<serde_json::Value> {
+        let p = self.store().join("containers").join(id).join("state.json");
+        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    }
+
+    /// Wait (10 s at most) until the state file of `id` satisfies `f`.
+    fn wait_state(&self, id: &str, f: impl Fn(Option<&serde_json::Value>) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if f(self.state_file(id).as_ref()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+#[test]
+fn detached_exit_code_is_recorded_without_strata() {
+    need_root!();
+    let e = Env::new();
+    let id = e
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "e3",
+            &e.image,
+            "sh",
+            "-c",
+            "echo bye; exit 3",
+        ])
+        .trim()
+        .to_string();
+    // No strata command runs while the process exits: the monitor alone records it.
+    assert!(
+        e.wait_state(&id, |s| s.is_some_and(|s| s["status"] == "exited")),
+        "state: {:?}",
+        e.state_file(&id)
+    );
+    assert_eq!(e.state_file(&id).unwrap()["exit_code"], 3);
+    e.assert_no_leaks();
+    let ps = e.ok(&["ps", "-a"]);
+    let line = ps.lines().find(|l| l.contains("e3")).unwrap();
+    assert!(line.contains("exited(3)"), "{ps}");
+    let inspect: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "e3"])).unwrap();
+    assert_eq!(inspect["exit_code"], 3);
+    assert_eq!(inspect["mounted"], false);
+    assert_eq!(e.ok(&["logs", "e3"]), "bye\n");
+    // Started again, the same container records its new exit.
+    e.ok(&["start", "e3"]);
+    assert!(e.wait_state(&id, |s| s.is_some_and(|s| s["status"] == "exited")));
+    assert_eq!(e.ok(&["logs", "e3"]), "bye\nbye\n");
+    e.ok(&["rm", "e3"]);
+
+    // --rm with -d: the monitor removes the container when its process exits.
+    let id = e
+        .ok(&[
+            "run",
+            "-d",
+            "--rm",
+            &e.image,
+            "sh",
+            "-c",
+            "sleep 0.3; exit 5",
+        ])
+        .trim()
+        .to_string();
+    assert!(
+        e.wait_state(&id, |_| e.containers().is_empty()),
+        "--rm -d left {:?}",
+        e.containers()
+    );
+    e.assert_no_leaks();
+
+    // A killed monitor: strata still tells running from exited, and the code is unknown.
+    let id = e
+        .ok(&["run", "-d", "--name", "orphan", &e.image, "sleep", "1000"])
+        .trim()
+        .to_string();
+    let keeper = e.state_file(&id).unwrap()["keeper"]["pid"]
+        .as_i64()
+        .expect("a running detached container names its monitor") as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(keeper).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(e.ok(&["ps"]).contains("orphan"), "still running");
+    e.ok(&["kill", "orphan"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.ok(&["ps"]).contains("orphan") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ps = e.ok(&["ps", "-a"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("orphan") && l.contains("exited(?)")),
+        "{ps}"
+    );
+    let inspect: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "orphan"])).unwrap();
+    assert_eq!(inspect["exit_code"], serde_json::Value::Null);
+    e.ok(&["rm", "orphan"]);
     e.assert_no_leaks();
 }
 
@@ -664,6 +773,45 @@ fn run_tty_gives_a_terminal() {
 }
 
 #[test]
+fn detached_tty_output_goes_to_the_log() {
+    need_root!();
+    let e = Env::new();
+    let id = e
+        .ok(&[
+            "run",
+            "-dt",
+            "--name",
+            "t",
+            &e.image,
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo isatty; echo $TERM; exit 4",
+        ])
+        .trim()
+        .to_string();
+    assert!(
+        e.wait_state(&id, |s| s.is_some_and(|s| s["status"] == "exited")),
+        "state: {:?}",
+        e.state_file(&id)
+    );
+    assert_eq!(e.state_file(&id).unwrap()["exit_code"], 4);
+    // A terminal ends lines with CR LF, as docker logs shows them.
+    assert_eq!(e.ok(&["logs", "t"]), "isatty\r\nxterm\r\n");
+    let dir = e.store().join("containers").join(&id);
+    assert!(!dir.join("console.sock").exists(), "console socket left");
+    e.assert_no_leaks();
+    // A long-running terminal container: running until stopped, then released.
+    e.ok(&["run", "-dt", "--name", "t2", &e.image, "sh"]);
+    assert!(e.ok(&["ps"]).contains("t2"));
+    assert_eq!(e.ok(&["exec", "t2", "echo", "in"]), "in\n");
+    e.ok(&["stop", "-t", "1", "t2"]);
+    assert!(e.ok(&["ps", "-a"]).contains("exited(137)"));
+    e.ok(&["rm", "t", "t2"]);
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}
+
+#[test]
 fn runtime_choice_errors_are_one_line() {
     need_root!();
     let e = Env::new();
@@ -729,5 +877,113 @@ fn rootless_run_lifecycle_and_volumes() {
         "volume survives rm"
     );
     assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}
+
+/// The subordinate range of the test user in `file` (/etc/subuid or /etc/subgid).
+fn subrange(file: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:", common::unprivileged::USER)))
+        .expect("the test set-up adds a range");
+    let f: Vec<u64> = line
+        .split(':')
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (f[0], f[1])
+}
+
+fn id_map(text: &str) -> Vec<Vec<u64>> {
+    text.lines()
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect()
+}
+
+#[test]
+fn rootless_with_subids_maps_the_full_range() {
+    need_root!();
+    if Command::new("newuidmap").arg("--help").output().is_err() {
+        eprintln!("skipped: newuidmap (Debian's uidmap) is not installed");
+        return;
+    }
+    let e = Env::new();
+    let (uid, gid) = e.give_to_user();
+    let user = Some((uid, gid));
+    let (us, uc) = subrange("/etc/subuid");
+    let (gs, gc) = subrange("/etc/subgid");
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "--rm",
+            &e.image,
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; echo; cat /proc/self/gid_map",
+        ],
+        None,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = stdout(&o);
+    let (u, g) = out.split_once("\n\n").unwrap();
+    assert_eq!(id_map(u), vec![vec![0, uid as u64, 1], vec![1, us, uc]]);
+    assert_eq!(id_map(g), vec![vec![0, gid as u64, 1], vec![1, gs, gc]]);
+    // Container root can give a file to uid 1000: on the host it belongs to the range.
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "--name",
+            "own",
+            &e.image,
+            "sh",
+            "-c",
+            "echo mine > /root/f; chown 1000:1000 /root/f; stat -c %u:%g /root/f",
+        ],
+        None,
+    );
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "1000:1000\n"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let id = e.containers().pop().unwrap();
+    let host =
+        std::fs::metadata(e.store().join("containers").join(&id).join("upper/root/f")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((host.uid() as u64, host.gid() as u64), (us + 999, gs + 999));
+    // A process of uid 1000 uses the rootfs (the mount lets every mapped uid in).
+    let o = e.strata_as(
+        user,
+        &[
+            "run",
+            "--rm",
+            "-u",
+            "bob",
+            &e.image,
+            "sh",
+            "-c",
+            "id -u; echo x > /tmp/x; cat /tmp/x",
+        ],
+        None,
+    );
+    assert_eq!(
+        stdout(&o),
+        "1000\nx\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The user removes the container, files of the range included.
+    assert!(e.strata_as(user, &["rm", "own"], None).status.success());
+    assert!(e.containers().is_empty());
+    // The pause process holding the namespace goes once nothing uses it.
     e.assert_no_leaks();
 }

@@ -55,6 +55,8 @@ pub fn run(root: &Path, a: BuildArgs) -> Result<i32> {
         .iter()
         .map(|t| reference::parse_tag(t))
         .collect::<Result<Vec<_>, _>>()?;
+    // Rootless with subordinate ids: RUN steps and layer files live in the store's namespace.
+    let _userns = strata::container::userns::enter(root)?;
     let store = Store::open(root).with_context(|| format!("open store {}", root.display()))?;
     let opts = BuildOptions {
         context: a.context.clone(),

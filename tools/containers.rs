@@ -44,7 +44,7 @@ pub struct CreateArgs {
     /// Keep stdin open.
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Allocate a terminal (foreground runs only: runc proxies it; detached needs a console socket).
+    /// Allocate a terminal (with -d its output goes to the log).
     #[arg(short = 't', long)]
     tty: bool,
     /// OCI runtime (runc, crun or a path).
@@ -157,6 +157,12 @@ pub enum Cmd {
     /// Named volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Internal: hold the rootless user namespace of the store.
+    #[command(name = "__pause", hide = true)]
+    Pause,
+    /// Internal: watch a detached container's process and record its exit.
+    #[command(name = "__monitor", hide = true)]
+    Monitor { id: String },
 }
 
 /// `strata volume` verbs.
@@ -241,12 +247,15 @@ fn options(root: &Path, a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions
 
 /// Run one container verb; returns the process exit code.
 pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
+    if let Cmd::Pause = cmd {
+        strata::container::userns::pause(root)?;
+        return Ok(0);
+    }
+    // Rootless with subordinate ids: join the store's user namespace while single-threaded.
+    let _userns = strata::container::userns::enter(root)?;
     match cmd {
         Cmd::Run { rm, detach, args } => {
             let (opts, image) = options(root, &args, rm)?;
-            if detach && opts.tty {
-                bail!("-t with -d is not supported yet (it needs a console socket)");
-            }
             let mut c = Container::create(root, &image, &opts)?;
             if detach {
                 if let Err(e) = c.start() {
@@ -298,7 +307,7 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
         }
         Cmd::Ps { all } => {
             println!(
-                "{:<14}{:<10}{:<28}{:<20}NAMES",
+                "{:<14}{:<12}{:<28}{:<20}NAMES",
                 "CONTAINER ID", "STATUS", "COMMAND", "IMAGE"
             );
             for c in Container::list(root)? {
@@ -308,6 +317,8 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
                 }
                 let status = match (s.status, s.exit_code) {
                     (Status::Exited, Some(code)) => format!("exited({code})"),
+                    // The exit was not seen (its monitor was killed): say so.
+                    (Status::Exited, None) => "exited(?)".to_string(),
                     (st, _) => format!("{st:?}").to_lowercase(),
                 };
                 let mut command = s.command.join(" ");
@@ -315,7 +326,7 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
                 let mut image = s.image.clone();
                 image.truncate(18);
                 println!(
-                    "{:<14}{:<10}{:<28}{:<20}{}",
+                    "{:<14}{:<12}{:<28}{:<20}{}",
                     &s.id[..12],
                     status,
                     command,
@@ -364,6 +375,11 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             Ok(0)
         }
         Cmd::Volume(v) => volume_cmd(root, v),
+        Cmd::Pause => Ok(0),
+        Cmd::Monitor { id } => {
+            strata::container::monitor::run(root, &id)?;
+            Ok(0)
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub enum Cmd {
 
 /// Run one image verb.
 pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
+    // Rootless with subordinate ids: layer files are owned as the containers see them.
+    let _userns = strata::container::userns::enter(root)?;
     let store = Store::open(root).with_context(|| format!("open store {}", root.display()))?;
     match cmd {
         Cmd::Images { quiet } => images(&store, quiet)?,

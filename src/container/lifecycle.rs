@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::runtime::{last_error_line, Runtime};
-use super::state::{self, ContainerState, Paths, Status};
-use super::{diff, io_err, mount, spec, volume, Error, ImageSpec, Result};
+use super::runtime::Runtime;
+use super::state::{self, ContainerState, Keeper, Paths, Status};
+use super::{diff, io_err, monitor, mount, spec, volume, Error, ImageSpec, Result};
 
 /// The options of `strata create`/`run` (docker's meaning).
 #[derive(Debug, Clone, Default)]
@@ -51,6 +51,8 @@ pub struct Container {
     paths: Paths,
     /// Its persisted state.
     pub state: ContainerState,
+    /// The container was removed (by `--rm` on exit) while this handle was open.
+    removed: bool,
 }
 
 fn new_id() -> Result<String> {
@@ -88,6 +90,7 @@ impl Container {
         let c = Container {
             store_root: store_root.to_path_buf(),
             paths: paths.clone(),
+            removed: false,
             state: ContainerState {
                 id: id.clone(),
                 name,
@@ -103,6 +106,7 @@ impl Container {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
+                keeper: None,
             },
         };
         let result = spec::build(image, opts, &paths.rootfs(), &mounts).and_then(|s| {
@@ -134,6 +138,20 @@ impl Container {
             store_root: store_root.to_path_buf(),
             paths: Paths::new(store_root, &state.id),
             state,
+            removed: false,
+        })
+    }
+
+    /// Open the container with exactly this ID.
+    pub(crate) fn open_id(store_root: &Path, id: &str) -> Result<Container> {
+        let paths = Paths::new(store_root, id);
+        let state = ContainerState::reload(&paths)?
+            .ok_or_else(|| Error::NoSuchContainer(id.to_string()))?;
+        Ok(Container {
+            store_root: store_root.to_path_buf(),
+            paths,
+            state,
+            removed: false,
         })
     }
 
@@ -145,9 +163,12 @@ impl Container {
                 store_root: store_root.to_path_buf(),
                 paths: Paths::new(store_root, &s.id),
                 state: s,
+                removed: false,
             };
             c.refresh()?;
-            out.push(c);
+            if !c.removed {
+                out.push(c);
+            }
         }
         Ok(out)
     }
@@ -157,7 +178,12 @@ impl Container {
         &self.paths.dir
     }
 
-    fn runtime(&self) -> Result<Runtime> {
+    /// The container's paths.
+    pub(crate) fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    pub(crate) fn runtime(&self) -> Result<Runtime> {
         Runtime::detect(Some(&self.state.runtime), &self.store_root)
     }
 
@@ -180,8 +206,9 @@ impl Container {
         mount::unmount_rootfs(&self.paths.rootfs())
     }
 
-    /// Check the recorded status against the runtime; a process that died behind strata's
-    /// back is marked exited and its mount released.
+    /// Check the recorded status against the runtime. When the process has exited, its
+    /// keeper (the monitor) records the exit code; if the keeper is gone, strata marks the
+    /// container exited with an unknown code and releases its mount itself.
     pub fn refresh(&mut self) -> Result<()> {
         if self.state.status != Status::Running {
             return Ok(());
@@ -193,8 +220,83 @@ impl Container {
         ) {
             return Ok(());
         }
-        self.release()?;
+        self.await_exit()
+    }
+
+    /// The process is gone: wait (a few seconds at most) for its keeper to record the exit,
+    /// else record it here with an unknown exit code.
+    fn await_exit(&mut self) -> Result<()> {
+        if let Some(k) = self.state.keeper.filter(|k| k.is_alive()) {
+            let mut err = None;
+            monitor::poll_until(Duration::from_secs(10), || {
+                match ContainerState::reload(&self.paths) {
+                    Ok(Some(s)) => self.state = s,
+                    Ok(None) => {
+                        self.removed = true;
+                        self.state.status = Status::Exited;
+                    }
+                    Err(e) => err = Some(e),
+                }
+                err.is_some() || self.state.status != Status::Running || !k.is_alive()
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            if self.state.status != Status::Running {
+                return Ok(());
+            }
+        }
+        self.finish(None, None, true)
+    }
+
+    /// Record that the process exited with `code` (unknown if `None`) and release its mount,
+    /// all under the state lock. `keeper`: only if the state still names this keeper (a
+    /// monitor whose container was stopped and started again must not touch the new run).
+    /// `auto_remove`: honour `--rm`.
+    pub(crate) fn finish(
+        &mut self,
+        code: Option<i32>,
+        keeper: Option<Keeper>,
+        auto_remove: bool,
+    ) -> Result<()> {
+        let Some(_lock) = state::lock(&self.paths)? else {
+            self.removed = true;
+            return Ok(());
+        };
+        match ContainerState::reload(&self.paths)? {
+            Some(s) => self.state = s,
+            None => {
+                self.removed = true;
+                return Ok(());
+            }
+        }
+        if self.state.status != Status::Running || (keeper.is_some() && self.state.keeper != keeper)
+        {
+            return Ok(());
+        }
+        let released = self.release();
         self.state.status = Status::Exited;
+        self.state.exit_code = code;
+        self.state.keeper = None;
+        self.state.save(&self.paths)?;
+        released?;
+        if auto_remove && self.state.auto_remove {
+            state::remove_dir(&self.paths)?;
+            self.removed = true;
+        }
+        Ok(())
+    }
+
+    /// Record that the process runs, watched by `keeper`.
+    pub(crate) fn mark_running(&mut self, keeper: Option<Keeper>) -> Result<()> {
+        let _lock = state::lock(&self.paths)?
+            .ok_or_else(|| Error::NoSuchContainer(self.state.id.clone()))?;
+        if let Some(s) = ContainerState::reload(&self.paths)? {
+            self.state = s;
+        }
+        self.state.status = Status::Running;
+        self.state.exit_code = None;
+        self.state.keeper = keeper;
         self.state.save(&self.paths)
     }
 
@@ -217,48 +319,39 @@ impl Container {
         Ok(rt)
     }
 
-    /// Start detached: output goes to the container's log.
+    /// Start detached: output goes to the container's log; a monitor process records the
+    /// exit code and releases the mount when the process exits.
     pub fn start(&mut self) -> Result<()> {
-        let rt = self.prepare_start()?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.paths.log())
-            .map_err(io_err("open log"))?;
-        let err_log = log.try_clone().map_err(io_err("dup log"))?;
-        // runc's own errors go to a separate file so they are not mixed into the log.
-        let rt_err = self.paths.dir.join("runtime.err");
-        let mut cmd = rt.command();
-        cmd.arg("--log")
-            .arg(&rt_err)
-            .args(["run", "--detach", "--bundle"]);
-        cmd.arg(&self.paths.dir).arg(&self.state.id);
-        cmd.stdin(Stdio::null()).stdout(log).stderr(err_log);
-        let st = cmd
-            .status()
-            .map_err(|e| Error::Runtime(format!("cannot run {}: {e}", rt.path.display())));
-        let ok = matches!(st, Ok(s) if s.success());
-        if !ok {
-            let msg = std::fs::read(&rt_err)
-                .map(|b| last_error_line(&b))
-                .unwrap_or_default();
-            // What the runtime saw, so a failure of the mount is told apart from a bad command.
-            let root = self.paths.rootfs();
-            let seen = format!(
-                "rootfs mounted={}, entries={}, bin/sh visible={}",
-                mount::is_mounted(&root),
-                std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0),
-                root.join("bin/sh").exists()
-            );
-            let _ = self.release();
-            self.state.status = Status::Exited;
-            self.state.save(&self.paths)?;
-            st?;
-            return Err(Error::Runtime(format!("{msg} ({seen})")));
+        self.prepare_start()?;
+        match monitor::spawn(&self.store_root, &self.paths, &self.state.id) {
+            Ok(()) => {
+                // The monitor has recorded the start (and maybe already the exit).
+                match ContainerState::reload(&self.paths)? {
+                    Some(s) => self.state = s,
+                    None => self.removed = true,
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // What the runtime saw, so a failure of the mount is told apart from a bad
+                // command.
+                let root = self.paths.rootfs();
+                let seen = format!(
+                    "rootfs mounted={}, entries={}, bin/sh visible={}",
+                    mount::is_mounted(&root),
+                    std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0),
+                    root.join("bin/sh").exists()
+                );
+                let _ = self.release();
+                self.state.status = Status::Exited;
+                self.state.keeper = None;
+                self.state.save(&self.paths)?;
+                Err(match e {
+                    Error::Runtime(msg) => Error::Runtime(format!("{msg} ({seen})")),
+                    e => e,
+                })
+            }
         }
-        self.state.status = Status::Running;
-        self.state.exit_code = None;
-        self.state.save(&self.paths)
     }
 
     /// Run in the foreground with strata's stdio (stdin only if `interactive`); returns the
@@ -272,28 +365,26 @@ impl Container {
         if !interactive {
             cmd.stdin(Stdio::null());
         }
-        self.state.status = Status::Running;
-        self.state.save(&self.paths)?;
+        let me = Keeper::me();
+        self.mark_running(me)?;
         let st = cmd.status();
-        let released = self.release();
-        self.state.status = Status::Exited;
-        let code = match st {
+        let code = match &st {
             Ok(s) => {
                 use std::os::unix::process::ExitStatusExt;
-                s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+                Some(s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)))
             }
-            Err(e) => {
-                self.state.save(&self.paths)?;
-                return Err(Error::Runtime(format!(
-                    "cannot run {}: {e}",
-                    rt.path.display()
-                )));
-            }
+            Err(_) => None,
         };
-        self.state.exit_code = Some(code);
-        self.state.save(&self.paths)?;
-        released?;
-        Ok(code)
+        // The caller removes a `--rm` container: it wants the exit code first.
+        self.finish(code, me, false)?;
+        match (st, code) {
+            (Ok(_), Some(code)) => Ok(code),
+            (Err(e), _) => Err(Error::Runtime(format!(
+                "cannot run {}: {e}",
+                rt.path.display()
+            ))),
+            (Ok(_), None) => Err(Error::Runtime("no exit status".into())),
+        }
     }
 
     /// Send `signal` to the container's process.
@@ -326,9 +417,7 @@ impl Container {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        self.release()?;
-        self.state.status = Status::Exited;
-        self.state.save(&self.paths)
+        self.await_exit()
     }
 
     /// Stop then start again on the same upper layer.
@@ -340,6 +429,9 @@ impl Container {
     /// Remove the container: refuse a running one unless `force`; the upper is discarded,
     /// named volumes are kept.
     pub fn remove(mut self, force: bool) -> Result<()> {
+        if self.removed {
+            return Ok(());
+        }
         if self.is_running()? {
             if !force {
                 return Err(Error::State(format!(
@@ -349,9 +441,12 @@ impl Container {
             }
             let _ = self.runtime()?.kill(&self.state.id, "KILL", true);
         }
+        // Under the lock, so a monitor recording the exit meanwhile finds the container gone.
+        let Some(_lock) = state::lock(&self.paths)? else {
+            return Ok(());
+        };
         self.release()?;
-        std::fs::remove_dir_all(&self.paths.dir)
-            .map_err(io_err(format!("remove {}", self.paths.dir.display())))
+        state::remove_dir(&self.paths)
     }
 
     /// Run `args` inside the running container with strata's stdio; returns the exit code.

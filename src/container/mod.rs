@@ -7,10 +7,12 @@
 pub mod commit;
 pub mod diff;
 pub mod lifecycle;
+pub mod monitor;
 pub mod mount;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+pub mod userns;
 pub mod volume;
 
 use std::path::PathBuf;

@@ -76,6 +76,16 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|m| unescape_mountinfo(m) == want)
 }
 
+/// Whether anything is mounted at or below `dir`, from /proc/self/mountinfo.
+pub fn mounted_under(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(&unescape_mountinfo(m)).starts_with(dir))
+}
+
 /// Undo mountinfo's octal escapes (`\040` for a space).
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();

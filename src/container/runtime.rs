@@ -20,7 +20,7 @@ pub struct Runtime {
 }
 
 /// Find `name` on PATH.
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
         return Some(PathBuf::from(name)).filter(|p| p.exists());
     }

@@ -61,6 +61,7 @@ pub fn build(
     process.set_args(Some(args));
     process.set_env(Some(env));
     process.set_cwd(cwd.into());
+    process.set_capabilities(Some(docker_capabilities(user.uid() == 0)?));
     process.set_user(user);
     process.set_terminal(Some(opts.tty));
     process.set_no_new_privileges(Some(true));
@@ -77,7 +78,10 @@ pub fn build(
         opts.hostname.clone().unwrap_or_else(|| "strata".into()),
     ));
 
-    let rootless = !rustix::process::geteuid().is_root();
+    // In the store's rootless namespace (see `userns`) strata is root there but the
+    // container must still be set up as rootless, sharing that namespace's full mapping.
+    let shared_userns = super::userns::joined();
+    let rootless = !rustix::process::geteuid().is_root() || shared_userns;
     let mut all_mounts: Vec<Mount> = if rootless {
         oci_spec::runtime::get_rootless_mounts()
     } else {
@@ -110,7 +114,7 @@ pub fn build(
         })
         .collect();
     let mut ns = ns;
-    if rootless {
+    if rootless && !shared_userns {
         // A single mapping (container root = the calling user), as podman does without subuids.
         ns.push(
             LinuxNamespaceBuilder::default()
@@ -126,11 +130,49 @@ pub fn build(
         };
         linux.set_uid_mappings(Some(vec![map(rustix::process::geteuid().as_raw())?]));
         linux.set_gid_mappings(Some(vec![map(rustix::process::getegid().as_raw())?]));
+    }
+    if rootless {
         linux.set_resources(None);
     }
     linux.set_namespaces(Some(ns));
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// Docker's default capabilities (runc's own default is only three, without CHOWN or
+/// SETUID); a non-root process keeps them only in its bounding set, as docker does.
+fn docker_capabilities(root: bool) -> Result<oci_spec::runtime::LinuxCapabilities> {
+    use oci_spec::runtime::{Capability as C, LinuxCapabilitiesBuilder};
+    let all: oci_spec::runtime::Capabilities = [
+        C::Chown,
+        C::DacOverride,
+        C::Fsetid,
+        C::Fowner,
+        C::Mknod,
+        C::NetRaw,
+        C::Setgid,
+        C::Setuid,
+        C::Setfcap,
+        C::Setpcap,
+        C::NetBindService,
+        C::SysChroot,
+        C::Kill,
+        C::AuditWrite,
+    ]
+    .into_iter()
+    .collect();
+    let active = if root {
+        all.clone()
+    } else {
+        Default::default()
+    };
+    Ok(LinuxCapabilitiesBuilder::default()
+        .bounding(all)
+        .effective(active.clone())
+        .permitted(active)
+        .inheritable(oci_spec::runtime::Capabilities::default())
+        .ambient(oci_spec::runtime::Capabilities::default())
+        .build()?)
 }
 
 /// Docker's rule: `--entrypoint` replaces the image entrypoint and drops its cmd; CMD args
