@@ -182,7 +182,7 @@ pub fn build(
         .map_err(|e| Error::Io(format!("read {}: {e}", df_path.display())))?;
     let df = dockerfile::parse(&text).map_err(|e| Error::Dockerfile {
         file: df_path.display().to_string(),
-        source: e,
+        error: e,
     })?;
     let ctx = Context::open(&opts.context)?;
     let _writer = store.writer_lock()?;

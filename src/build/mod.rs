@@ -16,12 +16,12 @@ pub use builder::{build, BuildOptions};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The Dockerfile does not parse.
-    #[error("{file}: {source}")]
+    #[error("{file}:{}: {}", .error.line, .error.message)]
     Dockerfile {
         /// Its path.
         file: String,
         /// Where and why.
-        source: dockerfile::ParseError,
+        error: dockerfile::ParseError,
     },
     /// A step failed for a reason tied to its instruction.
     #[error("{file}:{line}: {message}")]

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Says hello, and what this container wrote where.
+echo "$GREETING (hostname $(hostname))"
