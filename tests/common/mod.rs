@@ -11,6 +11,7 @@
 //! against the reference alone, and `-- ::stratafs` checks our daemon.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod unprivileged;
 
 use std::collections::BTreeMap;

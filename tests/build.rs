@@ -1,0 +1,458 @@
+//! `strata build` end to end, as root: Dockerfiles built into the store, their images run, the
+//! cache, multi-stage builds, reproducibility, and every kind of bad input; and `strata commit`.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::cli::StrataEnv;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+macro_rules! need_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+/// A context holding the files of `examples/NAME` plus the host's busybox.
+fn example_context(env: &StrataEnv, name: &str) -> PathBuf {
+    let ctx = env.busybox_context(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        if e.file_name() != "busybox" {
+            std::fs::copy(e.path(), ctx.join(e.file_name())).unwrap();
+        }
+    }
+    ctx
+}
+
+/// A busybox base image `base` built from `FROM scratch`.
+fn base_image(env: &StrataEnv) {
+    let ctx = env.busybox_context("base-ctx");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", "base", ctx.to_str().unwrap()]);
+}
+
+fn build_in(
+    env: &StrataEnv,
+    dir: &str,
+    dockerfile: &str,
+    files: &[(&str, &str)],
+) -> (PathBuf, std::process::Output) {
+    let ctx = env.path(dir);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    for (p, c) in files {
+        let f = ctx.join(p);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, c).unwrap();
+    }
+    let out = env.run(&["build", "-t", dir, ctx.to_str().unwrap()]);
+    (ctx, out)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn example_builds_runs_and_rebuilds_from_cache() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    let ctx = example_context(&env, "hello");
+    let first = env.run(&["build", "-t", "hello", ctx.to_str().unwrap()]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let id = text(&first.stdout).trim().to_string();
+    assert!(id.starts_with("sha256:"), "{id}");
+    assert!(!text(&first.stderr).contains("Using cache"));
+    let out = env.ok(&["run", "--rm", "hello"]);
+    assert!(out.starts_with("hello from strata"), "{out}");
+
+    // Unchanged rebuild: every filesystem step from the cache, the same image.
+    let again = env.run(&["build", "-t", "hello", ctx.to_str().unwrap()]);
+    assert!(again.status.success());
+    assert_eq!(text(&again.stdout).trim(), id);
+    assert_eq!(
+        text(&again.stderr).matches("Using cache").count(),
+        5,
+        "{}",
+        text(&again.stderr)
+    );
+
+    // A changed file in the context invalidates its COPY and what follows, not what precedes.
+    std::fs::write(ctx.join("hello.sh"), "#!/bin/sh\necho changed\n").unwrap();
+    std::fs::set_permissions(ctx.join("hello.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let changed = env.run(&["build", "-t", "hello", ctx.to_str().unwrap()]);
+    assert!(changed.status.success());
+    assert_ne!(text(&changed.stdout).trim(), id);
+    assert_eq!(text(&changed.stderr).matches("Using cache").count(), 4);
+    assert_eq!(env.ok(&["run", "--rm", "hello"]), "changed\n");
+
+    // Metadata reached the config; history has one row per instruction.
+    let inspect: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "hello"])).unwrap();
+    let cfg = &inspect["Config"]["config"];
+    assert_eq!(cfg["WorkingDir"], "/app");
+    assert_eq!(cfg["Cmd"], serde_json::json!(["/app/hello.sh"]));
+    assert!(cfg["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "GREETING=hello from strata"));
+    assert_eq!(cfg["Labels"]["org.opencontainers.image.title"], "hello");
+    let history = env.ok(&["history", "--no-trunc", "hello"]);
+    assert!(history.contains("COPY hello.sh ./"), "{history}");
+    assert!(
+        history.contains("RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]"),
+        "{history}"
+    );
+    // .dockerignore left .gitignore out of the context.
+    let o = env.run(&["run", "--rm", "hello", "ls", "-a", "/app"]);
+    assert!(!text(&o.stdout).contains(".gitignore"));
+    env.assert_no_leaks();
+}
+
+#[test]
+fn build_args_override_defaults() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    let ctx = example_context(&env, "hello");
+    env.ok(&[
+        "build",
+        "-q",
+        "--build-arg",
+        "GREETING=good morning",
+        "-t",
+        "hi:2",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(env.ok(&["run", "--rm", "hi:2"]).starts_with("good morning"));
+    // An unused build argument is warned about, not fatal.
+    let o = env.run(&[
+        "build",
+        "--build-arg",
+        "NOPE=1",
+        "-t",
+        "hi:3",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert!(
+        text(&o.stderr).contains("not consumed: NOPE"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn multi_stage_keeps_only_what_it_copies() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    let ctx = example_context(&env, "multistage");
+    env.ok(&["build", "-q", "-t", "report", ctx.to_str().unwrap()]);
+    let out = env.ok(&["run", "--rm", "report"]);
+    assert!(
+        out.contains("made in the tools stage") && out.contains("/bin/busybox"),
+        "{out}"
+    );
+    assert!(!env
+        .run(&["run", "--rm", "report", "ls", "/out"])
+        .status
+        .success());
+    // --target stops at the named stage.
+    env.ok(&[
+        "build",
+        "-q",
+        "--target",
+        "tools",
+        "-t",
+        "tools",
+        ctx.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        env.ok(&["run", "--rm", "tools", "cat", "/out/report.txt"]),
+        "made in the tools stage\n"
+    );
+    let bad = env.run(&["build", "--target", "nosuch", ctx.to_str().unwrap()]);
+    assert!(text(&bad.stderr).contains("no such stage"));
+}
+
+#[test]
+fn identical_inputs_give_identical_digests() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    let ctx = example_context(&env, "hello");
+    let sde = [("SOURCE_DATE_EPOCH", "1700000000")];
+    let a = env.run_with(
+        &[
+            "build",
+            "-q",
+            "--no-cache",
+            "-t",
+            "r:a",
+            ctx.to_str().unwrap(),
+        ],
+        &sde,
+        None,
+    );
+    let b = env.run_with(
+        &[
+            "build",
+            "-q",
+            "--no-cache",
+            "-t",
+            "r:b",
+            ctx.to_str().unwrap(),
+        ],
+        &sde,
+        None,
+    );
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}",
+        text(&a.stderr)
+    );
+    assert_eq!(text(&a.stdout), text(&b.stdout));
+    let inspect: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "r:a"])).unwrap();
+    assert_eq!(inspect["Config"]["created"], "2023-11-14T22:13:20Z");
+}
+
+#[test]
+fn failing_run_reports_its_code_and_leaves_nothing() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let (_, o) = build_in(
+        &env,
+        "failing",
+        "FROM base\nRUN echo partial > /f\nRUN echo about to fail; exit 7\n",
+        &[],
+    );
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("Dockerfile:3: RUN exited with code 7"),
+        "{err}"
+    );
+    assert!(
+        text(&o.stdout).contains("about to fail"),
+        "output of the failing step is shown"
+    );
+    assert!(!env.ok(&["images"]).contains("failing"));
+    assert_eq!(env.containers(), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read_dir(env.store().join("tmp")).unwrap().count(),
+        0
+    );
+    env.assert_no_leaks();
+}
+
+#[test]
+fn bad_input_is_a_clear_error_naming_the_line() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let outside = env.path("outside-secret");
+    std::fs::write(&outside, "secret").unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "FROM base\nFRO x\n",
+            "Dockerfile:2: unknown instruction",
+            "unknown instruction",
+        ),
+        (
+            "FROM base\nCOPY --foo=1 a /\n",
+            "Dockerfile:2: unknown flag --foo",
+            "bad flag",
+        ),
+        (
+            "FROM base\nCOPY nope.txt /\n",
+            "Dockerfile:2: build context: \"nope.txt\": no such file",
+            "missing file",
+        ),
+        (
+            "FROM base\nCOPY ../outside-secret /\n",
+            "Dockerfile:2: build context: \"../outside-secret\" is outside the build context",
+            "parent path",
+        ),
+        (
+            "FROM base\nCOPY escape /\n",
+            "Dockerfile:2: build context: \"escape\": a symlink that leads outside",
+            "escaping symlink",
+        ),
+        (
+            "FROM base\nCOPY ignored.txt /\n",
+            "Dockerfile:2: build context: \"ignored.txt\": excluded by .dockerignore",
+            "ignored file",
+        ),
+        (
+            "FROM nosuch:1\n",
+            "Dockerfile:1: FROM nosuch:1: no such image",
+            "unknown base",
+        ),
+        (
+            "FROM base\nADD https://example.com/x /\n",
+            "Dockerfile:2: https://example.com/x: remote sources are not supported",
+            "URL",
+        ),
+        ("RUN true\n", "Dockerfile:1:", "no FROM"),
+        (
+            "FROM base\nCOPY --from=nosuch /x /\n",
+            "Dockerfile:2: --from=nosuch",
+            "unknown stage",
+        ),
+    ];
+    for (i, (df, want, what)) in cases.iter().enumerate() {
+        let dir = format!("bad{i}");
+        let ctx = env.path(&dir);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::os::unix::fs::symlink(&outside, ctx.join("escape")).unwrap();
+        std::fs::write(ctx.join("ignored.txt"), "x").unwrap();
+        std::fs::write(ctx.join(".dockerignore"), "ignored.txt\n").unwrap();
+        let (_, o) = build_in(&env, &dir, df, &[]);
+        assert!(!o.status.success(), "{what}: built");
+        let err = text(&o.stderr);
+        assert!(err.contains(want), "{what}: expected {want:?} in {err:?}");
+        assert_eq!(
+            err.trim()
+                .lines()
+                .filter(|l| l.starts_with("strata:"))
+                .count(),
+            1,
+            "{what}: one error line: {err}"
+        );
+    }
+    assert!(!env.ok(&["images"]).contains("bad"));
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret");
+    env.assert_no_leaks();
+}
+
+#[test]
+fn copy_and_add_semantics() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let ctx = env.path("copy");
+    std::fs::create_dir_all(ctx.join("tree/sub")).unwrap();
+    std::fs::write(ctx.join("tree/a.txt"), "A").unwrap();
+    std::fs::write(ctx.join("tree/sub/b.txt"), "B").unwrap();
+    std::fs::write(ctx.join("tree/sub/skip.log"), "no").unwrap();
+    std::fs::write(ctx.join("one.txt"), "1").unwrap();
+    std::fs::write(ctx.join("two.txt"), "2").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "**/*.log\n").unwrap();
+    // A tar for ADD to unpack.
+    let st = std::process::Command::new("tar")
+        .args([
+            "-czf",
+            ctx.join("pkg.tgz").to_str().unwrap(),
+            "-C",
+            ctx.join("tree").to_str().unwrap(),
+            "sub/b.txt",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let df = "FROM base\n\
+RUN mkdir -p /usr/real && ln -s usr/real /link\n\
+COPY tree /dst/\n\
+COPY *.txt /globbed/\n\
+COPY one.txt /link/\n\
+COPY --chown=1000:1001 --chmod=600 two.txt /owned/two\n\
+ADD pkg.tgz /unpacked/\n\
+COPY one.txt /renamed.txt\n";
+    std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+    env.ok(&["build", "-q", "-t", "copy", ctx.to_str().unwrap()]);
+    let script = "cat /dst/a.txt /dst/sub/b.txt; echo; ls /dst/sub; ls /globbed; \
+cat /usr/real/one.txt; echo; test -L /link && echo link-kept; \
+stat -c '%u:%g %a' /owned/two; cat /unpacked/sub/b.txt; echo; cat /renamed.txt";
+    let out = env.ok(&["run", "--rm", "copy", "sh", "-c", script]);
+    assert_eq!(
+        out, "AB\nb.txt\none.txt\ntwo.txt\n1\nlink-kept\n1000:1001 600\nB\n1",
+        "{out}"
+    );
+}
+
+#[test]
+fn from_an_oci_layout_directory() {
+    need_root!();
+    if std::process::Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("skopeo is needed (scripts/test.sh installs it)");
+    }
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let layout = env.path("layout");
+    let st = std::process::Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:base:latest", env.store().display()))
+        .arg(format!("oci:{}:mybase", layout.display()))
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", text(&st.stderr));
+    let (_, o) = build_in(
+        &env,
+        "fromoci",
+        &format!(
+            "FROM oci:{}:mybase\nRUN echo from-layout > /note\n",
+            layout.display()
+        ),
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        env.ok(&["run", "--rm", "fromoci", "cat", "/note"]),
+        "from-layout\n"
+    );
+}
+
+#[test]
+fn commit_makes_a_runnable_image_of_the_writable_layer() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    env.ok(&[
+        "run",
+        "--name",
+        "work",
+        "base",
+        "sh",
+        "-c",
+        "echo kept > /new.txt; rm /bin/ls; mkdir -p /d/e",
+    ]);
+    let id = env.ok(&["commit", "-m", "my change", "work", "committed:1"]);
+    assert!(id.trim().starts_with("sha256:"));
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "committed:1",
+        "sh",
+        "-c",
+        "cat /new.txt; test -e /bin/ls || echo ls-gone; test -d /d/e && echo dir",
+    ]);
+    assert_eq!(out, "kept\nls-gone\ndir\n");
+    // The base image is untouched, and history names the commit.
+    assert!(env
+        .run(&["run", "--rm", "base", "test", "-e", "/bin/ls"])
+        .status
+        .success());
+    let history = env.ok(&["history", "committed:1"]);
+    assert!(history.contains("strata commit work"), "{history}");
+    // skopeo sees the whiteout as an OCI .wh. entry in the new layer.
+    env.ok(&["rm", "work"]);
+    env.assert_no_leaks();
+}

@@ -1,0 +1,218 @@
+//! A private `strata` store for one test, driven through the `strata` command line: every
+//! command has a deadline, and on drop runtime state is deleted, mounts under the test's dir are
+//! unmounted and processes naming it are killed (by PID), so a failing or hung test leaks
+//! nothing into the next.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Deadline of one `strata` command (builds run several containers).
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A test's directory with a store in `store/`.
+pub struct StrataEnv {
+    /// The test's directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl StrataEnv {
+    /// A new empty environment, its dir named after `prefix`.
+    pub fn new(prefix: &str) -> StrataEnv {
+        let base = super::scratch_base();
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(base)
+            .unwrap();
+        StrataEnv { dir }
+    }
+
+    /// The store directory (`--root`).
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A path inside the test's directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Run `strata ARGS` with extra environment `envs` and optional `stdin`, killed at the deadline.
+    pub fn run_with(&self, args: &[&str], envs: &[(&str, &str)], stdin: Option<&str>) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+        c.args(args)
+            .env("STRATA_ROOT", self.store())
+            .env("STRATA_STRATAFS", env!("CARGO_BIN_EXE_stratafs"))
+            .env_remove("STRATA_MOUNT")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .envs(envs.iter().copied())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            if start.elapsed() > COMMAND_DEADLINE {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "strata {args:?} timed out; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Run `strata ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &[], None)
+    }
+
+    /// `strata ARGS` that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "strata {args:?} failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// `strata ARGS` that must fail; its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "strata {args:?} succeeded: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stderr).unwrap()
+    }
+
+    /// A build context directory `name` holding a copy of the host's static busybox.
+    pub fn busybox_context(&self, name: &str) -> PathBuf {
+        let d = self.path(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy("/bin/busybox", d.join("busybox")).expect("busybox-static is needed");
+        d
+    }
+
+    /// Container IDs in the store.
+    pub fn containers(&self) -> Vec<String> {
+        match std::fs::read_dir(self.store().join("containers")) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Mount points under the test's dir.
+    pub fn mounts_under(&self) -> Vec<String> {
+        let me = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&me))
+            .map(String::from)
+            .collect()
+    }
+
+    /// PIDs of live processes whose command line names the test's dir.
+    pub fn processes(&self) -> Vec<i32> {
+        let me = self.dir.path().to_string_lossy().into_owned();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
+            if !zombie && String::from_utf8_lossy(&cmd).contains(&me) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Nothing is left running or mounted (waits up to 5 s for daemons to exit).
+    pub fn assert_no_leaks(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && !(self.mounts_under().is_empty() && self.processes().is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(self.mounts_under(), Vec::<String>::new(), "mounts left");
+        assert_eq!(self.processes(), Vec::<i32>::new(), "processes left");
+    }
+}
+
+/// Files (not directories) under `dir`, recursively.
+pub fn count_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+impl Drop for StrataEnv {
+    fn drop(&mut self) {
+        for id in self.containers() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(self.store().join("runtime/runc"))
+                .args(["delete", "--force", &id])
+                .output();
+        }
+        let mut m = self.mounts_under();
+        m.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for p in m {
+            if !Command::new("fusermount3")
+                .args(["-u", &p])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+            {
+                let _ = Command::new("umount").args(["-l", &p]).status();
+            }
+        }
+        for pid in self.processes() {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
