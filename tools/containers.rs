@@ -189,6 +189,7 @@ fn local_image(arg: &str) -> Result<ImageSpec> {
     }))?;
     Ok(ImageSpec {
         id: arg.to_string(),
+        name: arg.to_string(),
         lower_dirs,
         config,
     })
@@ -204,6 +205,7 @@ fn image_spec(root: &Path, arg: &str) -> Result<ImageSpec> {
     let img = store.resolve(arg)?;
     Ok(ImageSpec {
         id: img.id.to_string(),
+        name: arg.to_string(),
         lower_dirs: store.layer_dirs(&img)?,
         config: img.config,
     })
@@ -323,7 +325,11 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
                 };
                 let mut command = s.command.join(" ");
                 command.truncate(26);
-                let mut image = s.image.clone();
+                let mut image = if s.image_name.is_empty() {
+                    s.image.clone()
+                } else {
+                    s.image_name.clone()
+                };
                 image.truncate(18);
                 println!(
                     "{:<14}{:<12}{:<28}{:<20}{}",

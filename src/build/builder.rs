@@ -689,6 +689,7 @@ impl Builder<'_> {
             &upper,
             PackOptions {
                 clamp_mtime: config::source_date_epoch(),
+                ..Default::default()
             },
         )?;
         self.store.extracted(&layer)?;
@@ -890,6 +891,7 @@ impl Builder<'_> {
         config.set_config(Some(c));
         let spec = ImageSpec {
             id: "build".into(),
+            name: "build".into(),
             lower_dirs: lowers,
             config,
         };
@@ -912,8 +914,8 @@ impl Builder<'_> {
         let result = match code {
             Ok(0) => {
                 let upper = ctr.dir().join("upper");
-                for d in ["dev", "proc", "sys"] {
-                    // Mount points the runtime made: not part of what RUN wrote.
+                for d in container::RUNTIME_MOUNT_POINTS {
+                    // Mount points the runtime made (removed only if empty): not RUN's output.
                     let _ = std::fs::remove_dir(upper.join(d));
                 }
                 let empty = std::fs::read_dir(&upper)
@@ -927,6 +929,7 @@ impl Builder<'_> {
                             &upper,
                             PackOptions {
                                 clamp_mtime: config::source_date_epoch(),
+                                ..Default::default()
                             },
                         )
                         .and_then(|l| self.store.extracted(&l).map(|_| Some(l)))

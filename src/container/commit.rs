@@ -32,6 +32,7 @@ pub fn commit(
         &upper,
         PackOptions {
             clamp_mtime: config::source_date_epoch(),
+            skip_empty_top_dirs: super::RUNTIME_MOUNT_POINTS,
         },
     )?;
     let mut cfg = base.config.clone();

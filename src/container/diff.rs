@@ -51,6 +51,16 @@ fn walk(upper: &Path, rel: &Path, lower: &[PathBuf], out: &mut Vec<Change>) -> R
         }
         let r = rel.join(&*name);
         let shown = format!("/{}", r.display());
+        if rel.as_os_str().is_empty()
+            && super::RUNTIME_MOUNT_POINTS.contains(&&*name)
+            && md.is_dir()
+            && !in_lower(&r, lower)
+            && std::fs::read_dir(e.path())
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false)
+        {
+            continue;
+        }
         if md.file_type().is_char_device() && md.rdev() == 0 {
             out.push(Change {
                 kind: 'D',
@@ -82,6 +92,7 @@ mod tests {
         std::fs::write(up.join("etc/a"), "x").unwrap();
         std::fs::write(up.join("new"), "").unwrap();
         std::fs::write(up.join(".wh.gone"), "").unwrap();
+        std::fs::create_dir_all(up.join("proc")).unwrap();
         let c = changes(&up, &[lo]).unwrap();
         let s: Vec<String> = c.iter().map(|c| format!("{} {}", c.kind, c.path)).collect();
         assert_eq!(s, ["C /etc", "C /etc/a", "D /gone", "A /new"]);

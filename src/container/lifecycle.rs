@@ -95,6 +95,7 @@ impl Container {
                 id: id.clone(),
                 name,
                 image: image.id.clone(),
+                image_name: image.name.clone(),
                 lower_dirs: image.lower_dirs.clone(),
                 command: Vec::new(),
                 status: Status::Created,

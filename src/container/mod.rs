@@ -20,11 +20,17 @@ use std::path::PathBuf;
 pub use lifecycle::{Container, RunOptions};
 pub use state::{ContainerState, Status};
 
+/// Directories an OCI runtime creates as mount points in a rootfs that lacks them: empty ones in
+/// a writable layer are not the container's changes (`diff`, `commit` leave them out).
+pub const RUNTIME_MOUNT_POINTS: &[&str] = &["dev", "proc", "sys"];
+
 /// What a container needs of an image: its layer directories and its config.
 #[derive(Debug, Clone)]
 pub struct ImageSpec {
     /// Image identity recorded in the container's state (a digest or a name).
     pub id: String,
+    /// The name the user gave for it (shown by `ps`).
+    pub name: String,
     /// Extracted layer directories in overlay format, bottom layer first.
     pub lower_dirs: Vec<PathBuf>,
     /// The OCI image configuration (command, env, working dir, user).

@@ -27,6 +27,9 @@ pub struct ContainerState {
     pub name: String,
     /// The image ID it was created from.
     pub image: String,
+    /// The image as the user named it (for `ps`).
+    #[serde(default)]
+    pub image_name: String,
     /// The image layer directories, bottom first.
     pub lower_dirs: Vec<PathBuf>,
     /// The process command line.

@@ -16,6 +16,7 @@ pub fn import(store: &Store, source: &Path, tag: &str) -> Result<Image> {
             source,
             PackOptions {
                 clamp_mtime: config::source_date_epoch(),
+                ..Default::default()
             },
         )?
     } else {

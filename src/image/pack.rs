@@ -24,6 +24,9 @@ use super::{Error, Result};
 pub struct PackOptions {
     /// Clamp every mtime to at most this (seconds since the epoch): `SOURCE_DATE_EPOCH`.
     pub clamp_mtime: Option<i64>,
+    /// Top-level directories to leave out when they are empty: the mount points an OCI
+    /// runtime creates in a container's upper (`dev`, `proc`, `sys`), which are not content.
+    pub skip_empty_top_dirs: &'static [&'static str],
 }
 
 /// What a pack wrote.
@@ -92,6 +95,19 @@ fn sorted_names(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// Whether `name` in `dir` is a directory with no entries.
+fn is_empty_dir(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    let Ok(d) = rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    sorted_names(d.as_fd()).is_ok_and(|n| n.is_empty())
+}
+
 impl<W: Write> Packer<W> {
     fn err(&self, path: &[u8], doing: &str, e: impl Into<io::Error>) -> Error {
         Error::Io {
@@ -118,6 +134,16 @@ impl<W: Write> Packer<W> {
     fn dir_contents(&mut self, dir: BorrowedFd<'_>, path: &mut Vec<u8>) -> Result<()> {
         let names = sorted_names(dir).map_err(|e| self.err(path, "list", e))?;
         for name in names {
+            if path.is_empty()
+                && self
+                    .opts
+                    .skip_empty_top_dirs
+                    .iter()
+                    .any(|d| d.as_bytes() == name.as_bytes())
+                && is_empty_dir(dir, &name)
+            {
+                continue;
+            }
             let len = path.len();
             if !path.is_empty() {
                 path.push(b'/');
