@@ -456,3 +456,30 @@ fn commit_makes_a_runnable_image_of_the_writable_layer() {
     env.ok(&["rm", "work"]);
     env.assert_no_leaks();
 }
+
+#[test]
+fn rootless_build_and_run() {
+    need_root!();
+    let mut env = StrataEnv::new("strata-build-");
+    let ctx = example_context(&env, "hello");
+    env.rootless();
+    let o = env.run(&["build", "-t", "hello", ctx.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "hello",
+        "sh",
+        "-c",
+        "/app/hello.sh; id -u; stat -c %u /app/hello.sh",
+    ]);
+    assert_eq!(out, "hello from strata (hostname strata)\n0\n0\n");
+    let again = env.run(&["build", "-t", "hello", ctx.to_str().unwrap()]);
+    assert_eq!(text(&again.stderr).matches("Using cache").count(), 5);
+    env.ok(&["rmi", "hello"]);
+    assert_eq!(
+        common::cli::count_files(&env.store().join("blobs/sha256")),
+        0
+    );
+    env.assert_no_leaks();
+}

@@ -15,6 +15,8 @@ pub const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
 pub struct StrataEnv {
     /// The test's directory.
     pub dir: tempfile::TempDir,
+    /// Run strata as this (uid, gid) instead of the caller (see [`StrataEnv::rootless`]).
+    user: Option<(u32, u32)>,
 }
 
 impl StrataEnv {
@@ -26,7 +28,31 @@ impl StrataEnv {
             .prefix(prefix)
             .tempdir_in(base)
             .unwrap();
-        StrataEnv { dir }
+        StrataEnv { dir, user: None }
+    }
+
+    /// From now on run strata as the unprivileged test user, who gets the test's directory
+    /// (and search permission on its parents).
+    pub fn rootless(&mut self) -> (u32, u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let (uid, gid) = super::unprivileged::setup_user();
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut p = self.dir.path().parent();
+        while let Some(d) = p {
+            let m = std::fs::metadata(d).unwrap().permissions().mode();
+            if m & 0o001 == 0 {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
+            }
+            p = d.parent();
+        }
+        self.user = Some((uid, gid));
+        (uid, gid)
     }
 
     /// The store directory (`--root`).
@@ -41,7 +67,18 @@ impl StrataEnv {
 
     /// Run `strata ARGS` with extra environment `envs` and optional `stdin`, killed at the deadline.
     pub fn run_with(&self, args: &[&str], envs: &[(&str, &str)], stdin: Option<&str>) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+        let mut c = match self.user {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--init-groups", "--"])
+                    .arg(env!("CARGO_BIN_EXE_strata"))
+                    .env("HOME", self.dir.path());
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_strata")),
+        };
         c.args(args)
             .env("STRATA_ROOT", self.store())
             .env("STRATA_STRATAFS", env!("CARGO_BIN_EXE_stratafs"))
