@@ -65,6 +65,9 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Images { quiet } => images(&store, quiet)?,
         Cmd::Tag { source, target } => {
+            // Hold off garbage collection: an `rmi` between resolving and writing the tag
+            // would free the manifest the new tag names.
+            let _w = store.writer_lock()?;
             let img = store.resolve(&source)?;
             store.tag(&img, &reference::parse_tag(&target)?)?;
         }
