@@ -1139,6 +1139,41 @@ fn concurrent_imports_and_tags_never_corrupt_the_index() {
 }
 
 #[test]
+fn tag_racing_rmi_never_leaves_a_tag_on_freed_blobs() {
+    need_root!();
+    let e = Env::new();
+    let tiny = e.tiny_rootfs("tiny", "x\n");
+    let strata = env!("CARGO_BIN_EXE_strata");
+    for i in 0..30 {
+        e.import(&tiny, "a:1");
+        let jobs = [
+            vec!["tag".to_string(), "a:1".into(), format!("keep:{i}")],
+            vec!["rmi".to_string(), "a:1".into()],
+        ];
+        let children: Vec<_> = jobs
+            .into_iter()
+            .map(|args| {
+                let store = e.store();
+                std::thread::spawn(move || {
+                    let mut c = Command::new(strata);
+                    c.arg("--root").arg(&store).args(&args);
+                    run_deadline(c, &format!("strata {args:?}"))
+                })
+            })
+            .collect();
+        for c in children {
+            c.join().unwrap();
+        }
+        // Whichever won, every tag in the index names a manifest whose blobs are there.
+        e.ok(&["images"]);
+        for t in e.tags(&e.store()) {
+            e.inspect(&e.store(), &t);
+        }
+        let _ = e.strata(&["rmi", "-f", &format!("keep:{i}")]);
+    }
+}
+
+#[test]
 fn import_with_source_date_epoch_is_reproducible() {
     need_root!();
     let e = Env::new();
