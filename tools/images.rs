@@ -65,6 +65,9 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Images { quiet } => images(&store, quiet)?,
         Cmd::Tag { source, target } => {
+            // Hold off garbage collection: an `rmi` between resolving and writing the tag
+            // would free the manifest the new tag names.
+            let _w = store.writer_lock()?;
             let img = store.resolve(&source)?;
             store.tag(&img, &reference::parse_tag(&target)?)?;
         }
@@ -235,9 +238,17 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<()> {
             .ok()
             .and_then(|r| r.tagged())
             .filter(|t| img.tags.contains(t));
+        // One image ID can have several manifests (a `docker save` archive gets a new one on
+        // load): they are all that image.
+        let manifests: Vec<Image> = store
+            .images()?
+            .into_iter()
+            .filter(|i| i.id == img.id)
+            .collect();
+        let tags: usize = manifests.iter().map(|i| i.tags.len()).sum();
         // A tag of an image with other tags: only the tag goes, as docker does.
         if let Some(t) = &named_tag {
-            if img.tags.len() > 1 {
+            if tags > 1 {
                 store.untag(t)?;
                 println!("Untagged: {t}");
                 continue;
@@ -255,9 +266,11 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<()> {
                 users.join(", ")
             );
         }
-        store.remove(&img)?;
-        for t in &img.tags {
-            println!("Untagged: {t}");
+        for m in &manifests {
+            store.remove(m)?;
+            for t in &m.tags {
+                println!("Untagged: {t}");
+            }
         }
         println!("Deleted: {}", img.id);
     }

@@ -229,8 +229,13 @@ fn layout_dir_images(
         if store.blobs().contains(d) {
             return Ok(());
         }
-        let f = File::open(blob_path(d))
-            .map_err(io_err(format!("open blob {d} of {}", dir.display())))?;
+        let f = File::open(blob_path(d)).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::Invalid(format!(
+                "{}: blob {d} is missing from the layout",
+                dir.display()
+            )),
+            _ => io_err(format!("open blob {d} of {}", dir.display()))(e),
+        })?;
         let mut w = store.blobs().writer()?;
         io::copy(&mut BufReader::with_capacity(1 << 20, f), &mut w)
             .map_err(io_err(format!("copy blob {d}")))?;

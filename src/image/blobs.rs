@@ -88,6 +88,22 @@ impl Blobs {
         Ok(buf)
     }
 
+    /// Hash blob `d` and fail with [`Error::DigestMismatch`], naming its path, if it does not
+    /// match its digest.
+    pub fn verify(&self, d: &Digest) -> Result<()> {
+        let mut r = DigestReader::new(self.open_blob(d)?);
+        io::copy(&mut r, &mut io::sink()).map_err(io_err(format!("read blob {d}")))?;
+        let (found, _) = r.finish();
+        if &found != d {
+            return Err(Error::DigestMismatch {
+                what: format!("blob {}", self.path(d).display()),
+                expected: d.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
     /// A reader of blob `d` that fails at its end if the content does not match the digest.
     pub fn verifying_reader(&self, d: &Digest) -> Result<VerifyingReader<File>> {
         Ok(VerifyingReader::new(self.open_blob(d)?, d.clone()))

@@ -411,23 +411,31 @@ impl Store {
         fs::create_dir(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         let guard = TempDir(tmp);
         let what = format!("layer {}", layer.digest);
-        let blob = self.blobs.verifying_reader(&layer.digest)?;
-        let mut tar = DigestReader::new(decompressed(
-            BufReader::with_capacity(1 << 20, blob),
-            &what,
-        )?);
-        extract::unpack(
-            &mut tar,
-            guard.path(),
-            &what,
-            UnpackOptions::for_current_user(),
-        )?;
-        // Read to the end so both digests cover the whole blob.
-        io::copy(&mut tar, &mut io::sink()).map_err(|e| Error::Tar {
-            what: format!("read {what}"),
-            source: e,
+        let unpack = || -> Result<Digest> {
+            let blob = self.blobs.verifying_reader(&layer.digest)?;
+            let mut tar = DigestReader::new(decompressed(
+                BufReader::with_capacity(1 << 20, blob),
+                &what,
+            )?);
+            extract::unpack(
+                &mut tar,
+                guard.path(),
+                &what,
+                UnpackOptions::for_current_user(),
+            )?;
+            // Read to the end so both digests cover the whole blob.
+            io::copy(&mut tar, &mut io::sink()).map_err(|e| Error::Tar {
+                what: format!("read {what}"),
+                source: e,
+            })?;
+            Ok(tar.finish().0)
+        };
+        // A corrupt blob mostly shows as a broken gzip or tar stream long before its end,
+        // where the digest is checked: name the real cause.
+        let found = unpack().map_err(|e| match self.blobs.verify(&layer.digest) {
+            Err(mismatch @ Error::DigestMismatch { .. }) => mismatch,
+            _ => e,
         })?;
-        let (found, _) = tar.finish();
         if found != layer.diff_id {
             return Err(Error::DigestMismatch {
                 what: format!("uncompressed {what}"),
