@@ -8,19 +8,6 @@ use std::path::{Path, PathBuf};
 
 use common::cli::StrataEnv;
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-
 /// A context holding the files of `examples/NAME` plus the host's busybox.
 fn example_context(env: &StrataEnv, name: &str) -> PathBuf {
     let ctx = env.busybox_context(name);

@@ -6,32 +6,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Env {
-    dir: tempfile::TempDir,
-    image: String,
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Skip (pass with a note) when not root: rootful containers need it.
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
+use common::cli::StrataEnv;
 
 fn mknod_whiteout(p: &Path) {
     let st = Command::new("mknod")
@@ -42,18 +22,24 @@ fn mknod_whiteout(p: &Path) {
     assert!(st.success(), "mknod whiteout");
 }
 
+/// A store with a two-layer busybox image given as layer directories.
+struct Env {
+    cli: StrataEnv,
+    image: String,
+}
+
+impl std::ops::Deref for Env {
+    type Target = StrataEnv;
+    fn deref(&self) -> &StrataEnv {
+        &self.cli
+    }
+}
+
 impl Env {
     fn new() -> Env {
-        let base = std::env::var_os("STRATA_TEST_TMP")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("strata-ctr-")
-            .tempdir_in(base)
-            .unwrap();
-        let l0 = dir.path().join("layers/base");
-        let l1 = dir.path().join("layers/top");
+        let cli = StrataEnv::new("strata-ctr-");
+        let l0 = cli.dir.path().join("layers/base");
+        let l1 = cli.dir.path().join("layers/top");
         for d in ["bin", "etc", "tmp", "proc", "dev", "sys", "root"] {
             std::fs::create_dir_all(l0.join(d)).unwrap();
         }
@@ -76,96 +62,17 @@ impl Env {
         std::fs::write(l1.join("etc/release"), "top\n").unwrap();
         mknod_whiteout(&l1.join("etc/old"));
         let image = format!("{},{}", l0.display(), l1.display());
-        Env { dir, image }
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
+        Env { cli, image }
     }
 
     /// Run `strata ARGS` with `stdin`, killed at the deadline.
     fn strata(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        self.strata_as(None, args, stdin)
-    }
-
-    /// Hand the test dir to the unprivileged test user, for rootless runs.
-    fn give_to_user(&self) -> (u32, u32) {
-        let (uid, gid) = common::unprivileged::setup_user();
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{uid}:{gid}"))
-            .arg(self.dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let mut p = self.dir.path().parent();
-        while let Some(d) = p {
-            let m = std::fs::metadata(d).unwrap().permissions().mode();
-            if m & 0o001 == 0 {
-                std::fs::set_permissions(d, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
-            }
-            p = d.parent();
-        }
-        (uid, gid)
+        self.cli.run_with(args, &[], stdin)
     }
 
     /// `strata ARGS` as `user` (uid, gid) when given, else as the caller.
     fn strata_as(&self, user: Option<(u32, u32)>, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut c = match user {
-            Some((uid, gid)) => {
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={gid}"))
-                    .args(["--init-groups", "--"])
-                    .arg(env!("CARGO_BIN_EXE_strata"))
-                    .env("HOME", self.dir.path());
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_strata")),
-        };
-        c.args(args)
-            .env("STRATA_ROOT", self.store())
-            .env("STRATA_STRATAFS", env!("CARGO_BIN_EXE_stratafs"))
-            .env_remove("STRATA_MOUNT")
-            .env_remove("RUST_BACKTRACE")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        if let Some(s) = stdin {
-            let mut i = child.stdin.take().unwrap();
-            i.write_all(s.as_bytes()).unwrap();
-        }
-        let start = Instant::now();
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                return child.wait_with_output().unwrap();
-            }
-            if start.elapsed() > DEADLINE {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "strata {args:?} timed out; stderr: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// `strata ARGS` that must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.strata(args, None);
-        assert!(
-            o.status.success(),
-            "strata {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        self.cli.run_as(user, args, &[], stdin)
     }
 
     fn run(&self, pre: &[&str], cmd: &[&str]) -> Output {
@@ -174,93 +81,6 @@ impl Env {
         a.push(&self.image);
         a.extend_from_slice(cmd);
         self.strata(&a, None)
-    }
-
-    fn containers(&self) -> Vec<String> {
-        match std::fs::read_dir(self.store().join("containers")) {
-            Ok(rd) => rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    fn mounts_under(&self) -> Vec<String> {
-        let me = self.dir.path().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&me))
-            .map(String::from)
-            .collect()
-    }
-
-    /// PIDs of live processes whose command line names this test's dir (daemons, runc).
-    fn processes(&self) -> Vec<i32> {
-        let me = self.dir.path().to_string_lossy().into_owned();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .map(|s| s.trim_start().starts_with('Z'))
-                .unwrap_or(false);
-            if !zombie && String::from_utf8_lossy(&cmd).contains(&me) {
-                out.push(pid);
-            }
-        }
-        out
-    }
-
-    /// Nothing of this test's containers is left: no mount, no daemon.
-    fn assert_no_leaks(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && !(self.mounts_under().is_empty() && self.processes().is_empty())
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(self.mounts_under(), Vec::<String>::new(), "mounts left");
-        assert_eq!(self.processes(), Vec::<i32>::new(), "processes left");
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for id in self.containers() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(self.store().join("runtime/runc"))
-                .args(["delete", "--force", &id])
-                .output();
-        }
-        let mut m = self.mounts_under();
-        m.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        for p in m {
-            if !Command::new("fusermount3")
-                .args(["-u", &p])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-            {
-                let _ = Command::new("umount").args(["-l", &p]).status();
-            }
-        }
-        for pid in self.processes() {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid).unwrap(),
-                rustix::process::Signal::KILL,
-            );
-        }
     }
 }
 

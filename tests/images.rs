@@ -7,74 +7,16 @@
 //! dir and kills (by PID) any process whose command line names its dir. Needs busybox-static,
 //! skopeo, python3 and tar (scripts/test.sh installs the Debian packages).
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use common::cli::{run_deadline, StrataEnv, COMMAND_DEADLINE};
 use serde_json::Value;
-
-const DEADLINE: Duration = Duration::from_secs(90);
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Skip (pass with a note) when not root: the store's layers keep owners and containers mount.
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-
-/// Run `c` to completion, killed at the deadline; stdout and stderr captured.
-fn run_deadline(mut c: Command, what: &str) -> Output {
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let reader = |mut r: Box<dyn Read + Send>| {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            let _ = tx.send(v);
-        });
-        rx
-    };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            let e = err.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
-            panic!("{what} timed out; stderr: {}", String::from_utf8_lossy(&e));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    // A daemon that kept our pipes open must not hang the test either.
-    let left = DEADLINE.saturating_sub(start.elapsed()) + Duration::from_secs(1);
-    let stdout = out.recv_timeout(left).unwrap_or_default();
-    let stderr = err.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -92,78 +34,28 @@ fn names_in(dir: &Path) -> BTreeSet<String> {
     }
 }
 
+/// A test's stores (`store`, `store2`) with image helpers.
 struct Env {
-    dir: tempfile::TempDir,
+    cli: StrataEnv,
+}
+
+impl std::ops::Deref for Env {
+    type Target = StrataEnv;
+    fn deref(&self) -> &StrataEnv {
+        &self.cli
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        let base = std::env::var_os("STRATA_TEST_TMP")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("strata-img-")
-            .tempdir_in(base)
-            .unwrap();
-        Env { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// The default store of the test.
-    fn store(&self) -> PathBuf {
-        self.path("store")
-    }
-
-    /// `strata --root ROOT ARGS` with extra environment `envs`.
-    fn strata_env(&self, root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-        c.arg("--root")
-            .arg(root)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("STRATA_STRATAFS", env!("CARGO_BIN_EXE_stratafs"))
-            .env_remove("STRATA_ROOT")
-            .env_remove("STRATA_MOUNT")
-            .env_remove("SOURCE_DATE_EPOCH")
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LOG");
-        for (k, v) in envs {
-            c.env(k, v);
+        Env {
+            cli: StrataEnv::new("strata-img-"),
         }
-        run_deadline(c, &format!("strata {args:?}"))
     }
 
-    /// `strata ARGS` on the default store.
-    fn strata(&self, args: &[&str]) -> Output {
-        self.strata_env(&self.store(), args, &[])
-    }
-
-    /// `strata ARGS` that must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        ok_output(self.strata(args), args)
-    }
-
-    /// `strata ARGS` that must fail; its stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        fail_output(self.strata(args), args)
-    }
-
-    /// An external tool that must succeed; its stdout.
-    fn tool(&self, prog: &str, args: &[&str]) -> String {
-        let mut c = Command::new(prog);
-        c.args(args).current_dir(self.dir.path());
-        let o = run_deadline(c, &format!("{prog} {args:?}"));
-        assert!(
-            o.status.success(),
-            "{prog} {args:?} failed: {}{}",
-            text(&o.stdout),
-            text(&o.stderr)
-        );
-        text(&o.stdout)
+    /// `strata ARGS` on the store at `root` with extra environment `envs`.
+    fn strata_env(&self, root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        self.cli.run_in(root, None, args, envs, None)
     }
 
     /// A busybox root filesystem at `rel`, with `/etc/greeting` holding `greeting`.
@@ -226,89 +118,6 @@ impl Env {
         let args = ["run", "--rm", image, "cat", file];
         let o = ok_output(self.strata_env(root, &args, &[]), &args);
         assert_eq!(o, want, "{image}:{file}");
-    }
-
-    fn containers(&self, root: &Path) -> Vec<String> {
-        names_in(&root.join("containers")).into_iter().collect()
-    }
-
-    fn mounts_under(&self) -> Vec<String> {
-        let me = self.dir.path().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&me))
-            .map(String::from)
-            .collect()
-    }
-
-    /// PIDs of live processes whose command line names this test's dir (daemons, runc).
-    fn processes(&self) -> Vec<i32> {
-        let me = self.dir.path().to_string_lossy().into_owned();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .map(|s| s.trim_start().starts_with('Z'))
-                .unwrap_or(false);
-            if !zombie && String::from_utf8_lossy(&cmd).contains(&me) {
-                out.push(pid);
-            }
-        }
-        out
-    }
-
-    /// Nothing of this test's containers is left: no mount, no daemon.
-    fn assert_no_leaks(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && !(self.mounts_under().is_empty() && self.processes().is_empty())
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(self.mounts_under(), Vec::<String>::new(), "mounts left");
-        assert_eq!(self.processes(), Vec::<i32>::new(), "processes left");
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for root in [self.store(), self.path("store2")] {
-            for id in self.containers(&root) {
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(root.join("runtime/runc"))
-                    .args(["delete", "--force", &id])
-                    .output();
-            }
-        }
-        let mut m = self.mounts_under();
-        m.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        for p in m {
-            if !Command::new("fusermount3")
-                .args(["-u", &p])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-            {
-                let _ = Command::new("umount").args(["-l", &p]).status();
-            }
-        }
-        for pid in self.processes() {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid).unwrap(),
-                rustix::process::Signal::KILL,
-            );
-        }
     }
 }
 
@@ -794,7 +603,7 @@ fn corrupt_layer_blob_is_a_digest_mismatch_on_run() {
     std::fs::remove_dir_all(&layer).unwrap();
 
     let err = fail_output(
-        e.strata(&["run", "--rm", "a:1", "true"]),
+        e.run(&["run", "--rm", "a:1", "true"]),
         &["run", "--rm", "a:1", "true"],
     );
     assert!(
@@ -806,7 +615,7 @@ fn corrupt_layer_blob_is_a_digest_mismatch_on_run() {
         names_in(&e.store().join("layers")),
         BTreeSet::from(["sha256".to_string()])
     );
-    assert!(e.containers(&e.store()).is_empty());
+    assert!(e.containers().is_empty());
 
     // Corruption near the end (the gzip trailer) and a truncated blob are caught too.
     let good_len = bytes.len();
@@ -816,11 +625,11 @@ fn corrupt_layer_blob_is_a_digest_mismatch_on_run() {
     let n = bytes.len();
     bytes[n - 6] ^= 0x01;
     std::fs::write(&blob, &bytes).unwrap();
-    let err = fail_output(e.strata(&["run", "--rm", "a:1", "true"]), &["run"]);
+    let err = fail_output(e.run(&["run", "--rm", "a:1", "true"]), &["run"]);
     assert!(err.contains("digest mismatch"), "trailer: {err}");
     bytes[n - 6] ^= 0x01;
     std::fs::write(&blob, &bytes[..good_len - 100]).unwrap();
-    let err = fail_output(e.strata(&["run", "--rm", "a:1", "true"]), &["run"]);
+    let err = fail_output(e.run(&["run", "--rm", "a:1", "true"]), &["run"]);
     assert!(err.contains("digest mismatch"), "truncated: {err}");
     // Repaired, it runs again.
     std::fs::write(&blob, &bytes).unwrap();
@@ -828,7 +637,7 @@ fn corrupt_layer_blob_is_a_digest_mismatch_on_run() {
     // A missing blob is named as such.
     std::fs::remove_dir_all(&layer).unwrap();
     std::fs::remove_file(&blob).unwrap();
-    let err = fail_output(e.strata(&["run", "--rm", "a:1", "true"]), &["run"]);
+    let err = fail_output(e.run(&["run", "--rm", "a:1", "true"]), &["run"]);
     assert!(
         err.contains("missing") && err.contains(&digest[7..]),
         "{err}"
@@ -994,9 +803,12 @@ fn rmi_of_an_image_id_removes_every_manifest_of_it() {
         "{o}"
     );
     assert_eq!(e.tags(&e.store()), BTreeSet::from(["a:1".to_string()]));
-    // By ID: the image is gone, whichever manifest it came with.
+    // By ID while two tags name it: refused without -f, as docker does.
     e.ok(&["load", "-i", "x.tar"]);
-    let o = e.ok(&["rmi", &id[7..19]]);
+    let err = e.fails(&["rmi", &id[7..19]]);
+    assert!(err.contains("referenced by 2 tags"), "{err}");
+    // With -f: the image is gone, whichever manifest it came with.
+    let o = e.ok(&["rmi", "-f", &id[7..19]]);
     assert!(
         o.contains("Untagged: a:1")
             && o.contains("Untagged: foo/bar:3")
@@ -1106,7 +918,7 @@ fn concurrent_imports_and_tags_never_corrupt_the_index() {
                 std::thread::spawn(move || {
                     let mut c = Command::new(strata);
                     c.arg("--root").arg(&store).args(&args);
-                    let o = run_deadline(c, &format!("strata {args:?}"));
+                    let o = run_deadline(c, &format!("strata {args:?}"), COMMAND_DEADLINE, None);
                     (args, o)
                 })
             })
@@ -1157,7 +969,7 @@ fn tag_racing_rmi_never_leaves_a_tag_on_freed_blobs() {
                 std::thread::spawn(move || {
                     let mut c = Command::new(strata);
                     c.arg("--root").arg(&store).args(&args);
-                    run_deadline(c, &format!("strata {args:?}"))
+                    run_deadline(c, &format!("strata {args:?}"), COMMAND_DEADLINE, None)
                 })
             })
             .collect();
@@ -1169,7 +981,7 @@ fn tag_racing_rmi_never_leaves_a_tag_on_freed_blobs() {
         for t in e.tags(&e.store()) {
             e.inspect(&e.store(), &t);
         }
-        let _ = e.strata(&["rmi", "-f", &format!("keep:{i}")]);
+        let _ = e.run(&["rmi", "-f", &format!("keep:{i}")]);
     }
 }
 

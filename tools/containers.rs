@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use strata::container::{volume, Container, ImageSpec, RunOptions, Status};
+use strata::image::lock::Lock;
 use strata::image::Store;
 
 /// Options shared by `run` and `create`.
@@ -197,21 +198,30 @@ fn local_image(arg: &str) -> Result<ImageSpec> {
 
 /// The image a `run`/`create` argument names: a path (with a `/`) is a directory or layer
 /// list; anything else is looked up in the image store and its layers extracted.
-fn image_spec(root: &Path, arg: &str) -> Result<ImageSpec> {
+///
+/// For a store image the returned lock keeps `rmi` from freeing its layers until the container
+/// that lists them as lowerdirs exists: hold it until then.
+fn image_spec(root: &Path, arg: &str) -> Result<(ImageSpec, Option<Lock>)> {
     if arg.contains('/') && Path::new(arg.split(',').next().unwrap_or(arg)).is_dir() {
-        return local_image(arg);
+        return Ok((local_image(arg)?, None));
     }
     let store = Store::open(root)?;
+    let lock = store.writer_lock()?;
     let img = store.resolve(arg)?;
-    Ok(ImageSpec {
+    let spec = ImageSpec {
         id: img.id.to_string(),
         name: arg.to_string(),
         lower_dirs: store.layer_dirs(&img)?,
         config: img.config,
-    })
+    };
+    Ok((spec, Some(lock)))
 }
 
-fn options(root: &Path, a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions, ImageSpec)> {
+fn options(
+    root: &Path,
+    a: &CreateArgs,
+    auto_remove: bool,
+) -> Result<(RunOptions, ImageSpec, Option<Lock>)> {
     let network_host = match a.network.as_str() {
         "host" => true,
         "none" => false,
@@ -244,7 +254,8 @@ fn options(root: &Path, a: &CreateArgs, auto_remove: bool) -> Result<(RunOptions
         auto_remove,
         runtime: a.runtime.clone(),
     };
-    Ok((opts, image_spec(root, &a.image)?))
+    let (image, lock) = image_spec(root, &a.image)?;
+    Ok((opts, image, lock))
 }
 
 /// Run one container verb; returns the process exit code.
@@ -257,8 +268,9 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
     let _userns = strata::container::userns::enter(root)?;
     match cmd {
         Cmd::Run { rm, detach, args } => {
-            let (opts, image) = options(root, &args, rm)?;
+            let (opts, image, lock) = options(root, &args, rm)?;
             let mut c = Container::create(root, &image, &opts)?;
+            drop(lock); // the container now keeps its layers from garbage collection
             if detach {
                 if let Err(e) = c.start() {
                     if rm {
@@ -276,7 +288,7 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             Ok(code?)
         }
         Cmd::Create { args } => {
-            let (opts, image) = options(root, &args, false)?;
+            let (opts, image, _lock) = options(root, &args, false)?;
             println!("{}", Container::create(root, &image, &opts)?.state.id);
             Ok(0)
         }

@@ -254,6 +254,17 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<()> {
                 continue;
             }
         }
+        if named_tag.is_none() && tags > 1 && !force {
+            bail!(
+                "image {} is referenced by {tags} tags ({}): remove them by name, or use rmi -f",
+                img.id.short(),
+                manifests
+                    .iter()
+                    .flat_map(|m| m.tags.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let users: Vec<&str> = containers
             .iter()
             .filter(|c| c.state.image == img.id.as_str())
@@ -279,6 +290,7 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<()> {
         .flat_map(|c| c.state.lower_dirs.clone())
         .collect();
     let stats = store.gc(&keep)?;
+    strata::build::cache::prune(store);
     tracing::info!(
         "freed {} blobs ({} bytes) and {} layers",
         stats.blobs,

@@ -58,9 +58,26 @@ fn main() {
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {
-        eprintln!("strata: {e:#}");
+        eprintln!("strata: {}", message(&e));
         125
     }))
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the message above it
+/// already quotes (the library's errors include their io error's text).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 /// The store of root is system-wide; an unprivileged user's lives in `$XDG_DATA_HOME/strata`

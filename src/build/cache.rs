@@ -3,7 +3,7 @@
 //! the step's layer and its recorded time, so an unchanged rebuild is near instant and gives
 //! the same image digest.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -54,8 +54,8 @@ pub fn record(store: &Store, key: &str, entry: &Entry) {
 }
 
 /// Remove the cache records whose layer blobs are gone (after garbage collection).
-pub fn prune(root: &Path, store: &Store) {
-    let Ok(dir) = std::fs::read_dir(root.join("build-cache")) else {
+pub fn prune(store: &Store) {
+    let Ok(dir) = std::fs::read_dir(store.root().join("build-cache")) else {
         return;
     };
     for e in dir.flatten() {

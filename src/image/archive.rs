@@ -10,15 +10,13 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 
-use oci_spec::image::{ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType};
+use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
 use super::layout::{self, IndexEntry};
 use super::reference;
-use super::store::{
-    self, canonical_json, descriptor, Image, Store, CONFIG, LAYER_GZIP, LAYER_TAR, MANIFEST,
-};
+use super::store::{self, Image, LayerDesc, Store, LAYER_GZIP, LAYER_TAR, MANIFEST};
 use super::{io_err, Error, Result};
 
 /// Largest JSON document accepted from an archive.
@@ -456,24 +454,20 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<(Image, Vec<String>
                         .unwrap_or_default()
                 )));
             }
-            layers.push(descriptor(
-                if gz { LAYER_GZIP } else { LAYER_TAR },
-                store.blobs().size(&digest)?,
-                &digest,
-            )?);
+            layers.push(LayerDesc {
+                media_type: if gz { LAYER_GZIP } else { LAYER_TAR }.to_string(),
+                size: store.blobs().size(&digest)?,
+                diff_id: config
+                    .rootfs()
+                    .diff_ids()
+                    .get(i)
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or_else(|| digest.clone()),
+                digest,
+            });
         }
-        let manifest = ImageManifestBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageManifest)
-            .config(descriptor(
-                CONFIG,
-                config_bytes.len() as u64,
-                &config_digest,
-            )?)
-            .layers(layers)
-            .build()
-            .map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
-        let manifest_digest = store.blobs().put(&canonical_json(&manifest)?)?;
+        let (manifest_digest, _) =
+            store.write_manifest(&config_digest, config_bytes.len() as u64, &layers)?;
         let img = store.image(&manifest_digest, &[])?;
         let tags = d
             .repo_tags

@@ -322,18 +322,7 @@ impl Unpacker<'_> {
                     .into_owned();
                 rfs::symlinkat(OsStr::from_bytes(&target), p, &name)
                     .map_err(|e| self.io(&raw, "symlink", e))?;
-                if self.opts.chown {
-                    rfs::chownat(
-                        p,
-                        &name,
-                        Some(rfs::Uid::from_raw(uid)),
-                        Some(rfs::Gid::from_raw(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| self.io(&raw, "chown", e))?;
-                }
-                rfs::utimensat(p, &name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.io(&raw, "set times of", e))?;
+                self.owner_and_times_at(p, &name, (uid, gid), mtime, &raw)?;
             }
             EntryType::Link => {
                 let target = entry
@@ -402,18 +391,7 @@ impl Unpacker<'_> {
                     }
                     Err(e) => return Err(self.io(&raw, "mknod", e)),
                 }
-                if self.opts.chown {
-                    rfs::chownat(
-                        p,
-                        &name,
-                        Some(rfs::Uid::from_raw(uid)),
-                        Some(rfs::Gid::from_raw(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| self.io(&raw, "chown", e))?;
-                }
-                rfs::utimensat(p, &name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.io(&raw, "set times of", e))?;
+                self.owner_and_times_at(p, &name, (uid, gid), mtime, &raw)?;
             }
             other => {
                 return Err(
@@ -422,6 +400,29 @@ impl Unpacker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Give `name` in `dir` (not followed) the entry's owner (when allowed) and time.
+    fn owner_and_times_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        (uid, gid): (u32, u32),
+        mtime: i64,
+        raw: &[u8],
+    ) -> Result<()> {
+        if self.opts.chown {
+            rfs::chownat(
+                dir,
+                name,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| self.io(raw, "chown", e))?;
+        }
+        rfs::utimensat(dir, name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.io(raw, "set times of", e))
     }
 
     /// The entry's PAX `SCHILY.xattr.*` records, minus overlay-private ones.

@@ -370,23 +370,8 @@ impl Store {
     pub fn write_image(&self, config: &ImageConfiguration, layers: &[LayerDesc]) -> Result<Image> {
         let config_bytes = canonical_json(config)?;
         let config_digest = self.blobs.put(&config_bytes)?;
-        let descs = layers
-            .iter()
-            .map(|l| descriptor(&l.media_type, l.size, &l.digest))
-            .collect::<Result<Vec<_>>>()?;
-        let manifest = ImageManifestBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageManifest)
-            .config(descriptor(
-                CONFIG,
-                config_bytes.len() as u64,
-                &config_digest,
-            )?)
-            .layers(descs)
-            .build()
-            .map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
-        let manifest_bytes = canonical_json(&manifest)?;
-        let manifest_digest = self.blobs.put(&manifest_bytes)?;
+        let (manifest_digest, manifest) =
+            self.write_manifest(&config_digest, config_bytes.len() as u64, layers)?;
         Ok(Image {
             manifest_digest,
             manifest,
@@ -394,6 +379,28 @@ impl Store {
             config: config.clone(),
             tags: Vec::new(),
         })
+    }
+
+    /// Write the manifest of the config blob `config` (`config_len` bytes) and `layers`.
+    pub fn write_manifest(
+        &self,
+        config: &Digest,
+        config_len: u64,
+        layers: &[LayerDesc],
+    ) -> Result<(Digest, ImageManifest)> {
+        let descs = layers
+            .iter()
+            .map(|l| descriptor(&l.media_type, l.size, &l.digest))
+            .collect::<Result<Vec<_>>>()?;
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(descriptor(CONFIG, config_len, config)?)
+            .layers(descs)
+            .build()
+            .map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
+        let digest = self.blobs.put(&canonical_json(&manifest)?)?;
+        Ok((digest, manifest))
     }
 
     /// The directory holding `layer` extracted in overlay format, extracting it first if

@@ -3,9 +3,10 @@
 //! unmounted and processes naming it are killed (by PID), so a failing or hung test leaks
 //! nothing into the next.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Deadline of one `strata` command (builds run several containers).
@@ -34,6 +35,14 @@ impl StrataEnv {
     /// From now on run strata as the unprivileged test user, who gets the test's directory
     /// (and search permission on its parents).
     pub fn rootless(&mut self) -> (u32, u32) {
+        let user = self.give_to_user();
+        self.user = Some(user);
+        user
+    }
+
+    /// Give the test's directory to the unprivileged test user (and search permission on its
+    /// parents); returns its (uid, gid).
+    pub fn give_to_user(&self) -> (u32, u32) {
         use std::os::unix::fs::PermissionsExt;
         let (uid, gid) = super::unprivileged::setup_user();
         let st = Command::new("chown")
@@ -51,7 +60,6 @@ impl StrataEnv {
             }
             p = d.parent();
         }
-        self.user = Some((uid, gid));
         (uid, gid)
     }
 
@@ -67,7 +75,30 @@ impl StrataEnv {
 
     /// Run `strata ARGS` with extra environment `envs` and optional `stdin`, killed at the deadline.
     pub fn run_with(&self, args: &[&str], envs: &[(&str, &str)], stdin: Option<&str>) -> Output {
-        let mut c = match self.user {
+        self.run_as(self.user, args, envs, stdin)
+    }
+
+    /// Run `strata ARGS` as `user` (uid, gid), or as the caller for `None`.
+    pub fn run_as(
+        &self,
+        user: Option<(u32, u32)>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> Output {
+        self.run_in(&self.store(), user, args, envs, stdin)
+    }
+
+    /// Run `strata ARGS` on the store at `root` (a test may have several).
+    pub fn run_in(
+        &self,
+        root: &Path,
+        user: Option<(u32, u32)>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> Output {
+        let mut c = match user {
             Some((uid, gid)) => {
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={uid}"))
@@ -80,37 +111,29 @@ impl StrataEnv {
             None => Command::new(env!("CARGO_BIN_EXE_strata")),
         };
         c.args(args)
-            .env("STRATA_ROOT", self.store())
+            .current_dir(self.dir.path())
+            .env("STRATA_ROOT", root)
             .env("STRATA_STRATAFS", env!("CARGO_BIN_EXE_stratafs"))
             .env_remove("STRATA_MOUNT")
             .env_remove("SOURCE_DATE_EPOCH")
-            .envs(envs.iter().copied())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        if let Some(s) = stdin {
-            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        }
-        let start = Instant::now();
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                return child.wait_with_output().unwrap();
-            }
-            if start.elapsed() > COMMAND_DEADLINE {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "strata {args:?} timed out; stderr: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LOG")
+            .envs(envs.iter().copied());
+        run_deadline(c, &format!("strata {args:?}"), COMMAND_DEADLINE, stdin)
+    }
+
+    /// An external tool that must succeed, run in the test's directory; its stdout.
+    pub fn tool(&self, prog: &str, args: &[&str]) -> String {
+        let mut c = Command::new(prog);
+        c.args(args).current_dir(self.dir.path());
+        let o = run_deadline(c, &format!("{prog} {args:?}"), COMMAND_DEADLINE, None);
+        assert!(
+            o.status.success(),
+            "{prog} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// Run `strata ARGS`.
@@ -209,6 +232,67 @@ impl StrataEnv {
     }
 }
 
+/// Container IDs in the store at `root`.
+pub fn containers_in(root: &Path) -> Vec<String> {
+    match std::fs::read_dir(root.join("containers")) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Run `c` to completion with `stdin`, killed at `deadline`; stdout and stderr captured by
+/// threads, so a daemon that inherited the pipes cannot hang the test either.
+pub fn run_deadline(mut c: Command, what: &str, deadline: Duration, stdin: Option<&str>) -> Output {
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let reader = |mut r: Box<dyn Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            let _ = tx.send(v);
+        });
+        rx
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let e = err.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+            panic!("{what} timed out; stderr: {}", String::from_utf8_lossy(&e));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let left = deadline.saturating_sub(start.elapsed()) + Duration::from_secs(1);
+    let stdout = out.recv_timeout(left).unwrap_or_default();
+    let stderr = err.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
 /// Files (not directories) under `dir`, recursively.
 pub fn count_files(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -227,12 +311,23 @@ pub fn count_files(dir: &Path) -> usize {
 
 impl Drop for StrataEnv {
     fn drop(&mut self) {
-        for id in self.containers() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(self.store().join("runtime/runc"))
-                .args(["delete", "--force", &id])
-                .output();
+        // Every store of the test: `store`, `store2`, ...
+        let stores = std::fs::read_dir(self.dir.path())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("store"))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_else(|_| Vec::new());
+        for root in stores {
+            for id in containers_in(&root) {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(root.join("runtime/runc"))
+                    .args(["delete", "--force", &id])
+                    .output();
+            }
         }
         let mut m = self.mounts_under();
         m.sort_by_key(|s| std::cmp::Reverse(s.len()));

@@ -46,6 +46,22 @@ impl Backend {
     pub const ALL: [Backend; 2] = [Backend::Kernel, Backend::Stratafs];
 }
 
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skip a test (pass with a note) when not root: it mounts, chowns or runs rootful containers.
+#[macro_export]
+macro_rules! need_root {
+    () => {
+        if !$crate::common::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
 /// Generates, for each named `fn NAME(b: Backend)`, a module `NAME` with the tests `kernel`
 /// and `stratafs`, so each backend passes or fails on its own and can be filtered by name.
 #[macro_export]
@@ -471,11 +487,26 @@ impl<'a> Mount<'a> {
                     opts.push("metacopy=off".into());
                 }
                 opts.extend(spec.extra.iter().cloned());
-                let (ok, out) = run(Command::new("mount")
-                    .args(["-t", "overlay", "overlay", "-o"])
-                    .arg(opts.join(","))
-                    .arg(&fx.mnt));
-                assert!(ok, "kernel overlay mount failed: {out}");
+                // With index=on the kernel refuses an upper dir still in use by a previous
+                // mount's superblock. A mount namespace created meanwhile by a concurrent test
+                // (a container, the rootless pause process) holds a copy of that mount and keeps
+                // the superblock alive until it goes, so a remount waits for it.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (ok, out) = run(Command::new("mount")
+                        .args(["-t", "overlay", "overlay", "-o"])
+                        .arg(opts.join(","))
+                        .arg(&fx.mnt));
+                    if ok {
+                        break;
+                    }
+                    let busy = out.contains("already mounted or mount point busy");
+                    assert!(
+                        busy && Instant::now() < deadline,
+                        "kernel overlay mount failed: {out}"
+                    );
+                    thread::sleep(Duration::from_millis(100));
+                }
             }
             Backend::Stratafs => {
                 opts.extend(spec.extra.iter().cloned());
