@@ -16,7 +16,7 @@ struct Cli {
     /// `-v` is docker's volume flag of `run`/`create`.
     #[arg(long, action = ArgAction::Count, global = true)]
     verbose: u8,
-    /// Store directory [default: /var/lib/strata as root, ~/.local/share/strata otherwise].
+    /// Store directory [default: /var/lib/strata as root, $XDG_DATA_HOME/strata (~/.local/share/strata) otherwise].
     #[arg(long, global = true, env = "STRATA_ROOT")]
     root: Option<std::path::PathBuf>,
     #[command(subcommand)]
