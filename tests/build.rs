@@ -470,3 +470,41 @@ fn rootless_build_and_run() {
     );
     env.assert_no_leaks();
 }
+
+#[test]
+fn build_racing_rmi_of_its_base_keeps_every_layer_it_needs() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let ctx = env.path("derived");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("f"), "file").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM base\nRUN sleep 1; echo ran > /ran\nCOPY f /f\n",
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        let build = s.spawn(|| env.run(&["build", "-t", "derived", ctx.to_str().unwrap()]));
+        // The base goes while the build runs on its layers: rmi waits for the build's lock
+        // before freeing anything, and the new image references the base layers it used.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        env.ok(&["rmi", "base"]);
+        let o = build.join().unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    });
+    assert_eq!(
+        env.ok(&["run", "--rm", "derived", "cat", "/ran", "/f"]),
+        "ran\nfile"
+    );
+    env.ok(&["rmi", "derived"]);
+    assert_eq!(
+        common::cli::count_files(&env.store().join("blobs/sha256")),
+        0
+    );
+    assert!(std::fs::read_dir(env.store().join("layers/sha256"))
+        .unwrap()
+        .next()
+        .is_none());
+    env.assert_no_leaks();
+}
