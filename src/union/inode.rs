@@ -70,7 +70,8 @@ pub struct Node {
     aliases: Mutex<Vec<Location>>,
     /// Layers, listing and liveness; namespace changes in a directory hold its write lock.
     pub state: RwLock<NodeState>,
-    /// Cached `O_PATH` fds of this directory in each of its layers.
+    /// Cached fds of this directory in each of its layers (`O_PATH`, or readable when opened
+    /// to read it; only the listing reads them, under the state write lock).
     dir_fds: Mutex<Vec<(LayerIndex, Arc<OwnedFd>)>>,
     /// How many lookups the kernel holds (FUSE `forget` takes them back).
     lookups: AtomicU64,
