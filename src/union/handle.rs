@@ -269,6 +269,7 @@ impl Union {
     pub fn opendir(&self, id: u64) -> Result<u64, Errno> {
         let node = self.dir_node(id)?;
         let listing = self.listing(&node)?;
+        self.prefetch_subdirs(&node, &listing);
         let fh = self.handles.next();
         self.handles.dirs.write().insert(
             fh,

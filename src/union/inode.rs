@@ -83,6 +83,8 @@ pub struct Node {
     /// The node's last name was removed; it lives on only through open files. Atomic so the
     /// node table can read it without taking the state lock (which would invert lock order).
     unlinked: AtomicBool,
+    /// The subdirectories of this directory were handed to the read-ahead once.
+    pub prefetched: AtomicBool,
 }
 
 impl Node {
@@ -110,6 +112,7 @@ impl Node {
             dir_fds: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
             unlinked: AtomicBool::new(false),
+            prefetched: AtomicBool::new(false),
             nlink_adjust: std::sync::atomic::AtomicI64::new(0),
         }
     }

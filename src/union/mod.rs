@@ -16,6 +16,7 @@ pub mod inode;
 pub mod layer;
 pub mod namespace;
 pub mod options;
+pub mod prefetch;
 pub mod setup;
 pub mod xattr;
 
@@ -72,6 +73,8 @@ pub struct Union {
     pub options: MountOptions,
     /// Counter for unique temporary names in the work directory.
     temp_counter: AtomicU64,
+    /// Read-ahead of the subdirectories of listed directories (cold tree walks).
+    prefetch: Option<prefetch::Prefetcher>,
     /// Multiply-linked files of each lower layer, indexed on the first copy-up of one.
     link_indexes:
         parking_lot::Mutex<std::collections::HashMap<LayerIndex, Arc<hardlink::LinkIndex>>>,
@@ -215,6 +218,42 @@ impl Union {
         let listing = Arc::new(self.build_listing(node, &state.layers)?);
         state.listing = Some(listing.clone());
         Ok(listing)
+    }
+
+    /// A client is reading directory `node` (whose listing is read): on the first time, have
+    /// the read-ahead threads fetch the inodes and entries of its subdirectories, the next
+    /// stops of a tree walk.
+    pub fn prefetch_subdirs(&self, node: &Node, listing: &Listing) {
+        let Some(prefetch) = &self.prefetch else {
+            return;
+        };
+        if node
+            .prefetched
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let mut fds: Vec<(LayerIndex, Option<Arc<OwnedFd>>)> = Vec::new();
+        for (name, entry) in &listing.entries {
+            if entry.kind != FileType::Directory {
+                continue;
+            }
+            for &layer in &entry.layers {
+                let fd = match fds.iter().find(|(l, _)| *l == layer) {
+                    Some((_, fd)) => fd.clone(),
+                    None => {
+                        let fd = node.cached_fd(layer);
+                        fds.push((layer, fd.clone()));
+                        fd
+                    }
+                };
+                if let Some(fd) = fd {
+                    if !prefetch.directory(&fd, name) {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Read and merge the layers of directory `node` (`layers` are already cut at the first
