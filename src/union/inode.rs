@@ -85,6 +85,12 @@ pub struct Node {
     unlinked: AtomicBool,
     /// The subdirectories of this directory were handed to the read-ahead once.
     pub prefetched: AtomicBool,
+    /// Clients stat the files of this directory (the kernel looked one up), or it was listed
+    /// with attributes because its parent's were: readdirplus answers it in full.
+    pub stat_walk: AtomicBool,
+    /// Clients stat files in a directory below this one: its other subdirectories, the
+    /// siblings and cousins of that one, are likely walked the same way.
+    pub stat_walk_below: AtomicBool,
 }
 
 impl Node {
@@ -113,6 +119,8 @@ impl Node {
             lookups: AtomicU64::new(0),
             unlinked: AtomicBool::new(false),
             prefetched: AtomicBool::new(false),
+            stat_walk: AtomicBool::new(false),
+            stat_walk_below: AtomicBool::new(false),
             nlink_adjust: std::sync::atomic::AtomicI64::new(0),
         }
     }
