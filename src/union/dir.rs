@@ -51,16 +51,41 @@ pub struct Listing {
 pub struct LayerDir {
     /// Entries that are shown, hidden or mark opacity, with their inode numbers.
     pub entries: Vec<(OsString, EntryKind, u64)>,
-    /// Whether the directory is opaque (xattr or `.wh..wh..opq`).
+    /// Whether the directory holds the `.wh..wh..opq` marker.
     pub opaque: bool,
 }
 
-/// Read the directory open as `dir` (readable fd) and classify each entry.
+/// Size of the per-thread buffer directories are read with.
+const READ_BUF_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// One directory-reading buffer per worker thread, so reading a directory allocates none.
+    static DIR_BUF: std::cell::RefCell<Vec<MaybeUninit<u8>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Read the directory open as `dir` (readable fd, at its start) and classify each entry.
+///
+/// `opaque` in the result reflects only a `.wh..wh..opq` entry: the opaque xattrs are the
+/// business of whoever chose the directory's layers (a node's layers are already cut at the
+/// first opaque one, so the listing never needs them).
 pub fn read_layer_dir(dir: BorrowedFd<'_>) -> Result<LayerDir, Errno> {
-    let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 * 1024];
-    let mut raw = RawDir::new(dir, &mut buf);
+    DIR_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < READ_BUF_SIZE {
+            buf.resize(READ_BUF_SIZE, MaybeUninit::uninit());
+        }
+        read_layer_dir_with(dir, &mut buf)
+    })
+}
+
+fn read_layer_dir_with(
+    dir: BorrowedFd<'_>,
+    buf: &mut [MaybeUninit<u8>],
+) -> Result<LayerDir, Errno> {
+    let mut raw = RawDir::new(dir, buf);
     let mut entries = Vec::new();
-    let mut opaque = format::has_opaque_xattr(dir);
+    let mut opaque = false;
     while let Some(entry) = raw.next() {
         let entry = entry?;
         let name = entry.file_name().to_bytes();

@@ -101,6 +101,17 @@ pub fn is_device_whiteout(st: &rfs::Stat) -> bool {
 
 /// Whether the directory open as `dir` (a readable, non-`O_PATH` fd) carries an opaque xattr.
 pub fn has_opaque_xattr(dir: BorrowedFd<'_>) -> bool {
+    // Most directories have no xattrs at all: one list answers for both names. A long list
+    // (ERANGE) or an odd filesystem falls through to asking for each name.
+    let mut names = [0u8; 256];
+    if let Ok(n) = rfs::flistxattr(dir, &mut names) {
+        let opaque_listed = names[..n]
+            .split(|b| *b == 0)
+            .any(|x| x == TRUSTED_OPAQUE.as_bytes() || x == USER_OPAQUE.as_bytes());
+        if !opaque_listed {
+            return false;
+        }
+    }
     let mut buf = [0u8; 4];
     for name in [TRUSTED_OPAQUE, USER_OPAQUE] {
         if let Ok(n) = rfs::fgetxattr(dir, name, &mut buf) {

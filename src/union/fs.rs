@@ -313,7 +313,21 @@ impl Filesystem for StrataFs {
             r.as_ref().map(|(n, _)| n.id)
         );
         match r {
-            Ok((_, st)) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
+            Ok((node, st)) => {
+                if !node.is_dir {
+                    // The client stats files here: list this directory with attributes.
+                    if let Ok(p) = self.union.node(parent.0) {
+                        p.stat_walk.store(true, Ordering::Relaxed);
+                        let mut up = p.location().parent;
+                        for _ in 0..2 {
+                            let Some(a) = up else { break };
+                            a.stat_walk_below.store(true, Ordering::Relaxed);
+                            up = a.location().parent;
+                        }
+                    }
+                }
+                reply.entry(&self.ttl, &file_attr(&st), Generation(0))
+            }
             Err(Errno::NOENT) => {
                 // A negative entry the kernel may cache: names change only through us.
                 let mut attr = file_attr(&crate::sys::zeroed_stat());
@@ -625,7 +639,15 @@ impl Filesystem for StrataFs {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
         };
+        // With READDIRPLUS_AUTO the kernel asks for attributes at offset 0 of every directory,
+        // and later only when it saw lookups in it. Unless the walk stats files, answer offset
+        // 0 with `.`, `..` and the leading subdirectories only (their lookups are needed
+        // anyway) and stop short: the kernel reads the rest with plain readdir.
+        let in_full = offset > 0 || self.union.readdirplus_in_full(fh.0).unwrap_or(true);
         for e in entries {
+            if !in_full && e.index.is_some() && e.kind != rfs::FileType::Directory {
+                break;
+            }
             let full = match e.index {
                 None => {
                     let attr = FileAttr {

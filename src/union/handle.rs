@@ -269,6 +269,7 @@ impl Union {
     pub fn opendir(&self, id: u64) -> Result<u64, Errno> {
         let node = self.dir_node(id)?;
         let listing = self.listing(&node)?;
+        self.prefetch_subdirs(&node, &listing);
         let fh = self.handles.next();
         self.handles.dirs.write().insert(
             fh,
@@ -321,6 +322,29 @@ impl Union {
             pos += 1;
         }
         Ok(out)
+    }
+
+    /// Whether readdirplus of open directory `fh` should carry the attributes of every entry
+    /// (a walk that stats files: the kernel looked up files here or in the parent), or only
+    /// those of the leading subdirectories (a walk for names, like `find`, which would pay a
+    /// stat of every file for nothing). Answering in full passes the mode down the tree, as
+    /// the lookups that would have set it no longer come.
+    pub fn readdirplus_in_full(&self, fh: u64) -> Result<bool, Errno> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let h = self.handles.dir(fh)?;
+        let node = &h.node;
+        if node.stat_walk.load(Relaxed) {
+            return Ok(true);
+        }
+        let parent = node.location().parent;
+        let grandparent = parent.as_ref().and_then(|p| p.location().parent);
+        let inherit = parent
+            .is_some_and(|p| p.stat_walk.load(Relaxed) || p.stat_walk_below.load(Relaxed))
+            || grandparent.is_some_and(|g| g.stat_walk_below.load(Relaxed));
+        if inherit {
+            node.stat_walk.store(true, Relaxed);
+        }
+        Ok(inherit)
     }
 
     /// Look up an entry of an open directory's snapshot (for readdirplus), counting a reference.

@@ -70,7 +70,8 @@ pub struct Node {
     aliases: Mutex<Vec<Location>>,
     /// Layers, listing and liveness; namespace changes in a directory hold its write lock.
     pub state: RwLock<NodeState>,
-    /// Cached `O_PATH` fds of this directory in each of its layers.
+    /// Cached fds of this directory in each of its layers (`O_PATH`, or readable when opened
+    /// to read it; only the listing reads them, under the state write lock).
     dir_fds: Mutex<Vec<(LayerIndex, Arc<OwnedFd>)>>,
     /// How many lookups the kernel holds (FUSE `forget` takes them back).
     lookups: AtomicU64,
@@ -82,6 +83,14 @@ pub struct Node {
     /// The node's last name was removed; it lives on only through open files. Atomic so the
     /// node table can read it without taking the state lock (which would invert lock order).
     unlinked: AtomicBool,
+    /// The subdirectories of this directory were handed to the read-ahead once.
+    pub prefetched: AtomicBool,
+    /// Clients stat the files of this directory (the kernel looked one up), or it was listed
+    /// with attributes because its parent's were: readdirplus answers it in full.
+    pub stat_walk: AtomicBool,
+    /// Clients stat files in a directory below this one: its other subdirectories, the
+    /// siblings and cousins of that one, are likely walked the same way.
+    pub stat_walk_below: AtomicBool,
 }
 
 impl Node {
@@ -109,6 +118,9 @@ impl Node {
             dir_fds: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
             unlinked: AtomicBool::new(false),
+            prefetched: AtomicBool::new(false),
+            stat_walk: AtomicBool::new(false),
+            stat_walk_below: AtomicBool::new(false),
             nlink_adjust: std::sync::atomic::AtomicI64::new(0),
         }
     }

@@ -16,6 +16,7 @@ pub mod inode;
 pub mod layer;
 pub mod namespace;
 pub mod options;
+pub mod prefetch;
 pub mod setup;
 pub mod xattr;
 
@@ -33,6 +34,9 @@ use idmap::IdMapper;
 use inode::{Node, NodeTable, ROOT_ID};
 use layer::Layer;
 use options::MountOptions;
+
+/// Readable fds of one directory in some of its layers.
+type LayerFds = Vec<(LayerIndex, OwnedFd)>;
 
 /// Longest name a directory entry may have (the upper filesystem's limit).
 pub const NAME_MAX: usize = 255;
@@ -69,6 +73,8 @@ pub struct Union {
     pub options: MountOptions,
     /// Counter for unique temporary names in the work directory.
     temp_counter: AtomicU64,
+    /// Read-ahead of the subdirectories of listed directories (cold tree walks).
+    prefetch: Option<prefetch::Prefetcher>,
     /// Multiply-linked files of each lower layer, indexed on the first copy-up of one.
     link_indexes:
         parking_lot::Mutex<std::collections::HashMap<LayerIndex, Arc<hardlink::LinkIndex>>>,
@@ -114,16 +120,33 @@ impl Union {
         self.work.as_ref().ok_or(Errno::ROFS)
     }
 
-    /// An `O_PATH` fd of directory `node` in `layer` (cached on the node).
+    /// An fd of directory `node` in `layer` (cached on the node): `O_PATH`, or readable when
+    /// it was opened to read the directory. Use it with `*at()` calls and `fstat` only.
     pub fn dir_fd(&self, node: &Node, layer: LayerIndex) -> Result<Arc<OwnedFd>, Errno> {
         if let Some(fd) = node.cached_fd(layer) {
             return Ok(fd);
         }
-        let comps = node.path_components();
-        let refs: Vec<&OsStr> = comps.iter().map(|c| c.as_os_str()).collect();
-        let fd = Arc::new(self.layer(layer).open_dir(&refs, OFlags::PATH)?);
+        let fd = Arc::new(self.open_dir_in(node, layer, OFlags::PATH)?);
         node.cache_fd(layer, fd.clone());
         Ok(fd)
+    }
+
+    /// Open directory `node` in `layer` with `flags`: one step from its parent's cached fd in
+    /// that layer when there is one, else a walk from the layer's root.
+    fn open_dir_in(&self, node: &Node, layer: LayerIndex, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let loc = node.location();
+        if let Some(pfd) = loc.parent.as_ref().and_then(|p| p.cached_fd(layer)) {
+            // One valid name (never `..`), no symlink followed: this cannot leave the layer.
+            return rfs::openat(
+                pfd.as_fd(),
+                &loc.name,
+                flags | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                rfs::Mode::empty(),
+            );
+        }
+        let comps = node.path_components();
+        let refs: Vec<&OsStr> = comps.iter().map(|c| c.as_os_str()).collect();
+        self.layer(layer).open_dir(&refs, flags)
     }
 
     /// Run `f` on the name of non-directory `node` in its parent's copy in `layer` (or in its
@@ -197,12 +220,62 @@ impl Union {
         Ok(listing)
     }
 
-    /// Read and merge the layers of directory `node`.
+    /// A client is reading directory `node` (whose listing is read): on the first time, have
+    /// the read-ahead threads fetch the inodes and entries of its subdirectories, the next
+    /// stops of a tree walk.
+    pub fn prefetch_subdirs(&self, node: &Node, listing: &Listing) {
+        let Some(prefetch) = &self.prefetch else {
+            return;
+        };
+        if node
+            .prefetched
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let mut fds: Vec<(LayerIndex, Option<Arc<OwnedFd>>)> = Vec::new();
+        for (name, entry) in &listing.entries {
+            if entry.kind != FileType::Directory {
+                continue;
+            }
+            for &layer in &entry.layers {
+                let fd = match fds.iter().find(|(l, _)| *l == layer) {
+                    Some((_, fd)) => fd.clone(),
+                    None => {
+                        let fd = node.cached_fd(layer);
+                        fds.push((layer, fd.clone()));
+                        fd
+                    }
+                };
+                if let Some(fd) = fd {
+                    if !prefetch.directory(&fd, name) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read and merge the layers of directory `node` (`layers` are already cut at the first
+    /// opaque one).
     fn build_listing(&self, node: &Node, layers: &[LayerIndex]) -> Result<Listing, Errno> {
         let mut builder = ListingBuilder::new(self.has_upper);
         for &layer in layers {
-            let fd = self.dir_fd(node, layer)?;
-            let raw = dir::read_dir_at(fd.as_fd())?;
+            let raw = match node.cached_fd(layer) {
+                // A readable cached fd is read here only, under the node's write lock: rewind
+                // and read it. An `O_PATH` one refuses the seek: read through a fresh open.
+                Some(fd) => match rfs::seek(&*fd, rfs::SeekFrom::Start(0)) {
+                    Ok(_) => dir::read_layer_dir(fd.as_fd())?,
+                    Err(_) => dir::read_dir_at(fd.as_fd())?,
+                },
+                None => {
+                    // Open it readable once, read it, and keep it as the node's fd.
+                    let fd = self.open_dir_in(node, layer, OFlags::RDONLY)?;
+                    let raw = dir::read_layer_dir(fd.as_fd())?;
+                    node.cache_fd(layer, Arc::new(fd));
+                    raw
+                }
+            };
             if !builder.add_layer(layer, raw) {
                 break;
             }
@@ -211,14 +284,15 @@ impl Union {
     }
 
     /// The layers a directory named `name` in `parent` really merges: the listing's candidates,
-    /// cut after the first opaque one.
+    /// cut after the first opaque one. Also returns the fds opened to find out, for the node.
     fn effective_dir_layers(
         &self,
         parent: &Node,
         name: &OsStr,
         candidates: &[LayerIndex],
-    ) -> Result<Vec<LayerIndex>, Errno> {
+    ) -> Result<(Vec<LayerIndex>, LayerFds), Errno> {
         let mut out = Vec::with_capacity(candidates.len());
+        let mut fds = Vec::new();
         for (i, &layer) in candidates.iter().enumerate() {
             out.push(layer);
             if i + 1 == candidates.len() {
@@ -238,11 +312,12 @@ impl Union {
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .is_ok();
+            fds.push((layer, fd));
             if opaque {
                 break;
             }
         }
-        Ok(out)
+        Ok((out, fds))
     }
 
     /// Look up `name` in directory `parent_id`, counting a kernel reference on success.
@@ -285,10 +360,10 @@ impl Union {
             return Err(Errno::NOENT);
         }
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-        let layers = if is_dir && entry.layers.len() > 1 {
+        let (layers, layer_fds) = if is_dir && entry.layers.len() > 1 {
             self.effective_dir_layers(parent, name, &entry.layers)?
         } else {
-            vec![top]
+            (vec![top], Vec::new())
         };
         let metacopy = if self.is_upper(top)
             && entry.covers_lower
@@ -309,6 +384,13 @@ impl Union {
             });
         if !is_dir {
             node.add_alias(parent, name);
+        }
+        for (layer, fd) in layer_fds {
+            // Opened anyway to check opacity: the listing will read them (a known node keeps
+            // the fds it has).
+            if node.cached_fd(layer).is_none() {
+                node.cache_fd(layer, Arc::new(fd));
+            }
         }
         let restat = {
             let s = node.state.read();

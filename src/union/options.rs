@@ -38,8 +38,10 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Enforce POSIX ACLs in the kernel (default); `noacl` turns them off.
     pub acl: bool,
-    /// Answer readdir with attributes (`readdirplus=on`): fewer round trips for `ls -l`-style
-    /// walks, but a stat of every entry even when the walker only wants names (`find`).
+    /// Answer readdir with attributes (`readdirplus=on`, the default): a walk that stats
+    /// every file (`ls -l`, `du`, a stat walk) gets the attributes of a whole directory in one
+    /// round trip instead of a lookup per file. A walk for names only (`find`) gets those of
+    /// its subdirectories only, which it looks up anyway, so it pays no stat per file.
     pub readdirplus: bool,
     /// Skip fsync of copied-up files (`volatile`, `fsync=0`): faster, not crash-safe.
     pub volatile: bool,
@@ -78,7 +80,7 @@ impl Default for MountOptions {
             upperdir: None,
             workdir: None,
             metacopy: false,
-            readdirplus: false,
+            readdirplus: true,
             acl: true,
             passthrough: true,
             volatile: false,

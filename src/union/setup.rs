@@ -167,6 +167,7 @@ impl Union {
             ids: IdMapper::from_options(&options),
             options,
             temp_counter: AtomicU64::new(0),
+            prefetch: super::prefetch::Prefetcher::start(),
             link_indexes: Default::default(),
         })
     }
