@@ -150,33 +150,43 @@ impl StrataFs {
         }
     }
 
-    /// A backing id for `handle`, reusing the node's if it is for the same layer. `None` when
-    /// passthrough is off or another layer's file already backs this inode.
+    /// A backing id for `handle`, reusing the node's while one is open. `Ok(None)` when
+    /// passthrough is off or unavailable; `Err(ETXTBSY)` when the open cannot be served.
+    ///
+    /// The kernel binds one backing file to an inode while any file of it is open, and then
+    /// refuses (EIO) every open of the inode that is not passthrough with that same backing. So
+    /// an open while the inode has a backing must share it:
+    /// - bound to the upper copy, a handle that resolved to the lower file (it raced the
+    ///   copy-up) reads the copy, as overlayfs shows copy-ups to later opens;
+    /// - bound to the lower file, a read-only handle of the copy may share it (no data can have
+    ///   changed: writes are refused while it is open, see `lower_busy`); a handle that may
+    ///   write cannot (a reader opened the lower file between `lower_busy` and the copy-up):
+    ///   ETXTBSY, the documented passthrough difference.
     fn backing_for(
         &self,
         fh: u64,
         handle: &UnionFile,
+        writable: bool,
         open: impl FnOnce(&rfs::Stat) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
+    ) -> Result<Option<Arc<BackingId>>, FErrno> {
         if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
+            return Ok(None);
         }
         let node = handle.node.id;
         let upper = !handle.lower;
         let mut by_node = self.backing_by_node.lock();
         if let Some(b) = by_node.get(&node) {
             if let Some(id) = b.id.upgrade() {
-                // The kernel binds one backing file to an inode while any is open. A read-only
-                // open after a copy-up may share the lower one: no data can have changed, as
-                // writes and truncation are refused while it is open (see `lower_busy`).
-                if b.upper != upper && (b.upper || handle.lower) {
-                    return None;
+                if !b.upper && upper && writable {
+                    return Err(FErrno::from_i32(libc::ETXTBSY));
                 }
                 self.backing_by_fh.lock().insert(fh, id.clone());
-                return Some(id);
+                return Ok(Some(id));
             }
         }
-        let st = rfs::fstat(&handle.fd).ok()?;
+        let Ok(st) = rfs::fstat(&handle.fd) else {
+            return Ok(None);
+        };
         match open(&st) {
             Ok(id) => {
                 let id = Arc::new(id);
@@ -188,7 +198,7 @@ impl StrataFs {
                     },
                 );
                 self.backing_by_fh.lock().insert(fh, id.clone());
-                Some(id)
+                Ok(Some(id))
             }
             Err(e) => {
                 if e.raw_os_error() == Some(libc::EPERM) {
@@ -199,7 +209,7 @@ impl StrataFs {
                 } else {
                     tracing::debug!("passthrough unavailable for node {node}: {e}");
                 }
-                None
+                Ok(None)
             }
         }
     }
@@ -229,12 +239,13 @@ impl StrataFs {
     }
 
     fn cache_flags(&self, handle: &UnionFile) -> FopenFlags {
-        if handle.lower {
+        if self.node_has_backing(handle.node.id) {
+            // The inode is in passthrough mode through another file: the kernel refuses a
+            // cached open of it (EIO), so go around the cache, lower file or not.
+            FopenFlags::FOPEN_DIRECT_IO
+        } else if handle.lower {
             // Lower files never change: keep their page cache across opens.
             FopenFlags::FOPEN_KEEP_CACHE
-        } else if self.node_has_backing(handle.node.id) {
-            // The inode is in passthrough mode through another file: go around the cache.
-            FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
         }
@@ -514,9 +525,16 @@ impl Filesystem for StrataFs {
             Ok(x) => x,
             Err(e) => return reply.error(ferr(e)),
         };
-        match self.backing_for(fh, &handle, |_| reply.open_backing(handle.fd.as_fd())) {
-            Some(id) => reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &id),
-            None => reply.opened(FileHandle(fh), self.plain_open_flags(&handle)),
+        let writable = wants_write(flags.0);
+        match self.backing_for(fh, &handle, writable, |_| {
+            reply.open_backing(handle.fd.as_fd())
+        }) {
+            Ok(Some(id)) => reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &id),
+            Ok(None) => reply.opened(FileHandle(fh), self.plain_open_flags(&handle)),
+            Err(e) => {
+                self.union.release(fh);
+                reply.error(e)
+            }
         }
     }
 
@@ -797,8 +815,12 @@ impl Filesystem for StrataFs {
             copied: std::sync::OnceLock::new(),
         });
         let attr = file_attr(&st);
-        match self.backing_for(fh, &handle, |_| reply.open_backing(handle.fd.as_fd())) {
-            Some(id) => reply.created_passthrough(
+        match self.backing_for(fh, &handle, true, |_| reply.open_backing(handle.fd.as_fd())) {
+            Err(e) => {
+                self.union.release(fh);
+                reply.error(e)
+            }
+            Ok(Some(id)) => reply.created_passthrough(
                 &self.ttl,
                 &attr,
                 Generation(0),
@@ -806,7 +828,7 @@ impl Filesystem for StrataFs {
                 NO_FLUSH,
                 &id,
             ),
-            None => reply.created(
+            Ok(None) => reply.created(
                 &self.ttl,
                 &attr,
                 Generation(0),
