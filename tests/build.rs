@@ -508,3 +508,60 @@ fn build_racing_rmi_of_its_base_keeps_every_layer_it_needs() {
         .is_none());
     env.assert_no_leaks();
 }
+
+#[test]
+fn ctrl_c_stops_a_build_and_leaves_nothing() {
+    need_root!();
+    use std::os::unix::process::CommandExt;
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let ctx = env.path("slow");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM base\nRUN echo started; sleep 60\nRUN true\n",
+    )
+    .unwrap();
+    let mut c = env.command_in(
+        &env.store(),
+        None,
+        &["build", "-t", "slow", ctx.to_str().unwrap()],
+    );
+    // Its own process group, as a shell runs a foreground job: Ctrl-C signals the group.
+    c.process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    let pgid = child.id() as i32;
+    // Wait until the RUN step's container exists.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env.containers().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(pgid).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = common::cli::run_deadline_child(
+        child,
+        "interrupted build",
+        std::time::Duration::from_secs(30),
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the RUN was not stopped"
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("build interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!env.ok(&["images"]).contains("slow"));
+    assert_eq!(env.containers(), Vec::<String>::new());
+    env.assert_no_leaks();
+}

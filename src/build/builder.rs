@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use oci_spec::image::ImageConfiguration;
 
@@ -23,6 +24,29 @@ use super::copy::{self, CopyRules};
 use super::expand::expand;
 use super::instruction::{CommandForm, CopySpec, Dockerfile, Instruction, Located, Stage};
 use super::{dockerfile, Error, Result};
+
+/// Set by SIGINT/SIGTERM/SIGHUP during a build: the build stops at the next step boundary (a
+/// running `RUN` is killed), removes its container and mounts, and stores nothing more.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Let Ctrl-C end a build cleanly; a second one exits at once.
+fn catch_interrupts() {
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, &INTERRUPTED);
+        let _ = signal_hook::flag::register(signal, &INTERRUPTED);
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Err(Error::Interrupted);
+    }
+    Ok(())
+}
 
 /// Docker's default `SHELL`.
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
@@ -186,6 +210,7 @@ pub fn build(
     })?;
     let ctx = Context::open(&opts.context)?;
     let _writer = store.writer_lock()?;
+    catch_interrupts();
     let mut b = Builder {
         store,
         containers_root,
@@ -283,6 +308,7 @@ impl Builder<'_> {
             self.stages.push((stage.name.clone(), state));
         }
         let (_, fin) = self.stages.last().expect("at least one stage").clone();
+        check_interrupted()?;
         let image = self.store.write_image(&fin.config, &fin.layers)?;
         // Every layer of the result is extracted already (RUN/COPY mounted them): a container
         // of the new image starts without unpacking anything.
@@ -311,10 +337,11 @@ impl Builder<'_> {
             .map(|d| expand(&d, &|_| None, self.df.escape).unwrap_or(d))
     }
 
-    fn progress(&mut self, text: &str) -> Instant {
+    fn progress(&mut self, text: &str) -> Result<Instant> {
+        check_interrupted()?;
         self.step += 1;
         let _ = writeln!(self.log, "STEP {}/{}: {}", self.step, self.total, text);
-        Instant::now()
+        Ok(Instant::now())
     }
 
     fn stage(&mut self, stage: &Stage) -> Result<StageState> {
@@ -327,7 +354,7 @@ impl Builder<'_> {
                 .as_ref()
                 .map(|n| format!(" AS {n}"))
                 .unwrap_or_default()
-        ));
+        ))?;
         let mut state = self.from(&base, stage.line)?;
         let _ = writeln!(self.log, " --> {:.2}s", t.elapsed().as_secs_f64());
         for ins in &stage.instructions {
@@ -395,7 +422,7 @@ impl Builder<'_> {
 
     fn instruction(&mut self, st: &mut StageState, ins: &Located) -> Result<()> {
         let line = ins.line;
-        let t = self.progress(&ins.text);
+        let t = self.progress(&ins.text)?;
         let args_fp = Self::args_fingerprint(st);
         // Metadata instructions: config only.
         let mut cfg = st.cfg();
@@ -910,8 +937,27 @@ impl Builder<'_> {
             ..Default::default()
         };
         let mut ctr = Container::create(self.containers_root, &spec, &opts)?;
-        let code = ctr.run_attached(false);
+        let id = ctr.state.id.clone();
+        let finished = AtomicBool::new(false);
+        let code = std::thread::scope(|s| {
+            // An interrupt kills the step's process (a container's init ignores SIGINT).
+            s.spawn(|| {
+                while !finished.load(Ordering::SeqCst) {
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        if let Ok(mut c) = Container::open(self.containers_root, &id) {
+                            let _ = c.kill("KILL");
+                        }
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            let code = ctr.run_attached(false);
+            finished.store(true, Ordering::SeqCst);
+            code
+        });
         let result = match code {
+            _ if INTERRUPTED.load(Ordering::SeqCst) => Err(Error::Interrupted),
             Ok(0) => {
                 let upper = ctr.dir().join("upper");
                 for d in container::RUNTIME_MOUNT_POINTS {

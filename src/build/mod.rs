@@ -43,6 +43,9 @@ pub enum Error {
         /// The process's exit code.
         code: i32,
     },
+    /// SIGINT/SIGTERM/SIGHUP arrived: the build stopped and cleaned up.
+    #[error("build interrupted: no image was made")]
+    Interrupted,
     /// A source in the build context is missing, excluded, or leads outside it.
     #[error("build context: {0}")]
     Context(String),

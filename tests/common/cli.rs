@@ -98,6 +98,14 @@ impl StrataEnv {
         envs: &[(&str, &str)],
         stdin: Option<&str>,
     ) -> Output {
+        let mut c = self.command_in(root, user, args);
+        c.envs(envs.iter().copied());
+        run_deadline(c, &format!("strata {args:?}"), COMMAND_DEADLINE, stdin)
+    }
+
+    /// The command `strata ARGS` on the store at `root` as `user`, for callers that spawn it
+    /// themselves (and must then bound its run time).
+    pub fn command_in(&self, root: &Path, user: Option<(u32, u32)>, args: &[&str]) -> Command {
         let mut c = match user {
             Some((uid, gid)) => {
                 let mut c = Command::new("setpriv");
@@ -117,9 +125,8 @@ impl StrataEnv {
             .env_remove("STRATA_MOUNT")
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LOG")
-            .envs(envs.iter().copied());
-        run_deadline(c, &format!("strata {args:?}"), COMMAND_DEADLINE, stdin)
+            .env_remove("RUST_LOG");
+        c
     }
 
     /// An external tool that must succeed, run in the test's directory; its stdout.
@@ -259,6 +266,15 @@ pub fn run_deadline(mut c: Command, what: &str, deadline: Duration, stdin: Optio
     if let Some(s) = stdin {
         child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
     }
+    run_deadline_child(child, what, deadline)
+}
+
+/// Wait at most `deadline` for `child` (stdout and stderr piped), killing it then.
+pub fn run_deadline_child(
+    mut child: std::process::Child,
+    what: &str,
+    deadline: Duration,
+) -> Output {
     let reader = |mut r: Box<dyn Read + Send>| {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
