@@ -807,3 +807,48 @@ fn rootless_with_subids_maps_the_full_range() {
     // The pause process holding the namespace goes once nothing uses it.
     e.assert_no_leaks();
 }
+
+#[test]
+fn rootless_without_subids_maps_only_the_caller() {
+    need_root!();
+    let e = Env::new();
+    let (uid, gid) = e.give_to_user();
+    let user = Some((uid, gid));
+    // STRATA_SUBIDS=0: the fallback used where the user has no ranges or no newuidmap.
+    let run = |args: &[&str]| {
+        e.cli
+            .run_in(&e.store(), user, args, &[("STRATA_SUBIDS", "0")], None)
+    };
+    let o = run(&[
+        "run",
+        "--rm",
+        &e.image,
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; echo; cat /proc/self/gid_map; echo w > /root/w; cat /root/w",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = stdout(&o);
+    let (first, rest) = out.split_once('\n').unwrap();
+    assert_eq!(first, "0");
+    let (u, rest) = rest.split_once("\n\n").unwrap();
+    let (g, w) = rest
+        .rsplit_once('\n')
+        .map(|(g, _)| g.rsplit_once('\n').unwrap())
+        .unwrap();
+    assert_eq!(id_map(u), vec![vec![0, uid as u64, 1]]);
+    assert_eq!(id_map(g), vec![vec![0, gid as u64, 1]]);
+    assert_eq!(w, "w");
+    // Detached, stopped and removed the same way, leaving nothing.
+    let o = run(&["run", "-d", "--name", "solo", &e.image, "sleep", "1000"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&run(&["ps"])).contains("solo"));
+    assert!(run(&["rm", "-f", "solo"]).status.success());
+    assert_eq!(e.containers(), Vec::<String>::new());
+    e.assert_no_leaks();
+}
