@@ -439,7 +439,42 @@ fn commit_makes_a_runnable_image_of_the_writable_layer() {
         .success());
     let history = env.ok(&["history", "committed:1"]);
     assert!(history.contains("strata commit work"), "{history}");
-    // skopeo sees the whiteout as an OCI .wh. entry in the new layer.
+    // The new layer holds the deletion as an OCI `.wh.` entry, and not the empty mount points
+    // (/dev, /proc, /sys) the runtime made in the container's upper.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "committed:1"])).unwrap();
+    let top = inspect["Manifest"]["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let listing = env.tool(
+        "tar",
+        &[
+            "-tzf",
+            env.store()
+                .join("blobs/sha256")
+                .join(&top)
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    let names: Vec<&str> = listing.lines().collect();
+    assert!(names.contains(&"bin/.wh.ls"), "{names:?}");
+    assert!(
+        names.contains(&"new.txt") && names.contains(&"d/e/"),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("dev") || n.starts_with("proc") || n.starts_with("sys")),
+        "{names:?}"
+    );
     env.ok(&["rm", "work"]);
     env.assert_no_leaks();
 }

@@ -239,13 +239,6 @@ struct Builder<'a> {
     stages: Vec<(Option<String>, StageState)>,
 }
 
-fn lower_dirs(store: &Store, layers: &[LayerDesc]) -> Result<Vec<PathBuf>> {
-    Ok(layers
-        .iter()
-        .map(|l| store.extracted(l))
-        .collect::<std::result::Result<_, _>>()?)
-}
-
 impl Builder<'_> {
     fn at(&self, line: usize, message: impl Into<String>) -> Error {
         Error::Step {
@@ -724,7 +717,7 @@ impl Builder<'_> {
     }
 
     fn workdir_step(&mut self, st: &StageState, path: &str) -> Result<Option<LayerDesc>> {
-        let m = StepMount::new(self.store, &lower_dirs(self.store, &st.layers)?)?;
+        let m = StepMount::new(self.store, &self.store.extracted_dirs(&st.layers)?)?;
         let root = m.root_fd()?;
         if !copy::is_dir(root.as_fd(), path) {
             copy::make_dirs(
@@ -749,7 +742,7 @@ impl Builder<'_> {
         is_add: bool,
         line: usize,
     ) -> Result<Option<LayerDesc>> {
-        let lowers = lower_dirs(self.store, &st.layers)?;
+        let lowers = self.store.extracted_dirs(&st.layers)?;
         let m = StepMount::new(self.store, &lowers)?;
         let root = m.root_fd()?;
         let (uid, gid) = match &spec.chown {
@@ -772,7 +765,7 @@ impl Builder<'_> {
                 let (_, layers) = self.copy_source(f, line)?;
                 Some(StepMount::new(
                     self.store,
-                    &lower_dirs(self.store, &layers)?,
+                    &self.store.extracted_dirs(&layers)?,
                 )?)
             }
             None => None,
@@ -904,7 +897,7 @@ impl Builder<'_> {
         argv: Vec<String>,
         line: usize,
     ) -> Result<Option<LayerDesc>> {
-        let lowers = lower_dirs(self.store, &st.layers)?;
+        let lowers = self.store.extracted_dirs(&st.layers)?;
         if lowers.is_empty() {
             return Err(self.at(
                 line,

@@ -75,16 +75,12 @@ impl Context {
                 )))
             }
         };
+        tracing::debug!(patterns = ?ignore.patterns(), ".dockerignore of the build context");
         Ok(Context {
             root,
             path: path.to_path_buf(),
             ignore,
         })
-    }
-
-    /// The context's directory.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Whether `rel` is left out by `.dockerignore`.

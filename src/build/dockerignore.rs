@@ -101,6 +101,7 @@ impl DockerIgnore {
     }
 
     /// True if there are no patterns at all (nothing is excluded).
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
@@ -120,6 +121,7 @@ impl DockerIgnore {
     }
 
     /// True if any `!` exception pattern exists (a walker must then look inside excluded dirs).
+    #[cfg(test)]
     pub fn has_exceptions(&self) -> bool {
         self.patterns.iter().any(|p| p.exception)
     }

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::digest::{Digest, DigestReader, DigestWriter};
 use super::{io_err, Error, Result};
@@ -175,11 +175,6 @@ impl BlobWriter {
         let dest = self.dir.join(digest.hex());
         fs::rename(&self.temp, &dest).map_err(io_err(format!("rename to {}", dest.display())))?;
         Ok((digest, len))
-    }
-
-    /// The temp file's path (for messages).
-    pub fn temp_path(&self) -> &Path {
-        &self.temp
     }
 }
 

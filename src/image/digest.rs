@@ -100,11 +100,6 @@ impl<W: Write> DigestWriter<W> {
     pub fn finish(self) -> (Digest, u64, W) {
         (Digest::from_hasher(self.hasher), self.len, self.inner)
     }
-
-    /// The inner writer.
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
 }
 
 impl<W: Write> Write for DigestWriter<W> {

@@ -208,6 +208,14 @@ impl Unpacker<'_> {
         Ok(self.parent_cache.as_ref().expect("cached").1.as_fd())
     }
 
+    /// An owned fd of the parent directory `comps` (see [`Unpacker::open_parent`]), so the
+    /// unpacker can be borrowed again while it is used.
+    fn parent_fd(&mut self, comps: &[OsString], entry: &[u8]) -> Result<OwnedFd> {
+        self.open_parent(comps, entry)?
+            .try_clone_to_owned()
+            .map_err(|e| self.io(entry, "duplicate the parent fd of", e))
+    }
+
     fn parent_error(&self, entry: &[u8], e: Errno) -> Error {
         match e {
             Errno::LOOP | Errno::NOTDIR | Errno::XDEV => {
@@ -238,21 +246,14 @@ impl Unpacker<'_> {
         let mtime = header.mtime().unwrap_or(0) as i64;
 
         if name.as_bytes() == OPAQUE_MARKER && self.opts.whiteouts {
-            let dir_comps = comps.clone();
-            self.open_parent(&comps, &raw)?;
-            return self.mark_opaque(&dir_comps, &raw);
+            self.open_parent(&comps, &raw)?; // creates the directory if the tar left it implicit
+            return self.mark_opaque(&comps, &raw);
         }
         if let Some(target) =
             format::oci_whiteout_target(name.as_bytes()).filter(|_| self.opts.whiteouts)
         {
             let target = OsStr::from_bytes(target).to_os_string();
-            let parent = self
-                .open_parent(&comps, &raw)?
-                .try_clone_to_owned()
-                .map_err(|e| Error::Io {
-                    what: "dup".into(),
-                    source: e,
-                })?;
+            let parent = self.parent_fd(&comps, &raw)?;
             self.clear(parent.as_fd(), &target, false, &raw)?;
             format::create_whiteout(parent.as_fd(), &target)
                 .map_err(|e| self.io(&raw, "write whiteout", e))?;
@@ -260,13 +261,7 @@ impl Unpacker<'_> {
         }
 
         let xattrs = self.xattrs(&mut entry, &raw)?;
-        let parent = self
-            .open_parent(&comps, &raw)?
-            .try_clone_to_owned()
-            .map_err(|e| Error::Io {
-                what: "dup".into(),
-                source: e,
-            })?;
+        let parent = self.parent_fd(&comps, &raw)?;
         let p = parent.as_fd();
         let is_dir = kind == EntryType::Directory;
         self.clear(p, &name, is_dir, &raw)?;

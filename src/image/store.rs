@@ -470,7 +470,12 @@ impl Store {
 
     /// The extracted layer directories of `image`, bottom first.
     pub fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>> {
-        image.layers()?.iter().map(|l| self.extracted(l)).collect()
+        self.extracted_dirs(&image.layers()?)
+    }
+
+    /// The extracted directories of `layers` (bottom first), extracting what is missing.
+    pub fn extracted_dirs(&self, layers: &[LayerDesc]) -> Result<Vec<PathBuf>> {
+        layers.iter().map(|l| self.extracted(l)).collect()
     }
 
     /// Free blobs, extracted layers and temp files no image in the index needs. Layer

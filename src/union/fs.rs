@@ -329,15 +329,8 @@ impl Filesystem for StrataFs {
         match r {
             Ok((node, st)) => {
                 if !node.is_dir {
-                    // The client stats files here: list this directory with attributes.
-                    if let Ok(p) = self.union.node(parent.0) {
-                        p.stat_walk.store(true, Ordering::Relaxed);
-                        let mut up = p.location().parent;
-                        for _ in 0..2 {
-                            let Some(a) = up else { break };
-                            a.stat_walk_below.store(true, Ordering::Relaxed);
-                            up = a.location().parent;
-                        }
+                    if let Some(p) = node.parent() {
+                        p.mark_stat_walk();
                     }
                 }
                 reply.entry(&self.ttl, &file_attr(&st), Generation(0))

@@ -336,8 +336,8 @@ impl Union {
         if node.stat_walk.load(Relaxed) {
             return Ok(true);
         }
-        let parent = node.location().parent;
-        let grandparent = parent.as_ref().and_then(|p| p.location().parent);
+        let parent = node.parent();
+        let grandparent = parent.as_ref().and_then(|p| p.parent());
         let inherit = parent
             .is_some_and(|p| p.stat_walk.load(Relaxed) || p.stat_walk_below.load(Relaxed))
             || grandparent.is_some_and(|g| g.stat_walk_below.load(Relaxed));

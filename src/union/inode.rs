@@ -210,6 +210,27 @@ impl Node {
         self.loc.read().clone()
     }
 
+    /// The parent directory (`None` for the root), without copying the name.
+    pub fn parent(&self) -> Option<Arc<Node>> {
+        self.loc.read().parent.clone()
+    }
+
+    /// Record that the client stats files in this directory (the kernel looked one up):
+    /// readdirplus then answers it, and directories near it, in full. Once per directory, so
+    /// the lookups of a stat walk pay one atomic swap each.
+    pub fn mark_stat_walk(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.stat_walk.swap(true, Relaxed) {
+            return;
+        }
+        let mut up = self.parent();
+        for _ in 0..2 {
+            let Some(a) = up else { break };
+            a.stat_walk_below.store(true, Relaxed);
+            up = a.parent();
+        }
+    }
+
     /// A cached fd of this directory in `layer`.
     pub fn cached_fd(&self, layer: LayerIndex) -> Option<Arc<OwnedFd>> {
         self.dir_fds
