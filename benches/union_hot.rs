@@ -11,7 +11,7 @@ use strata::union::inode::ROOT_ID;
 use strata::union::options::MountOptions;
 use strata::union::Union;
 
-const FILES_PER_DIR: usize = 1000;
+const FILES_PER_DIR: usize = 10_000;
 const RUNS: usize = 7;
 
 /// `layers` layers, each holding `dir/` with its share of FILES_PER_DIR files (layer i holds
@@ -71,6 +71,30 @@ fn main() {
             "{:<44} {:>10.3?}",
             format!("merged dir build, {FILES_PER_DIR} names, {layers} layers"),
             median(build)
+        );
+        let listings: Vec<Duration> = (0..RUNS)
+            .map(|_| {
+                let u = open_union(&lowers);
+                let (dir, _) = u.lookup(ROOT_ID, "dir".as_ref()).unwrap();
+                let t = Instant::now();
+                let fh = u.opendir(dir.id).unwrap();
+                let mut offset = 0;
+                let mut seen = 0;
+                loop {
+                    let batch = u.readdir(fh, offset, 1024).unwrap();
+                    let Some(last) = batch.last() else { break };
+                    offset = last.next_offset;
+                    seen += batch.len();
+                }
+                u.releasedir(fh);
+                assert_eq!(seen, FILES_PER_DIR + 2);
+                t.elapsed()
+            })
+            .collect();
+        println!(
+            "{:<44} {:>10.3?}",
+            format!("opendir + readdir all, {layers} layers"),
+            median(listings)
         );
         let u = open_union(&lowers);
         let (dir, _) = u.lookup(ROOT_ID, "dir".as_ref()).unwrap();

@@ -3,6 +3,8 @@
 //! operations made through the mount, so lookups and readdir are hash-map hits.
 
 use std::collections::{HashMap, HashSet};
+
+use foldhash::fast::RandomState;
 use std::ffi::{OsStr, OsString};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -42,9 +44,9 @@ impl Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
     /// Visible names in a stable order (upper layer first, then what lower layers add).
-    pub entries: IndexMap<OsString, Entry>,
+    pub entries: IndexMap<OsString, Entry, RandomState>,
     /// Whiteouts present in the upper layer's copy of this directory, and their form.
-    pub upper_whiteouts: HashMap<OsString, WhiteoutForm>,
+    pub upper_whiteouts: HashMap<OsString, WhiteoutForm, RandomState>,
 }
 
 /// One raw directory read from one layer.
@@ -134,10 +136,11 @@ fn read_layer_dir_with(
 pub struct ListingBuilder {
     listing: Listing,
     /// Names whited out by a layer above: nothing below shows or counts.
-    whited_out: HashSet<OsString>,
-    /// Names whose merge has stopped (a non-directory above or below): lower objects still
-    /// exist under them, but do not merge.
-    stopped: HashSet<OsString>,
+    whited_out: HashSet<OsString, RandomState>,
+    /// Directories whose merge has stopped (a non-directory below them): lower directories
+    /// still exist under these names, but do not merge. A non-directory entry never merges,
+    /// so it needs no mark here.
+    stopped: HashSet<OsString, RandomState>,
     has_upper: bool,
 }
 
@@ -146,8 +149,8 @@ impl ListingBuilder {
     pub fn new(has_upper: bool) -> Self {
         ListingBuilder {
             listing: Listing::default(),
-            whited_out: HashSet::new(),
-            stopped: HashSet::new(),
+            whited_out: HashSet::default(),
+            stopped: HashSet::default(),
             has_upper,
         }
     }
@@ -158,8 +161,9 @@ impl ListingBuilder {
         let is_lower = !(self.has_upper && layer == 0);
         // A whiteout hides the layers below its own, never an entry beside it.
         let mut new_whiteouts = Vec::new();
+        self.listing.entries.reserve(dir.entries.len());
         for (name, kind, ino) in dir.entries {
-            if self.whited_out.contains(&name) {
+            if !self.whited_out.is_empty() && self.whited_out.contains(&name) {
                 continue;
             }
             match kind {
@@ -173,18 +177,15 @@ impl ListingBuilder {
                 EntryKind::Visible(ftype) => {
                     if let Some(existing) = self.listing.entries.get_mut(&name) {
                         existing.covers_lower |= is_lower;
-                        let merges = existing.kind == FileType::Directory
-                            && ftype == FileType::Directory
-                            && !self.stopped.contains(&name);
-                        if merges {
+                        if existing.kind != FileType::Directory {
+                            continue;
+                        }
+                        if ftype == FileType::Directory && !self.stopped.contains(&name) {
                             existing.layers.push(layer);
                         } else {
                             self.stopped.insert(name);
                         }
                     } else {
-                        if ftype != FileType::Directory {
-                            self.stopped.insert(name.clone());
-                        }
                         self.listing.entries.insert(
                             name,
                             Entry {

@@ -301,8 +301,8 @@ pub type ObjectKey = (u64, u64);
 /// Object identities to node ids, both ways.
 #[derive(Debug, Default)]
 struct IdMaps {
-    by_key: HashMap<ObjectKey, u64>,
-    by_id: HashMap<u64, Vec<ObjectKey>>,
+    by_key: HashMap<ObjectKey, u64, foldhash::fast::RandomState>,
+    by_id: HashMap<u64, Vec<ObjectKey>, foldhash::fast::RandomState>,
 }
 
 impl IdMaps {
@@ -319,7 +319,7 @@ impl IdMaps {
 /// All nodes the kernel knows, and the identities behind them.
 #[derive(Debug)]
 pub struct NodeTable {
-    nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    nodes: RwLock<HashMap<u64, Arc<Node>, foldhash::fast::RandomState>>,
     /// (device, inode) of layer objects to node id: hard links share an id, and a copied-up
     /// file's upper object maps to its origin's id, so inode numbers survive copy-up.
     ids: Mutex<IdMaps>,
@@ -331,7 +331,7 @@ impl NodeTable {
     pub fn new(root: Node) -> Self {
         let root = Arc::new(root);
         root.lookups.store(1, Ordering::Relaxed);
-        let mut nodes = HashMap::new();
+        let mut nodes = HashMap::default();
         nodes.insert(ROOT_ID, root);
         NodeTable {
             nodes: RwLock::new(nodes),
@@ -357,11 +357,12 @@ impl NodeTable {
             return *id;
         }
         let natural = key.1 | (fs_index << XINO_SHIFT);
-        let id = if key.1 >> XINO_SHIFT == 0 && natural != ROOT_ID && natural < ALLOCATED_BASE {
-            natural
-        } else {
-            self.next_allocated.fetch_add(1, Ordering::Relaxed)
-        };
+        if key.1 >> XINO_SHIFT == 0 && natural != ROOT_ID && natural < ALLOCATED_BASE {
+            // A function of the key alone: nothing to remember (readdir asks this for every
+            // entry of every directory listed).
+            return natural;
+        }
+        let id = self.next_allocated.fetch_add(1, Ordering::Relaxed);
         ids.insert(key, id);
         id
     }
@@ -442,5 +443,50 @@ impl NodeTable {
     /// Undo one lookup that was counted but not handed to the kernel.
     pub fn unref(&self, id: u64) {
         self.forget(id, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> NodeTable {
+        NodeTable::new(Node::new(ROOT_ID, true, None, OsStr::new(""), vec![0]))
+    }
+
+    #[test]
+    fn natural_ids_are_computed_not_remembered() {
+        let t = table();
+        let key = (7, 1234);
+        let id = t.id_for(key, 2);
+        assert_eq!(id, 1234 | (2 << XINO_SHIFT));
+        assert_eq!(t.id_for(key, 2), id);
+        // Listing a directory asks for every entry's id: nothing is kept for that.
+        assert!(t.ids.lock().by_key.is_empty());
+        // An inode number too wide for the natural form gets an allocated id, kept.
+        let wide = (7, 1 << XINO_SHIFT);
+        let allocated = t.id_for(wide, 2);
+        assert!(allocated >= ALLOCATED_BASE);
+        assert_eq!(t.id_for(wide, 2), allocated);
+    }
+
+    #[test]
+    fn aliases_win_and_a_reused_inode_of_an_open_unlinked_node_gets_a_fresh_id() {
+        let t = table();
+        let lower = (7, 10);
+        let node = t.lookup_or_insert(lower, 1, |id| {
+            Node::new(id, false, None, OsStr::new("f"), vec![1])
+        });
+        // Copied up: the upper object keeps the lower one's id.
+        let upper = (8, 99);
+        t.alias(upper, node.id);
+        assert_eq!(t.id_for(upper, 0), node.id);
+        // Unlinked while open; a new file reuses the lower inode number.
+        node.set_unlinked();
+        let again = t.lookup_or_insert(lower, 1, |id| {
+            Node::new(id, false, None, OsStr::new("f"), vec![1])
+        });
+        assert_ne!(again.id, node.id);
+        assert_eq!(t.id_for(lower, 1), again.id);
     }
 }
