@@ -221,12 +221,6 @@ impl Union {
         let ftype = FileType::from_raw_mode(st.st_mode);
         match ftype {
             FileType::RegularFile => {
-                let from = rfs::openat(
-                    src_dir,
-                    name,
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
                 let to = rfs::openat(
                     work,
                     tmp,
@@ -234,7 +228,15 @@ impl Union {
                     Mode::from_raw_mode(0o600),
                 )?;
                 match data {
-                    DataCopy::Bytes => copy_data(from.as_fd(), to.as_fd(), st.st_size as u64)?,
+                    DataCopy::Bytes => {
+                        let from = rfs::openat(
+                            src_dir,
+                            name,
+                            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )?;
+                        copy_data(from.as_fd(), to.as_fd(), st.st_size as u64)?
+                    }
                     DataCopy::Marker => {
                         // Same size, no blocks: the data stays below until a write.
                         rfs::ftruncate(&to, st.st_size as u64)?;
@@ -249,7 +251,9 @@ impl Union {
                 }
                 // Owner, then mode, then xattrs: chown and writes drop file capabilities
                 // (security.capability), which must survive the copy.
-                rfs::fchown(&to, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+                if (st.st_uid, st.st_gid) != self.work_owner {
+                    rfs::fchown(&to, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+                }
                 rfs::fchmod(&to, mode)?;
                 copy_xattrs(
                     &XattrTarget::Entry(src_dir, name),
@@ -272,7 +276,9 @@ impl Union {
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )?;
-                rfs::fchown(&fd, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+                if (st.st_uid, st.st_gid) != self.work_owner {
+                    rfs::fchown(&fd, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+                }
                 rfs::fchmod(&fd, mode)?;
                 rfs::futimens(&fd, &times_of(st))?;
             }

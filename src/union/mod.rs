@@ -73,6 +73,12 @@ pub struct Union {
     pub options: MountOptions,
     /// Counter for unique temporary names in the work directory.
     temp_counter: AtomicU64,
+    /// Owner (uid, gid) of what this process makes in the work directory.
+    work_owner: (u32, u32),
+    /// This process's effective (uid, gid): the owner of what it makes.
+    creator: (u32, u32),
+    /// This process's id, for temporary names.
+    temp_pid: std::sync::OnceLock<u32>,
     /// Read-ahead of the subdirectories of listed directories (cold tree walks).
     prefetch: Option<prefetch::Prefetcher>,
     /// Multiply-linked files of each lower layer, indexed on the first copy-up of one.
@@ -112,7 +118,10 @@ impl Union {
     /// A unique name for a temporary object in the work directory.
     pub fn temp_name(&self) -> OsString {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        OsString::from(format!("#strata-{}-{n}", std::process::id()))
+        // The pid, read once (a syscall per copy-up otherwise) and only once serving, after
+        // any daemonizing fork.
+        let pid = self.temp_pid.get_or_init(std::process::id);
+        OsString::from(format!("#strata-{pid}-{n}"))
     }
 
     /// The work directory fd (only for writable mounts).
@@ -173,7 +182,9 @@ impl Union {
     /// With `STRATAFS_CHECK` set, compare the listing of `dir` with its upper copy after a
     /// change and log any disagreement (a debugging aid; costs a directory read).
     pub fn check_dir(&self, what: &str, dir: &Node) {
-        if std::env::var_os("STRATAFS_CHECK").is_none() || !self.has_upper {
+        static CHECKING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let checking = *CHECKING.get_or_init(|| std::env::var_os("STRATAFS_CHECK").is_some());
+        if !checking || !self.has_upper {
             return;
         }
         let state = dir.state.read();
@@ -234,6 +245,7 @@ impl Union {
             return;
         }
         let mut fds: Vec<(LayerIndex, Option<Arc<OwnedFd>>)> = Vec::new();
+        let mut jobs = Vec::new();
         for (name, entry) in &listing.entries {
             if entry.kind != FileType::Directory {
                 continue;
@@ -248,12 +260,11 @@ impl Union {
                     }
                 };
                 if let Some(fd) = fd {
-                    if !prefetch.directory(&fd, name) {
-                        return;
-                    }
+                    jobs.push(prefetch::Job::new(&fd, name));
                 }
             }
         }
+        prefetch.push(jobs);
     }
 
     /// Read and merge the layers of directory `node` (`layers` are already cut at the first

@@ -186,14 +186,23 @@ impl Union {
             NewObject::File { mode, .. } | NewObject::Node { mode, .. } => (mode & 0o7777, false),
             NewObject::Symlink(_) => (0o777, true),
         };
+        // What the new object gets without a chown: our ids, or the group of a setgid parent.
+        let made_gid = if parent_st.st_mode & libc::S_ISGID != 0 {
+            parent_st.st_gid
+        } else {
+            self.creator.1
+        };
+        let needs_chown = (uid, gid) != (self.creator.0, made_gid);
         let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> Result<(), Errno> {
-            rfs::chownat(
-                dir,
-                n,
-                Some(rfs::Uid::from_raw(uid)),
-                Some(rfs::Gid::from_raw(gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )?;
+            if needs_chown {
+                rfs::chownat(
+                    dir,
+                    n,
+                    Some(rfs::Uid::from_raw(uid)),
+                    Some(rfs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            }
             if !is_symlink && (mode_bits & 0o7000 != 0) {
                 // chown cleared set-id bits; the caller asked for them.
                 rfs::chmodat(dir, n, Mode::from_raw_mode(mode_bits), AtFlags::empty())?;

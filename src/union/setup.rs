@@ -113,6 +113,7 @@ impl Union {
         };
         let has_upper = options.writable();
         let mut work = None;
+        let mut work_owner = (0, 0);
         let mut xattr_ns = XattrNamespace::Trusted;
         if has_upper {
             let upper_path = options.upperdir.clone().expect("writable has upper");
@@ -143,6 +144,16 @@ impl Union {
                 errno,
             })?;
             xattr_ns = detect_xattr_namespace(&scratch);
+            let st = rustix::fs::fstat(&scratch).map_err(|errno| SetupError::Work {
+                path: work_path.clone(),
+                errno,
+            })?;
+            let gid = if st.st_mode & libc::S_ISGID != 0 {
+                st.st_gid
+            } else {
+                rustix::process::getegid().as_raw()
+            };
+            work_owner = (rustix::process::geteuid().as_raw(), gid);
             work = Some(scratch);
             layers.push(upper);
         }
@@ -161,12 +172,18 @@ impl Union {
             layers,
             has_upper,
             work,
+            work_owner,
+            creator: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
             xattr_ns,
             nodes: NodeTable::new(root),
             handles: HandleTable::default(),
             ids: IdMapper::from_options(&options),
             options,
             temp_counter: AtomicU64::new(0),
+            temp_pid: std::sync::OnceLock::new(),
             prefetch: super::prefetch::Prefetcher::start(),
             link_indexes: Default::default(),
         })
