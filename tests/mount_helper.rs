@@ -65,3 +65,73 @@ fn mount_t_fuse_stratafs_runs_stratafs_as_a_helper() {
         "SOURCE becomes the fsname"
     );
 }
+
+/// Threads of process `pid` whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end().starts_with(prefix))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The stratafs daemon serving mount point `mnt` (found by its command line).
+fn daemon_of(mnt: &Path) -> Option<u32> {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(p.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_stratafs = args.first()?.ends_with(b"stratafs");
+        (is_stratafs && args.contains(&want)).then_some(pid)
+    })
+}
+
+/// A daemonized stratafs (no `-f`: how podman and mount(8) run it) still reads directories
+/// ahead: its read-ahead threads start after the fork, in the process that serves.
+#[test]
+fn a_daemonized_mount_reads_ahead() {
+    need_root!();
+    let fx = Fixture::new(2);
+    fx.lower(0).dir("a").dir("b").file("a/f", b"1");
+    fx.lower(1).dir("a").dir("c").file("c/g", b"2");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        fx.lowerdir_opt(),
+        fx.upper.display(),
+        fx.work.display()
+    );
+    let mnt = fx.mnt.clone();
+    let out = with_timeout(DEADLINE, "stratafs (daemonizing)", move || {
+        Command::new(env!("CARGO_BIN_EXE_stratafs"))
+            .args(["-o", &opts])
+            .arg(&mnt)
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "stratafs failed: {out:?}");
+    let pid = daemon_of(&fx.mnt);
+    let mnt = fx.mnt.clone();
+    let names = with_timeout(DEADLINE, "list", move || {
+        let mut names: Vec<String> = fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    });
+    let prefetchers = pid.map(|pid| threads_named(pid, "prefetch-"));
+    assert!(unmount(&fx.mnt), "unmount");
+    assert_eq!(names, ["a", "b", "c"]);
+    let pid = pid.expect("the daemon's process is found by its mount point");
+    assert!(
+        prefetchers.unwrap_or(0) > 0,
+        "daemon {pid} has no read-ahead threads after listing a directory"
+    );
+}

@@ -80,7 +80,9 @@ pub struct Union {
     /// This process's id, for temporary names.
     temp_pid: std::sync::OnceLock<u32>,
     /// Read-ahead of the subdirectories of listed directories (cold tree walks).
-    prefetch: Option<prefetch::Prefetcher>,
+    /// Directory read-ahead, started on first use: its threads must not exist before the
+    /// daemon forks (the child would have none, and a fork must be single-threaded).
+    prefetch: std::sync::OnceLock<Option<prefetch::Prefetcher>>,
     /// Multiply-linked files of each lower layer, indexed on the first copy-up of one.
     link_indexes:
         parking_lot::Mutex<std::collections::HashMap<LayerIndex, Arc<hardlink::LinkIndex>>>,
@@ -235,7 +237,7 @@ impl Union {
     /// the read-ahead threads fetch the inodes and entries of its subdirectories, the next
     /// stops of a tree walk.
     pub fn prefetch_subdirs(&self, node: &Node, listing: &Listing) {
-        let Some(prefetch) = &self.prefetch else {
+        let Some(prefetch) = self.prefetch.get_or_init(prefetch::Prefetcher::start) else {
             return;
         };
         if node

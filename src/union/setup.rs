@@ -184,7 +184,7 @@ impl Union {
             options,
             temp_counter: AtomicU64::new(0),
             temp_pid: std::sync::OnceLock::new(),
-            prefetch: super::prefetch::Prefetcher::start(),
+            prefetch: std::sync::OnceLock::new(),
             link_indexes: Default::default(),
         })
     }
