@@ -15,6 +15,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, CWD};
 use common::*;
 
 both_backends!(
+    rename_exchange_keeps_a_long_listing_whole,
     mkdir_applies_mode_exactly,
     mkdir_0555_then_create_inside_as_root,
     mkdir_existing_is_eexist,
@@ -1001,5 +1002,29 @@ fn new_entries_in_setgid_dir_inherit_its_group(b: Backend) {
             0o2755,
             "a new dir inherits S_ISGID"
         );
+    });
+}
+
+/// A directory longer than one READDIR reply (1,024 entries), listed after names swapped
+/// places: every name once, none lost where the listing resumes.
+fn rename_exchange_keeps_a_long_listing_whole(b: Backend) {
+    let fx = Fixture::new(1);
+    for i in 0..1500 {
+        fx.lower(0).file(format!("d/f{i:04}"), b"");
+    }
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let d = r.join("d");
+        for (a, z) in [("f0000", "f1499"), ("f0001", "f1200"), ("f0700", "f0002")] {
+            rustix::fs::renameat_with(CWD, d.join(a), CWD, d.join(z), RenameFlags::EXCHANGE)
+                .unwrap();
+        }
+        fs::write(d.join("new"), b"").unwrap();
+        let names = list(&d);
+        let mut want: Vec<String> = (0..1500).map(|i| format!("f{i:04}")).collect();
+        want.push("new".into());
+        want.sort();
+        assert_eq!(names.len(), want.len(), "every name once");
+        assert_eq!(names, want);
     });
 }

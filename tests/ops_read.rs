@@ -36,6 +36,7 @@ both_backends!(
     special_files_in_lower_keep_type_and_rdev,
     statfs_reports_the_upper_filesystem,
     readdir_offsets_stay_stable_while_entries_change,
+    deleting_each_entry_as_it_is_read_empties_the_directory,
     dot_and_dotdot_resolve,
     private_overlay_xattrs_cannot_be_set_through_the_mount,
     user_xattrs_on_symlinks_are_eperm,
@@ -1029,5 +1030,42 @@ fn readdir_resumes_at_a_saved_offset(b: Backend) {
         // Rewinding gives the same listing again.
         rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0)).unwrap();
         assert_eq!(read_entries(&fd), all);
+    });
+}
+
+/// `shutil.rmtree`'s pattern: remove each name right after reading it, through a stream that
+/// fetches a few entries at a time. Every name must come up once, none be skipped because the
+/// ones before it went away.
+fn deleting_each_entry_as_it_is_read_empties_the_directory(b: Backend) {
+    let fx = Fixture::new(2);
+    for i in 0..300 {
+        fx.lower(i % 2).file(format!("d/f{i:03}"), b"x");
+    }
+    fx.upper_layer().file("d/upper", b"u");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let d = r.join("d");
+        fs::write(d.join("made-here"), b"m").unwrap();
+        let fd = rustix::fs::open(
+            &d,
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 512];
+        let mut dir = rustix::fs::RawDir::new(&fd, &mut buf);
+        let mut removed = 0;
+        while let Some(e) = dir.next() {
+            let e = e.unwrap();
+            let name = e.file_name().to_str().unwrap().to_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            fs::remove_file(d.join(&name)).unwrap_or_else(|err| panic!("{name}: {err}"));
+            removed += 1;
+        }
+        assert_eq!(removed, 302, "every name read once and removed");
+        assert_eq!(list(&d), Vec::<String>::new());
+        fs::remove_dir(&d).unwrap();
     });
 }

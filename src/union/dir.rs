@@ -31,6 +31,9 @@ pub struct Entry {
     pub covers_lower: bool,
     /// The layer and inode number the entry was first seen with, for readdir's `d_ino`.
     pub ino: (LayerIndex, u64),
+    /// When the name joined the listing (see [`Listing::put`]): readdir offsets are these, so
+    /// they stay valid while the directory changes.
+    pub seq: u64,
 }
 
 impl Entry {
@@ -43,10 +46,47 @@ impl Entry {
 /// The merged content of one directory.
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
-    /// Visible names in a stable order (upper layer first, then what lower layers add).
+    /// Visible names in a stable order (upper layer first, then what lower layers add, then
+    /// names added through the mount). Entries are only ever appended (by [`Listing::put`]) or
+    /// removed with `shift_remove`, so their `seq` rises with their index.
     pub entries: IndexMap<OsString, Entry, RandomState>,
     /// Whiteouts present in the upper layer's copy of this directory, and their form.
     pub upper_whiteouts: HashMap<OsString, WhiteoutForm, RandomState>,
+    /// The `seq` the next new name gets.
+    next_seq: u64,
+}
+
+impl Listing {
+    /// Add `name`, or replace what it names, keeping its place: a new name goes at the end
+    /// with the next sequence number, a replaced one keeps its own. A reader part-way through
+    /// the directory therefore sees every name that stays exactly once, whatever else comes
+    /// and goes (as POSIX asks of readdir).
+    pub fn put(&mut self, name: OsString, mut entry: Entry) {
+        match self.entries.get_mut(&name) {
+            Some(existing) => {
+                entry.seq = existing.seq;
+                *existing = entry;
+            }
+            None => {
+                entry.seq = self.next_seq;
+                self.next_seq += 1;
+                self.entries.insert(name, entry);
+            }
+        }
+    }
+
+    /// Index of the first entry whose sequence number is `seq` or more.
+    pub fn position_from(&self, seq: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.entries.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.entries.get_index(mid) {
+                Some((_, e)) if e.seq < seq => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        lo
+    }
 }
 
 /// One raw directory read from one layer.
@@ -186,13 +226,14 @@ impl ListingBuilder {
                             self.stopped.insert(name);
                         }
                     } else {
-                        self.listing.entries.insert(
+                        self.listing.put(
                             name,
                             Entry {
                                 kind: ftype,
                                 layers: vec![layer],
                                 covers_lower: is_lower,
                                 ino: (layer, ino),
+                                seq: 0,
                             },
                         );
                     }
@@ -275,6 +316,41 @@ mod tests {
     const F: EntryKind = EntryKind::Visible(FileType::RegularFile);
     const D: EntryKind = EntryKind::Visible(FileType::Directory);
     const W: EntryKind = EntryKind::Whiteout(WhiteoutForm::Device);
+
+    fn entry() -> Entry {
+        Entry {
+            kind: FileType::RegularFile,
+            layers: vec![0],
+            covers_lower: false,
+            ino: (0, 1),
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_rise_and_replacements_keep_theirs() {
+        let mut l = Listing::default();
+        for n in ["a", "b", "c"] {
+            l.put(n.into(), entry());
+        }
+        l.entries.shift_remove(OsStr::new("b"));
+        l.put("d".into(), entry());
+        let mut replaced = entry();
+        replaced.kind = FileType::Directory;
+        l.put("a".into(), replaced);
+        let seqs: Vec<(&str, u64)> = l
+            .entries
+            .iter()
+            .map(|(n, e)| (n.to_str().unwrap(), e.seq))
+            .collect();
+        assert_eq!(seqs, [("a", 0), ("c", 2), ("d", 3)]);
+        assert_eq!(l.entries[OsStr::new("a")].kind, FileType::Directory);
+        // Resuming after "a" (seq 0) starts at the first seq >= 1: "c", although "b" is gone.
+        assert_eq!(l.position_from(0), 0);
+        assert_eq!(l.position_from(1), 1);
+        assert_eq!(l.position_from(3), 2);
+        assert_eq!(l.position_from(4), 3);
+    }
 
     #[test]
     fn upper_shadows_and_whiteouts_hide() {

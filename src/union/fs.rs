@@ -125,6 +125,8 @@ pub struct StrataFs {
     backing_by_node: Mutex<HashMap<u64, Backing>>,
     /// Strong references per open file handle; dropping the last one closes the backing id.
     backing_by_fh: Mutex<HashMap<u64, Arc<BackingId>>>,
+    /// Whether the kernel opens directories without OPENDIR once told (`ENOSYS`) to.
+    no_opendir: bool,
 }
 
 thread_local! {
@@ -142,6 +144,7 @@ impl StrataFs {
             passthrough: AtomicBool::new(passthrough),
             backing_by_node: Mutex::new(HashMap::new()),
             backing_by_fh: Mutex::new(HashMap::new()),
+            no_opendir: false,
         }
     }
 
@@ -295,6 +298,9 @@ impl Filesystem for StrataFs {
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
+        self.no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         if self.passthrough.load(Ordering::Relaxed) {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(MAX_STACK_DEPTH).is_ok();
@@ -611,10 +617,14 @@ impl Filesystem for StrataFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
+            // Directories need no handle. Where the kernel allows it, say so once (ENOSYS): it
+            // then opens directories without asking, with the flags below, and sends no
+            // OPENDIR or RELEASEDIR again (two round trips saved per directory walked).
+            Ok(()) if self.no_opendir => reply.error(FErrno::ENOSYS),
             // Every change of a directory goes through us, and the kernel drops its cached
             // listing when it sees one: cache listings across opens.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
+            Ok(()) => reply.opened(
+                FileHandle(0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(ferr(e)),
@@ -624,12 +634,12 @@ impl Filesystem for StrataFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.union.readdir(fh.0, offset, READDIR_BATCH) {
+        let entries = match self.union.readdir(ino.0, offset, READDIR_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
         };
@@ -644,12 +654,12 @@ impl Filesystem for StrataFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.union.readdir(fh.0, offset, READDIRPLUS_BATCH) {
+        let entries = match self.union.readdir(ino.0, offset, READDIRPLUS_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
         };
@@ -657,13 +667,13 @@ impl Filesystem for StrataFs {
         // and later only when it saw lookups in it. Unless the walk stats files, answer offset
         // 0 with `.`, `..` and the leading subdirectories only (their lookups are needed
         // anyway) and stop short: the kernel reads the rest with plain readdir.
-        let in_full = offset > 0 || self.union.readdirplus_in_full(fh.0).unwrap_or(true);
+        let in_full = offset > 0 || self.union.readdirplus_in_full(ino.0).unwrap_or(true);
         for e in entries {
-            if !in_full && e.index.is_some() && e.kind != rfs::FileType::Directory {
+            if !in_full && !e.dot && e.kind != rfs::FileType::Directory {
                 break;
             }
-            let full = match e.index {
-                None => {
+            let full = match e.dot {
+                true => {
                     let attr = FileAttr {
                         ino: INodeNo(e.ino),
                         kind: FileType::Directory,
@@ -679,7 +689,7 @@ impl Filesystem for StrataFs {
                         Generation(0),
                     )
                 }
-                Some(i) => match self.union.lookup_in_snapshot(fh.0, i) {
+                false => match self.union.lookup(ino.0, &e.name) {
                     Ok((node, st)) => {
                         let full = reply.add(
                             INodeNo(node.id),
@@ -694,7 +704,7 @@ impl Filesystem for StrataFs {
                         }
                         full
                     }
-                    // Gone since opendir: skip it.
+                    // Gone meanwhile: skip it.
                     Err(_) => false,
                 },
             };
@@ -709,23 +719,22 @@ impl Filesystem for StrataFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.union.releasedir(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.union.fsyncdir(fh.0));
+        reply_empty(reply, self.union.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

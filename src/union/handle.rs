@@ -1,6 +1,7 @@
-//! Open files and directories. A file handle is an fd of the real file in its layer (the lower
-//! one until something writes); a directory handle is a snapshot of the merged listing, so
-//! readdir offsets stay stable while entries change.
+//! Open files, and reading directories. A file handle is an fd of the real file in its layer
+//! (the lower one until something writes). Directories need no handle: readdir reads the
+//! node's current listing from an offset that is an entry's sequence number, which stays valid
+//! while entries come and go (so the kernel need not send OPENDIR and RELEASEDIR at all).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -8,11 +9,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rustix::fs::{self as rfs, FallocateFlags, FileType, OFlags, SeekFrom};
 use rustix::io::Errno;
 
-use super::dir::Listing;
 use super::inode::Node;
 use super::Union;
 
@@ -30,15 +30,6 @@ pub struct FileHandle {
     pub copied: std::sync::OnceLock<OwnedFd>,
 }
 
-/// One open directory.
-#[derive(Debug)]
-pub struct DirHandle {
-    /// The directory node.
-    pub node: Arc<Node>,
-    /// The listing as of opendir (or the last rewind).
-    snapshot: Mutex<Arc<Listing>>,
-}
-
 /// One entry returned by readdir.
 #[derive(Debug, Clone)]
 pub struct DirEntryOut {
@@ -50,16 +41,15 @@ pub struct DirEntryOut {
     pub kind: FileType,
     /// Its inode number (the node id a lookup would give).
     pub ino: u64,
-    /// Index into the snapshot, or `None` for `.` and `..`.
-    pub index: Option<usize>,
+    /// Whether this is `.` or `..`.
+    pub dot: bool,
 }
 
-/// All open files and directories, by handle number.
+/// All open files, by handle number.
 #[derive(Debug, Default)]
 pub struct HandleTable {
     next: AtomicU64,
     files: RwLock<HashMap<u64, Arc<FileHandle>>>,
-    dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
 }
 
 impl HandleTable {
@@ -92,11 +82,6 @@ impl HandleTable {
             .values()
             .find(|h| h.node.id == node)
             .cloned()
-    }
-
-    /// The open directory `fh`.
-    pub fn dir(&self, fh: u64) -> Result<Arc<DirHandle>, Errno> {
-        self.dirs.read().get(&fh).cloned().ok_or(Errno::BADF)
     }
 }
 
@@ -265,74 +250,74 @@ impl Union {
         Ok(self.client_stat(&h.node, st))
     }
 
-    /// Open directory `id` for reading.
-    pub fn opendir(&self, id: u64) -> Result<u64, Errno> {
+    /// Open directory `id` for reading: checks that it can be listed. Reading needs no handle
+    /// (see [`Union::readdir`]).
+    pub fn opendir(&self, id: u64) -> Result<(), Errno> {
         let node = self.dir_node(id)?;
-        let listing = self.listing(&node)?;
-        self.prefetch_subdirs(&node, &listing);
-        let fh = self.handles.next();
-        self.handles.dirs.write().insert(
-            fh,
-            Arc::new(DirHandle {
-                node,
-                snapshot: Mutex::new(listing),
-            }),
-        );
-        Ok(fh)
+        self.listing(&node)?;
+        Ok(())
     }
 
-    /// Entries of open directory `fh` from `offset` on (`.` and `..` first), at most `max`.
-    pub fn readdir(&self, fh: u64, offset: u64, max: usize) -> Result<Vec<DirEntryOut>, Errno> {
-        let h = self.handles.dir(fh)?;
+    /// Entries of directory `id` from `offset` on (`.` and `..` first), at most `max`. Offsets
+    /// 1 and 2 follow `.` and `..`; an entry's is its sequence number plus 3, so a later call
+    /// resumes after it however the directory changed meanwhile. Offset 0 (a new read or a
+    /// rewind) also starts the read-ahead of the subdirectories, once per directory.
+    pub fn readdir(&self, id: u64, offset: u64, max: usize) -> Result<Vec<DirEntryOut>, Errno> {
+        let node = self.dir_node(id)?;
+        let listing = self.listing(&node)?;
         if offset == 0 {
-            // A rewind shows the directory as it is now.
-            *h.snapshot.lock() = self.listing(&h.node)?;
+            self.prefetch_subdirs(&node, &listing);
         }
-        let snapshot = h.snapshot.lock().clone();
-        let mut out = Vec::new();
-        let mut pos = offset;
-        while out.len() < max {
-            match pos {
-                0 | 1 => out.push(DirEntryOut {
-                    next_offset: pos + 1,
-                    name: OsString::from(if pos == 0 { "." } else { ".." }),
-                    kind: FileType::Directory,
-                    ino: if pos == 0 {
-                        h.node.id
-                    } else {
-                        h.node.location().parent.map_or(h.node.id, |p| p.id)
-                    },
-                    index: None,
-                }),
-                _ => {
-                    let i = (pos - 2) as usize;
-                    let Some((name, entry)) = snapshot.entries.get_index(i) else {
-                        break;
-                    };
-                    let layer = self.layer(entry.ino.0);
-                    out.push(DirEntryOut {
-                        next_offset: pos + 1,
-                        name: name.clone(),
-                        kind: entry.kind,
-                        ino: self.nodes.id_for((layer.dev, entry.ino.1), layer.fs_index),
-                        index: Some(i),
-                    });
-                }
+        let mut out = Vec::with_capacity(max.min(listing.entries.len() + 2));
+        for pos in offset..2 {
+            if out.len() >= max {
+                return Ok(out);
             }
-            pos += 1;
+            out.push(DirEntryOut {
+                next_offset: pos + 1,
+                name: OsString::from(if pos == 0 { "." } else { ".." }),
+                kind: FileType::Directory,
+                ino: if pos == 0 {
+                    node.id
+                } else {
+                    node.location().parent.map_or(node.id, |p| p.id)
+                },
+                dot: true,
+            });
+        }
+        let first = listing.position_from(offset.saturating_sub(2));
+        for i in first..listing.entries.len() {
+            if out.len() >= max {
+                break;
+            }
+            let Some((name, entry)) = listing.entries.get_index(i) else {
+                break;
+            };
+            if entry.seq + 3 <= offset {
+                // Never hand back an offset at or before the one asked for: a reader would
+                // loop. (Cannot happen while `Listing::put` is the only way names are added.)
+                continue;
+            }
+            let layer = self.layer(entry.ino.0);
+            out.push(DirEntryOut {
+                next_offset: entry.seq + 3,
+                name: name.clone(),
+                kind: entry.kind,
+                ino: self.nodes.id_for((layer.dev, entry.ino.1), layer.fs_index),
+                dot: false,
+            });
         }
         Ok(out)
     }
 
-    /// Whether readdirplus of open directory `fh` should carry the attributes of every entry
+    /// Whether readdirplus of directory `id` should carry the attributes of every entry
     /// (a walk that stats files: the kernel looked up files here or in the parent), or only
     /// those of the leading subdirectories (a walk for names, like `find`, which would pay a
     /// stat of every file for nothing). Answering in full passes the mode down the tree, as
     /// the lookups that would have set it no longer come.
-    pub fn readdirplus_in_full(&self, fh: u64) -> Result<bool, Errno> {
+    pub fn readdirplus_in_full(&self, id: u64) -> Result<bool, Errno> {
         use std::sync::atomic::Ordering::Relaxed;
-        let h = self.handles.dir(fh)?;
-        let node = &h.node;
+        let node = self.dir_node(id)?;
         if node.stat_walk.load(Relaxed) {
             return Ok(true);
         }
@@ -347,29 +332,11 @@ impl Union {
         Ok(inherit)
     }
 
-    /// Look up an entry of an open directory's snapshot (for readdirplus), counting a reference.
-    pub fn lookup_in_snapshot(
-        &self,
-        fh: u64,
-        index: usize,
-    ) -> Result<(Arc<Node>, rfs::Stat), Errno> {
-        let h = self.handles.dir(fh)?;
-        let snapshot = h.snapshot.lock().clone();
-        let (name, _) = snapshot.entries.get_index(index).ok_or(Errno::NOENT)?;
-        // Answer from the current state: the entry may have changed since the snapshot.
-        self.lookup(h.node.id, name)
-    }
-
-    /// Close directory `fh`.
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.dirs.write().remove(&fh);
-    }
-
-    /// Flush directory `fh` to disk (its upper copy, if any).
-    pub fn fsyncdir(&self, fh: u64) -> Result<(), Errno> {
-        let h = self.handles.dir(fh)?;
-        if self.has_upper && h.node.state.read().top() == 0 {
-            let fd = self.dir_fd(&h.node, 0)?;
+    /// Flush directory `id` to disk (its upper copy, if any).
+    pub fn fsyncdir(&self, id: u64) -> Result<(), Errno> {
+        let node = self.dir_node(id)?;
+        if self.has_upper && node.state.read().top() == 0 {
+            let fd = self.dir_fd(&node, 0)?;
             let rd = rfs::openat(
                 fd.as_fd(),
                 ".",

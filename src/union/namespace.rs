@@ -60,13 +60,14 @@ fn add_upper_entry(
 ) {
     let l = listing_mut(state);
     l.upper_whiteouts.remove(name);
-    l.entries.insert(
+    l.put(
         name.to_owned(),
         Entry {
             kind: FileType::from_raw_mode(st.st_mode),
             layers: vec![0],
             covers_lower: over_whiteout,
             ino: (0, st.st_ino),
+            seq: 0,
         },
     );
 }
@@ -639,13 +640,10 @@ impl Union {
             let mut d_new = d.clone();
             d_new.covers_lower = src_entry.covers_lower;
             d_new.layers = vec![0];
-            listing_mut(&mut first)
-                .entries
-                .insert(name.to_owned(), d_new);
+            // Each name keeps its place (and readdir offset); only what it names changes.
+            listing_mut(&mut first).put(name.to_owned(), d_new);
             let target = second.as_mut().unwrap_or(&mut first);
-            listing_mut(target)
-                .entries
-                .insert(newname.to_owned(), s_new);
+            listing_mut(target).put(newname.to_owned(), s_new);
             let dnode = dst.expect("exchange has a target");
             let at = |p: &Arc<Node>, n: &OsStr| super::inode::Location {
                 parent: Some(p.clone()),
@@ -722,13 +720,14 @@ impl Union {
             let target = second.as_mut().unwrap_or(&mut first);
             let l = listing_mut(target);
             l.upper_whiteouts.remove(newname);
-            l.entries.insert(
+            l.put(
                 newname.to_owned(),
                 Entry {
                     kind: src_entry.kind,
                     layers: vec![0],
                     covers_lower: target_covers,
                     ino: src_entry.ino,
+                    seq: 0,
                 },
             );
         }
