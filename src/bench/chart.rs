@@ -85,19 +85,27 @@ pub fn render(report: &Report) -> String {
         report.fixture.dirs as u64 * report.fixture.files_per_dir as u64,
         report.fixture.big_file_bytes >> 20
     );
+    // Legend: each entry as wide as its name (about 7 px a character at this size), wrapped
+    // onto a second line if the names are long.
+    let (mut x, mut y) = (8.0, 52.0);
     for (i, name) in backends.iter().enumerate() {
-        let x = 8.0 + i as f64 * 150.0;
+        let w = 17.0 + 7.0 * name.chars().count() as f64 + 18.0;
+        if x > 8.0 && x + w > width - 8.0 {
+            (x, y) = (8.0, y + 17.0);
+        }
         let _ = writeln!(
             svg,
-            r#"<rect x="{x}" y="52" width="12" height="12" fill="{}"/>"#,
+            r#"<rect x="{x}" y="{y}" width="12" height="12" fill="{}"/>"#,
             COLOURS[i % COLOURS.len()]
         );
         let _ = writeln!(
             svg,
-            r#"<text x="{}" y="62">{}</text>"#,
+            r#"<text x="{}" y="{}">{}</text>"#,
             x + 17.0,
+            y + 10.0,
             escape(name)
         );
+        x += w;
     }
     // Grid: one line per tick, the 1x line darker.
     let bottom = height - 40.0;
@@ -179,4 +187,70 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::{BackendStatus, Measured};
+    use super::super::workload::Sample;
+    use super::*;
+
+    #[test]
+    fn legend_entries_do_not_overlap() {
+        let names = [
+            "overlay",
+            "stratafs",
+            "stratafs+passthrough=off",
+            "stratafs+metacopy=on",
+            "fuse-overlayfs",
+            "unionfs-fuse",
+            "native",
+        ];
+        let mut m = Measured::default();
+        for name in names {
+            m.backends.push(BackendStatus {
+                name: name.into(),
+                ran: true,
+                notes: vec![],
+            });
+            m.samples.push((
+                name.into(),
+                Sample {
+                    metric: "find-cold",
+                    unit: Unit::Seconds,
+                    value: 1.0,
+                },
+            ));
+        }
+        let svg = render(&Report::new(m));
+        // (x, y, label) of each legend text, in order.
+        let mut entries = Vec::new();
+        for line in svg.lines() {
+            let Some(rest) = line.strip_prefix(r#"<text x=""#) else {
+                continue;
+            };
+            let mut parts = rest.splitn(2, r#"" y=""#);
+            let x: f64 = parts.next().unwrap().parse().unwrap();
+            let rest = parts.next().unwrap();
+            let (y, label) = rest.split_once(r#"">"#).unwrap();
+            let label = label.trim_end_matches("</text>");
+            if names[1..].contains(&label) {
+                entries.push((x, y.parse::<f64>().unwrap(), label.to_string()));
+            }
+        }
+        assert_eq!(entries.len(), names.len() - 1, "{svg}");
+        for pair in entries.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if a.1 == b.1 {
+                assert!(
+                    b.0 >= a.0 + 7.0 * a.2.len() as f64,
+                    "{} at {} runs into {} at {}",
+                    a.2,
+                    a.0,
+                    b.2,
+                    b.0
+                );
+            }
+        }
+    }
 }
