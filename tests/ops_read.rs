@@ -682,12 +682,7 @@ fn readdir_offsets_stay_stable_while_entries_change(b: Backend) {
     let m = fx.mount(b);
     m.with_timeout(DEADLINE, |r| {
         let d = r.join("d");
-        let fd = rustix::fs::open(
-            &d,
-            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap();
+        let fd = open_dir(&d);
         let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 512];
         let mut dir = rustix::fs::RawDir::new(&fd, &mut buf);
         let mut seen: Vec<String> = Vec::new();
@@ -1012,12 +1007,7 @@ fn readdir_resumes_at_a_saved_offset(b: Backend) {
     }
     let m = fx.mount(b);
     m.with_timeout(DEADLINE, |r| {
-        let fd = rustix::fs::open(
-            r.join("d"),
-            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap();
+        let fd = open_dir(&r.join("d"));
         let all = read_entries(&fd);
         assert_eq!(all.len(), 122, "120 names plus . and ..");
         for at in [0usize, 1, 2, 50, 121] {
@@ -1046,12 +1036,7 @@ fn deleting_each_entry_as_it_is_read_empties_the_directory(b: Backend) {
     m.with_timeout(DEADLINE, |r| {
         let d = r.join("d");
         fs::write(d.join("made-here"), b"m").unwrap();
-        let fd = rustix::fs::open(
-            &d,
-            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap();
+        let fd = open_dir(&d);
         let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 512];
         let mut dir = rustix::fs::RawDir::new(&fd, &mut buf);
         let mut removed = 0;
@@ -1068,4 +1053,14 @@ fn deleting_each_entry_as_it_is_read_empties_the_directory(b: Backend) {
         assert_eq!(list(&d), Vec::<String>::new());
         fs::remove_dir(&d).unwrap();
     });
+}
+
+/// An fd to read directory `p` with.
+fn open_dir(p: &std::path::Path) -> std::os::fd::OwnedFd {
+    rustix::fs::open(
+        p,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
 }

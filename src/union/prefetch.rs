@@ -102,7 +102,14 @@ impl Prefetcher {
         // Workers pop from the back: the listing's first subdirectory goes last.
         stack.jobs.extend(jobs.into_iter().take(keep).rev());
         drop(stack);
-        self.shared.ready.notify_all();
+        // Wake as many threads as there is work for, not all of them for one job.
+        if keep >= THREADS {
+            self.shared.ready.notify_all();
+        } else {
+            for _ in 0..keep {
+                self.shared.ready.notify_one();
+            }
+        }
     }
 }
 
