@@ -136,8 +136,8 @@ impl Union {
             held.push(next.id);
             dir = next;
         }
-        let listing = self.listing(&dir)?;
-        let visible_here = listing
+        let visible_here = self
+            .listing(&dir)?
             .entries
             .get(name)
             .is_some_and(|e| e.top() == layer && e.ino == (layer, ino));
