@@ -9,11 +9,12 @@ use std::ffi::{OsStr, OsString};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
-use indexmap::IndexMap;
 use rustix::fs::{self as rfs, AtFlags, FileType, RawDir};
 use rustix::io::Errno;
 
+use super::dir_entries::DirEntries;
 use super::format::{self, EntryKind, WhiteoutForm};
 
 /// Index of a layer in the mount: 0 is the upper layer when the mount has one.
@@ -31,8 +32,8 @@ pub struct Entry {
     pub covers_lower: bool,
     /// The layer and inode number the entry was first seen with, for readdir's `d_ino`.
     pub ino: (LayerIndex, u64),
-    /// When the name joined the listing (see [`Listing::put`]): readdir offsets are these, so
-    /// they stay valid while the directory changes.
+    /// When the name joined the listing (see [`DirEntries::put`]): readdir offsets are these,
+    /// so they stay valid while the directory changes.
     pub seq: u64,
 }
 
@@ -47,52 +48,23 @@ impl Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
     /// Visible names in a stable order (upper layer first, then what lower layers add, then
-    /// names added through the mount). Entries are only ever appended (by [`Listing::put`]) or
-    /// removed with `shift_remove`, so their `seq` rises with their index.
-    pub entries: IndexMap<OsString, Entry, RandomState>,
+    /// names added through the mount), each with its readdir sequence number.
+    pub entries: DirEntries,
     /// Whiteouts present in the upper layer's copy of this directory, and their form.
     pub upper_whiteouts: HashMap<OsString, WhiteoutForm, RandomState>,
-    /// The `seq` the next new name gets.
-    next_seq: u64,
 }
 
 impl Listing {
-    /// Add `name`, or replace what it names, keeping its place: a new name goes at the end
-    /// with the next sequence number, a replaced one keeps its own. A reader part-way through
-    /// the directory therefore sees every name that stays exactly once, whatever else comes
-    /// and goes (as POSIX asks of readdir).
-    pub fn put(&mut self, name: OsString, mut entry: Entry) {
-        match self.entries.get_mut(&name) {
-            Some(existing) => {
-                entry.seq = existing.seq;
-                *existing = entry;
-            }
-            None => {
-                entry.seq = self.next_seq;
-                self.next_seq += 1;
-                self.entries.insert(name, entry);
-            }
-        }
-    }
-
-    /// Index of the first entry whose sequence number is `seq` or more.
-    pub fn position_from(&self, seq: u64) -> usize {
-        let (mut lo, mut hi) = (0, self.entries.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match self.entries.get_index(mid) {
-                Some((_, e)) if e.seq < seq => lo = mid + 1,
-                _ => hi = mid,
-            }
-        }
-        lo
+    /// Add `name`, or replace what it names, keeping its place (see [`DirEntries::put`]).
+    pub fn put(&mut self, name: impl Into<Arc<OsStr>>, entry: Entry) {
+        self.entries.put(name, entry);
     }
 }
 
 /// One raw directory read from one layer.
 pub struct LayerDir {
     /// Entries that are shown, hidden or mark opacity, with their inode numbers.
-    pub entries: Vec<(OsString, EntryKind, u64)>,
+    pub entries: Vec<(Arc<OsStr>, EntryKind, u64)>,
     /// Whether the directory holds the `.wh..wh..opq` marker.
     pub opaque: bool,
 }
@@ -140,7 +112,7 @@ fn read_layer_dir_with(
             let st = rfs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)?;
             if format::is_device_whiteout(&st) {
                 entries.push((
-                    OsStr::from_bytes(name).to_owned(),
+                    Arc::from(OsStr::from_bytes(name)),
                     EntryKind::Whiteout(WhiteoutForm::Device),
                     ino,
                 ));
@@ -151,19 +123,19 @@ fn read_layer_dir_with(
         if name == format::OPAQUE_MARKER {
             opaque = true;
             entries.push((
-                OsStr::from_bytes(name).to_owned(),
+                Arc::from(OsStr::from_bytes(name)),
                 EntryKind::OpaqueMarker,
                 ino,
             ));
         } else if let Some(target) = format::oci_whiteout_target(name) {
             entries.push((
-                OsStr::from_bytes(target).to_owned(),
+                Arc::from(OsStr::from_bytes(target)),
                 EntryKind::Whiteout(WhiteoutForm::OciFile),
                 ino,
             ));
         } else {
             entries.push((
-                OsStr::from_bytes(name).to_owned(),
+                Arc::from(OsStr::from_bytes(name)),
                 EntryKind::Visible(ftype),
                 ino,
             ));
@@ -176,11 +148,11 @@ fn read_layer_dir_with(
 pub struct ListingBuilder {
     listing: Listing,
     /// Names whited out by a layer above: nothing below shows or counts.
-    whited_out: HashSet<OsString, RandomState>,
+    whited_out: HashSet<Arc<OsStr>, RandomState>,
     /// Directories whose merge has stopped (a non-directory below them): lower directories
     /// still exist under these names, but do not merge. A non-directory entry never merges,
     /// so it needs no mark here.
-    stopped: HashSet<OsString, RandomState>,
+    stopped: HashSet<Arc<OsStr>, RandomState>,
     has_upper: bool,
 }
 
@@ -210,7 +182,9 @@ impl ListingBuilder {
                 EntryKind::OpaqueMarker => {}
                 EntryKind::Whiteout(form) => {
                     if !is_lower {
-                        self.listing.upper_whiteouts.insert(name.clone(), form);
+                        self.listing
+                            .upper_whiteouts
+                            .insert(name.to_os_string(), form);
                     }
                     new_whiteouts.push(name);
                 }
@@ -272,7 +246,7 @@ pub fn upper_mismatches(listing: &Listing, upper: BorrowedFd<'_>) -> Vec<String>
     for (name, kind, _) in raw.entries {
         on_disk.insert(name, kind);
     }
-    for (name, entry) in &listing.entries {
+    for (name, entry) in listing.entries.iter() {
         if entry.top() != 0 {
             continue;
         }
@@ -289,9 +263,9 @@ pub fn upper_mismatches(listing: &Listing, upper: BorrowedFd<'_>) -> Vec<String>
             EntryKind::Visible(_) if !listing.entries.contains_key(name) => {
                 bad.push(format!("{name:?}: in upper, not in listing"))
             }
-            EntryKind::Visible(_) if listing.entries[name].top() != 0 => bad.push(format!(
+            EntryKind::Visible(_) if listing.entries[&**name].top() != 0 => bad.push(format!(
                 "{name:?}: in upper, listing says layer {:?}",
-                listing.entries[name].layers
+                listing.entries[&**name].layers
             )),
             _ => {}
         }
@@ -307,7 +281,7 @@ mod tests {
         LayerDir {
             entries: entries
                 .iter()
-                .map(|(n, k)| (OsString::from(n), *k, 0))
+                .map(|(n, k)| (Arc::from(OsStr::new(n)), *k, 0))
                 .collect(),
             opaque,
         }
@@ -317,41 +291,6 @@ mod tests {
     const D: EntryKind = EntryKind::Visible(FileType::Directory);
     const W: EntryKind = EntryKind::Whiteout(WhiteoutForm::Device);
 
-    fn entry() -> Entry {
-        Entry {
-            kind: FileType::RegularFile,
-            layers: vec![0],
-            covers_lower: false,
-            ino: (0, 1),
-            seq: 0,
-        }
-    }
-
-    #[test]
-    fn sequence_numbers_rise_and_replacements_keep_theirs() {
-        let mut l = Listing::default();
-        for n in ["a", "b", "c"] {
-            l.put(n.into(), entry());
-        }
-        l.entries.shift_remove(OsStr::new("b"));
-        l.put("d".into(), entry());
-        let mut replaced = entry();
-        replaced.kind = FileType::Directory;
-        l.put("a".into(), replaced);
-        let seqs: Vec<(&str, u64)> = l
-            .entries
-            .iter()
-            .map(|(n, e)| (n.to_str().unwrap(), e.seq))
-            .collect();
-        assert_eq!(seqs, [("a", 0), ("c", 2), ("d", 3)]);
-        assert_eq!(l.entries[OsStr::new("a")].kind, FileType::Directory);
-        // Resuming after "a" (seq 0) starts at the first seq >= 1: "c", although "b" is gone.
-        assert_eq!(l.position_from(0), 0);
-        assert_eq!(l.position_from(1), 1);
-        assert_eq!(l.position_from(3), 2);
-        assert_eq!(l.position_from(4), 3);
-    }
-
     #[test]
     fn upper_shadows_and_whiteouts_hide() {
         let mut b = ListingBuilder::new(true);
@@ -359,7 +298,7 @@ mod tests {
         assert!(b.add_layer(1, dir(&[("a", F), ("gone", F), ("b", D)], false)));
         assert!(b.add_layer(2, dir(&[("b", D), ("c", F)], false)));
         let l = b.finish();
-        let names: Vec<_> = l.entries.keys().cloned().collect();
+        let names: Vec<_> = l.entries.keys().collect();
         assert_eq!(names, vec!["a", "b", "c"]);
         assert_eq!(l.entries[OsStr::new("a")].layers, vec![0]);
         assert!(l.entries[OsStr::new("a")].covers_lower);

@@ -4,7 +4,7 @@
 //! while entries come and go (so the kernel need not send OPENDIR and RELEASEDIR at all).
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,8 +35,8 @@ pub struct FileHandle {
 pub struct DirEntryOut {
     /// Offset of the next entry (what a later readdir passes back).
     pub next_offset: u64,
-    /// Name of the entry.
-    pub name: OsString,
+    /// Name of the entry (shared with the listing).
+    pub name: Arc<OsStr>,
     /// Its type.
     pub kind: FileType,
     /// Its inode number (the node id a lookup would give).
@@ -275,7 +275,7 @@ impl Union {
             }
             out.push(DirEntryOut {
                 next_offset: pos + 1,
-                name: OsString::from(if pos == 0 { "." } else { ".." }),
+                name: Arc::from(OsStr::new(if pos == 0 { "." } else { ".." })),
                 kind: FileType::Directory,
                 ino: if pos == 0 {
                     node.id
@@ -285,18 +285,9 @@ impl Union {
                 dot: true,
             });
         }
-        let first = listing.position_from(offset.saturating_sub(2));
-        for i in first..listing.entries.len() {
+        for (name, entry) in listing.entries.from_seq_shared(offset.saturating_sub(2)) {
             if out.len() >= max {
                 break;
-            }
-            let Some((name, entry)) = listing.entries.get_index(i) else {
-                break;
-            };
-            if entry.seq + 3 <= offset {
-                // Never hand back an offset at or before the one asked for: a reader would
-                // loop. (Cannot happen while `Listing::put` is the only way names are added.)
-                continue;
             }
             let layer = self.layer(entry.ino.0);
             out.push(DirEntryOut {

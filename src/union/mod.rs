@@ -7,6 +7,7 @@
 pub mod attr;
 pub mod copyup;
 pub mod dir;
+pub mod dir_entries;
 pub mod format;
 pub mod fs;
 pub mod handle;
@@ -248,7 +249,7 @@ impl Union {
         }
         let mut fds: Vec<(LayerIndex, Option<Arc<OwnedFd>>)> = Vec::new();
         let mut jobs = Vec::new();
-        for (name, entry) in &listing.entries {
+        for (name, entry) in listing.entries.iter() {
             if entry.kind != FileType::Directory {
                 continue;
             }

@@ -61,7 +61,7 @@ fn add_upper_entry(
     let l = listing_mut(state);
     l.upper_whiteouts.remove(name);
     l.put(
-        name.to_owned(),
+        name,
         Entry {
             kind: FileType::from_raw_mode(st.st_mode),
             layers: vec![0],
@@ -424,7 +424,7 @@ impl Union {
             self.name_removed(child, parent.id, name, upper_ino);
         }
         let l = listing_mut(&mut pstate);
-        l.entries.shift_remove(name);
+        l.entries.remove(name);
         if let Some(form) = whiteout {
             l.upper_whiteouts.insert(name.to_owned(), form);
         }
@@ -667,9 +667,9 @@ impl Union {
             d_new.covers_lower = src_entry.covers_lower;
             d_new.layers = vec![0];
             // Each name keeps its place (and readdir offset); only what it names changes.
-            listing_mut(&mut first).put(name.to_owned(), d_new);
+            listing_mut(&mut first).put(name, d_new);
             let target = second.as_mut().unwrap_or(&mut first);
-            listing_mut(target).put(newname.to_owned(), s_new);
+            listing_mut(target).put(newname, s_new);
             let dnode = dst.expect("exchange has a target");
             let at = |p: &Arc<Node>, n: &OsStr| super::inode::Location {
                 parent: Some(p.clone()),
@@ -736,7 +736,7 @@ impl Union {
         // Book-keeping: listings and node locations.
         {
             let l = listing_mut(&mut first);
-            l.entries.shift_remove(name);
+            l.entries.remove(name);
             if let Some(form) = src_whiteout {
                 l.upper_whiteouts.insert(name.to_owned(), form);
             }
@@ -746,7 +746,7 @@ impl Union {
             let l = listing_mut(target);
             l.upper_whiteouts.remove(newname);
             l.put(
-                newname.to_owned(),
+                newname,
                 Entry {
                     kind: src_entry.kind,
                     layers: vec![0],
@@ -1015,7 +1015,7 @@ mod tests {
             std::ptr::eq(before, Arc::as_ptr(&after)),
             "the listing was copied"
         );
-        let names: Vec<&OsStr> = after.entries.keys().map(|n| n.as_os_str()).collect();
+        let names: Vec<&OsStr> = after.entries.keys().collect();
         assert_eq!(names, ["c", "new", "renamed"]);
     }
 }
