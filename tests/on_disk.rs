@@ -18,6 +18,7 @@ both_backends!(
     mkdir_over_whiteout_is_trusted_opaque_without_whiteouts_inside,
     no_private_bookkeeping_in_upper_or_work,
     delete_of_upper_only_file_leaves_no_whiteout,
+    whiteouts_are_links_of_one_inode,
 );
 
 fn is_whiteout(p: &Path) -> bool {
@@ -411,4 +412,34 @@ round_trip! {
     hard_links_stratafs_upper_remounted_by_stratafs: Stratafs -> Stratafs, script_hard_links;
     renamed_dirs_stratafs_upper_mounted_by_kernel: Stratafs -> Kernel, script_rename_dirs;
     renamed_dirs_stratafs_upper_remounted_by_stratafs: Stratafs -> Stratafs, script_rename_dirs;
+}
+
+/// Removing lower files links one shared whiteout inode rather than making one per name (as
+/// the kernel does), and nothing of it is left in the work directory after unmount.
+fn whiteouts_are_links_of_one_inode(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0)
+        .file("a", b"a")
+        .file("b", b"b")
+        .file("d/c", b"c");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        for p in ["a", "b", "d/c"] {
+            fs::remove_file(r.join(p)).unwrap();
+        }
+    });
+    drop(m);
+    let inodes: Vec<u64> = ["a", "b", "d/c"]
+        .iter()
+        .map(|p| {
+            let up = fx.upper.join(p);
+            assert!(is_whiteout(&up), "{p}: no whiteout");
+            lstat(&up).ino()
+        })
+        .collect();
+    assert!(
+        inodes.iter().all(|i| *i == inodes[0]),
+        "whiteouts are separate inodes: {inodes:?}"
+    );
+    assert!(lstat(&fx.upper.join("a")).nlink() >= 3);
 }

@@ -322,6 +322,7 @@ impl Filesystem for StrataFs {
             Ok(n) => tracing::info!("copied the data of {n} metadata-only copies up"),
             Err(e) => tracing::error!("completing metadata-only copies: {e}"),
         }
+        self.union.drop_shared_whiteout();
         std::process::exit(0);
     }
 

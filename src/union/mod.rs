@@ -19,6 +19,7 @@ pub mod namespace;
 pub mod options;
 pub mod prefetch;
 pub mod setup;
+mod whiteout;
 pub mod xattr;
 
 use std::ffi::{OsStr, OsString};
@@ -78,6 +79,9 @@ pub struct Union {
     work_owner: (u32, u32),
     /// This process's effective (uid, gid): the owner of what it makes.
     creator: (u32, u32),
+    /// Set when a shared whiteout inode cannot be made or linked here: each whiteout is then
+    /// made on its own.
+    no_shared_whiteout: std::sync::atomic::AtomicBool,
     /// This process's id, for temporary names.
     temp_pid: std::sync::OnceLock<u32>,
     /// Read-ahead of the subdirectories of listed directories (cold tree walks).

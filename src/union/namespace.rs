@@ -300,13 +300,7 @@ impl Union {
     ) -> Result<WhiteoutForm, Errno> {
         let work = self.work_fd()?;
         let tmp = self.temp_name();
-        match rfs::mknodat(
-            work.as_fd(),
-            &tmp,
-            FileType::CharacterDevice,
-            Mode::empty(),
-            0,
-        ) {
+        match self.make_device_whiteout(work.as_fd(), &tmp) {
             Ok(()) => {}
             Err(Errno::PERM) | Err(Errno::ACCESS) => {
                 // No device whiteouts here: remove, then leave a `.wh.` file beside.
@@ -416,7 +410,7 @@ impl Union {
             }
             removed?
         } else {
-            Some(format::create_whiteout(upper.as_fd(), name)?)
+            Some(self.make_whiteout(upper.as_fd(), name)?)
         };
         drop(cstate);
         let lower_links = self.lower_hard_link(parent, name, &entry);
@@ -950,7 +944,7 @@ impl Union {
                 Ok(()) => {}
                 Err(Errno::INVAL) | Err(Errno::PERM) if with_whiteout => {
                     rfs::renameat(from.as_fd(), name, to.as_fd(), newname)?;
-                    src_whiteout = Some(format::create_whiteout(from.as_fd(), name)?);
+                    src_whiteout = Some(self.make_whiteout(from.as_fd(), name)?);
                 }
                 Err(e) => return Err(e),
             }

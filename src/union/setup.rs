@@ -173,6 +173,7 @@ impl Union {
             has_upper,
             work,
             work_owner,
+            no_shared_whiteout: std::sync::atomic::AtomicBool::new(false),
             creator: (
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
