@@ -54,13 +54,6 @@ pub struct Listing {
     pub upper_whiteouts: HashMap<OsString, WhiteoutForm, RandomState>,
 }
 
-impl Listing {
-    /// Add `name`, or replace what it names, keeping its place (see [`DirEntries::put`]).
-    pub fn put(&mut self, name: impl Into<Arc<OsStr>>, entry: Entry) {
-        self.entries.put(name, entry);
-    }
-}
-
 /// One raw directory read from one layer.
 pub struct LayerDir {
     /// Entries that are shown, hidden or mark opacity, with their inode numbers.
@@ -200,7 +193,7 @@ impl ListingBuilder {
                             self.stopped.insert(name);
                         }
                     } else {
-                        self.listing.put(
+                        self.listing.entries.put(
                             name,
                             Entry {
                                 kind: ftype,

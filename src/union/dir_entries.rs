@@ -117,7 +117,7 @@ impl DirEntries {
 
     /// Every name and entry, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&OsStr, &Entry)> {
-        self.live(&self.slots)
+        self.from_seq(0).map(|(name, entry)| (&**name, entry))
     }
 
     /// Every name, in order.
@@ -125,31 +125,12 @@ impl DirEntries {
         self.iter().map(|(name, _)| name)
     }
 
-    /// The names whose sequence number is `seq` or more, in order.
-    pub fn from_seq(&self, seq: u64) -> impl Iterator<Item = (&OsStr, &Entry)> {
-        let start = self.slots.partition_point(|s| s.seq < seq);
-        self.live(&self.slots[start..])
-    }
-
-    /// Every name and entry, in order, with the names shared (no copy).
-    pub fn iter_shared(&self) -> impl Iterator<Item = (&Arc<OsStr>, &Entry)> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.entry.as_ref().map(|e| (&s.name, e)))
-    }
-
-    /// [`DirEntries::from_seq`] with the names shared (no copy).
-    pub fn from_seq_shared(&self, seq: u64) -> impl Iterator<Item = (&Arc<OsStr>, &Entry)> {
+    /// The names whose sequence number is `seq` or more, in order (shared, not copied).
+    pub fn from_seq(&self, seq: u64) -> impl Iterator<Item = (&Arc<OsStr>, &Entry)> {
         let start = self.slots.partition_point(|s| s.seq < seq);
         self.slots[start..]
             .iter()
             .filter_map(|s| s.entry.as_ref().map(|e| (&s.name, e)))
-    }
-
-    fn live<'a>(&'a self, slots: &'a [Slot]) -> impl Iterator<Item = (&'a OsStr, &'a Entry)> {
-        slots
-            .iter()
-            .filter_map(|s| s.entry.as_ref().map(|e| (&*s.name, e)))
     }
 }
 
@@ -214,7 +195,7 @@ mod tests {
         for i in 0..990 {
             let name = format!("f{i:04}");
             assert!(l.remove(OsStr::new(&name)).is_some(), "{name}");
-            let next: Vec<&OsStr> = l.from_seq(i + 1).map(|(n, _)| n).take(1).collect();
+            let next: Vec<&OsStr> = l.from_seq(i + 1).map(|(n, _)| &**n).take(1).collect();
             assert_eq!(next, [OsStr::new(&format!("f{:04}", i + 1))]);
         }
         assert!(

@@ -673,24 +673,23 @@ impl Filesystem for StrataFs {
             if !in_full && !e.dot && e.kind != rfs::FileType::Directory {
                 break;
             }
-            let full = match e.dot {
-                true => {
-                    let attr = FileAttr {
-                        ino: INodeNo(e.ino),
-                        kind: FileType::Directory,
-                        ..file_attr(&crate::sys::zeroed_stat())
-                    };
-                    // The kernel makes no dentry for `.` and `..`: no lookup is counted.
-                    reply.add(
-                        INodeNo(e.ino),
-                        e.next_offset,
-                        &e.name,
-                        &Duration::ZERO,
-                        &attr,
-                        Generation(0),
-                    )
-                }
-                false => match self.union.lookup(ino.0, &e.name) {
+            let full = if e.dot {
+                let attr = FileAttr {
+                    ino: INodeNo(e.ino),
+                    kind: FileType::Directory,
+                    ..file_attr(&crate::sys::zeroed_stat())
+                };
+                // The kernel makes no dentry for `.` and `..`: no lookup is counted.
+                reply.add(
+                    INodeNo(e.ino),
+                    e.next_offset,
+                    &e.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                )
+            } else {
+                match self.union.lookup(ino.0, &e.name) {
                     Ok((node, st)) => {
                         let full = reply.add(
                             INodeNo(node.id),
@@ -707,7 +706,7 @@ impl Filesystem for StrataFs {
                     }
                     // Gone meanwhile: skip it.
                     Err(_) => false,
-                },
+                }
             };
             if full {
                 break;

@@ -285,7 +285,7 @@ impl Union {
                 dot: true,
             });
         }
-        for (name, entry) in listing.entries.from_seq_shared(offset.saturating_sub(2)) {
+        for (name, entry) in listing.entries.from_seq(offset.saturating_sub(2)) {
             if out.len() >= max {
                 break;
             }

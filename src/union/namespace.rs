@@ -60,7 +60,7 @@ fn add_upper_entry(
 ) {
     let l = listing_mut(state);
     l.upper_whiteouts.remove(name);
-    l.put(
+    l.entries.put(
         name,
         Entry {
             kind: FileType::from_raw_mode(st.st_mode),
@@ -74,6 +74,29 @@ fn add_upper_entry(
 
 fn listing_mut(state: &mut super::inode::NodeState) -> &mut Listing {
     Arc::make_mut(state.listing.as_mut().expect("listing read before locking"))
+}
+
+// The two readers below borrow the locked listing and return copies of what they found: a
+// caller that kept a reference to the listing itself would make its own update (through
+// `listing_mut`) copy the whole listing.
+
+/// The entry called `name` in a locked directory's listing.
+fn listed_entry(state: &super::inode::NodeState, name: &OsStr) -> Result<Entry, Errno> {
+    let listing = state.listing.as_ref().ok_or(Errno::NOENT)?;
+    listing.entries.get(name).cloned().ok_or(Errno::NOENT)
+}
+
+/// For a name about to be made in a locked directory: EEXIST if it is listed, else the upper
+/// whiteout it will replace, if any.
+fn unused_name(
+    state: &super::inode::NodeState,
+    name: &OsStr,
+) -> Result<Option<WhiteoutForm>, Errno> {
+    let listing = state.listing.as_ref().expect("listing read before locking");
+    if listing.entries.contains_key(name) {
+        return Err(Errno::EXIST);
+    }
+    Ok(listing.upper_whiteouts.get(name).copied())
 }
 
 impl Union {
@@ -148,15 +171,7 @@ impl Union {
         if parent.is_unlinked() {
             return Err(Errno::NOENT);
         }
-        // Read what is needed and let go of the listing: holding a second reference to it
-        // would make the update below copy the whole listing.
-        let whiteout = {
-            let listing = pstate.listing.as_ref().expect("read above");
-            if listing.entries.contains_key(name) {
-                return Err(Errno::EXIST);
-            }
-            listing.upper_whiteouts.get(name).copied()
-        };
+        let whiteout = unused_name(&pstate, name)?;
         let upper = self.dir_fd(&parent, 0)?;
         let parent_st = rfs::fstat(upper.as_fd())?;
         let (uid, gid) = self.new_owner(caller, &parent_st)?;
@@ -359,14 +374,7 @@ impl Union {
         }
         self.copy_up(parent)?;
         let mut pstate = parent.state.write();
-        let entry = pstate
-            .listing
-            .as_ref()
-            .ok_or(Errno::NOENT)?
-            .entries
-            .get(name)
-            .ok_or(Errno::NOENT)?
-            .clone();
+        let entry = listed_entry(&pstate, name)?;
         let cstate = child.state.write();
         if !child.has_name(parent.id, name) {
             return Err(Errno::AGAIN);
@@ -451,13 +459,7 @@ impl Union {
         let src_parent = loc.parent.ok_or(Errno::STALE)?;
         let src_dir = self.dir_fd(&src_parent, 0)?;
         let mut pstate = newparent.state.write();
-        let whiteout = {
-            let listing = pstate.listing.as_ref().expect("read above");
-            if listing.entries.contains_key(newname) {
-                return Err(Errno::EXIST);
-            }
-            listing.upper_whiteouts.get(newname).copied()
-        };
+        let whiteout = unused_name(&pstate, newname)?;
         let upper = self.dir_fd(&newparent, 0)?;
         match whiteout {
             None => rfs::linkat(
@@ -616,22 +618,10 @@ impl Union {
             let a = parent.state.write();
             (a, Some(b))
         };
-        // Read what is needed from both listings without keeping references to them (the
-        // updates below would otherwise copy each listing whole).
-        let src_entry = first
-            .listing
-            .as_ref()
-            .ok_or(Errno::NOENT)?
-            .entries
-            .get(name)
-            .ok_or(Errno::NOENT)?
-            .clone();
+        let src_entry = listed_entry(&first, name)?;
         let (dst_entry, target_whiteout) = {
-            let dst_listing = match &second {
-                Some(s) => s.listing.as_ref(),
-                None => first.listing.as_ref(),
-            }
-            .ok_or(Errno::NOENT)?;
+            let dst_state = second.as_deref().unwrap_or(&first);
+            let dst_listing = dst_state.listing.as_ref().ok_or(Errno::NOENT)?;
             (
                 dst_listing.entries.get(newname).cloned(),
                 dst_listing.upper_whiteouts.get(newname).copied(),
@@ -661,9 +651,9 @@ impl Union {
             d_new.covers_lower = src_entry.covers_lower;
             d_new.layers = vec![0];
             // Each name keeps its place (and readdir offset); only what it names changes.
-            listing_mut(&mut first).put(name, d_new);
+            listing_mut(&mut first).entries.put(name, d_new);
             let target = second.as_mut().unwrap_or(&mut first);
-            listing_mut(target).put(newname, s_new);
+            listing_mut(target).entries.put(newname, s_new);
             let dnode = dst.expect("exchange has a target");
             let at = |p: &Arc<Node>, n: &OsStr| super::inode::Location {
                 parent: Some(p.clone()),
@@ -739,7 +729,7 @@ impl Union {
             let target = second.as_mut().unwrap_or(&mut first);
             let l = listing_mut(target);
             l.upper_whiteouts.remove(newname);
-            l.put(
+            l.entries.put(
                 newname,
                 Entry {
                     kind: src_entry.kind,

@@ -113,7 +113,12 @@ impl Union {
         };
         let has_upper = options.writable();
         let mut work = None;
-        let mut work_owner = (0, 0);
+        let creator = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        // What we make in the work directory is ours, in its group if it is setgid.
+        let mut work_owner = creator;
         let mut xattr_ns = XattrNamespace::Trusted;
         if has_upper {
             let upper_path = options.upperdir.clone().expect("writable has upper");
@@ -148,12 +153,9 @@ impl Union {
                 path: work_path.clone(),
                 errno,
             })?;
-            let gid = if st.st_mode & libc::S_ISGID != 0 {
-                st.st_gid
-            } else {
-                rustix::process::getegid().as_raw()
-            };
-            work_owner = (rustix::process::geteuid().as_raw(), gid);
+            if st.st_mode & libc::S_ISGID != 0 {
+                work_owner.1 = st.st_gid;
+            }
             work = Some(scratch);
             layers.push(upper);
         }
@@ -174,10 +176,7 @@ impl Union {
             work,
             work_owner,
             no_shared_whiteout: std::sync::atomic::AtomicBool::new(false),
-            creator: (
-                rustix::process::geteuid().as_raw(),
-                rustix::process::getegid().as_raw(),
-            ),
+            creator,
             xattr_ns,
             nodes: NodeTable::new(root),
             handles: HandleTable::default(),
