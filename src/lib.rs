@@ -7,5 +7,6 @@ pub mod bench;
 pub mod build;
 pub mod container;
 pub mod image;
+pub mod overlay;
 pub mod sys;
 pub mod union;

@@ -19,8 +19,8 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timesta
 use rustix::io::Errno;
 use tar::EntryType;
 
-use crate::union::format::{self, XattrNamespace, OPAQUE_MARKER};
-use crate::union::layer::BENEATH;
+use crate::overlay::beneath::BENEATH;
+use crate::overlay::format::{self, XattrNamespace, OPAQUE_MARKER};
 
 use super::{Error, Result};
 
@@ -329,7 +329,7 @@ impl Unpacker<'_> {
                 let tname = tcomps
                     .pop()
                     .ok_or_else(|| self.unsafe_entry(&raw, "hard link to the layer root"))?;
-                let tparent = crate::union::layer::open_beneath(
+                let tparent = crate::overlay::beneath::open_beneath(
                     self.root.as_fd(),
                     &tcomps.iter().map(|c| c.as_os_str()).collect::<Vec<_>>(),
                     OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
@@ -502,7 +502,7 @@ impl Unpacker<'_> {
 
     fn mark_opaque(&mut self, dir_comps: &[OsString], raw: &[u8]) -> Result<()> {
         let refs: Vec<&OsStr> = dir_comps.iter().map(|c| c.as_os_str()).collect();
-        let d = crate::union::layer::open_beneath(
+        let d = crate::overlay::beneath::open_beneath(
             self.root.as_fd(),
             &refs,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
@@ -533,8 +533,8 @@ impl Unpacker<'_> {
         pending.sort_by_key(|d| std::cmp::Reverse(d.components.len()));
         for d in pending {
             let refs: Vec<&OsStr> = d.components.iter().map(|c| c.as_os_str()).collect();
-            let raw = crate::union::layer::join(&refs).into_vec();
-            let fd = match crate::union::layer::open_beneath(
+            let raw = crate::overlay::beneath::join(&refs).into_vec();
+            let fd = match crate::overlay::beneath::open_beneath(
                 self.root.as_fd(),
                 &refs,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,

@@ -14,8 +14,8 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use tar::{EntryType, Header};
 
-use crate::union::format::{self, OPAQUE_MARKER, WHITEOUT_PREFIX};
-use crate::union::layer::BENEATH;
+use crate::overlay::beneath::BENEATH;
+use crate::overlay::format::{self, OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 use super::{Error, Result};
 
@@ -199,7 +199,7 @@ impl<W: Write> Packer<W> {
         let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.err(path, "stat", e))?;
         let ft = FileType::from_raw_mode(st.st_mode);
-        let proc = crate::union::xattr::proc_path(dir, Some(name));
+        let proc = crate::overlay::fd_path::proc_path(dir, Some(name));
         self.stats.entries += 1;
         match ft {
             FileType::Directory => {

@@ -15,10 +15,11 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom,
 use rustix::io::Errno;
 
 use super::dir::LayerIndex;
-use super::format::{self, XattrNamespace};
 use super::inode::Node;
-use super::xattr::{proc_path, XattrTarget};
+use super::xattr::XattrTarget;
 use super::Union;
+use crate::overlay::fd_path::proc_path;
+use crate::overlay::format::{self, XattrNamespace};
 
 /// The xattr holding file capabilities, which the kernel drops on chown and on writes.
 const FILE_CAPS: &str = "security.capability";

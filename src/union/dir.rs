@@ -15,7 +15,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, RawDir};
 use rustix::io::Errno;
 
 use super::dir_entries::DirEntries;
-use super::format::{self, EntryKind, WhiteoutForm};
+use crate::overlay::format::{self, EntryKind, WhiteoutForm};
 
 /// Index of a layer in the mount: 0 is the upper layer when the mount has one.
 pub type LayerIndex = u16;

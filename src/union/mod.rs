@@ -8,7 +8,6 @@ pub mod attr;
 pub mod copyup;
 pub mod dir;
 pub mod dir_entries;
-pub mod format;
 pub mod fs;
 pub mod handle;
 pub mod hardlink;
@@ -30,8 +29,8 @@ use std::sync::Arc;
 use rustix::fs::{self as rfs, AtFlags, FileType, OFlags};
 use rustix::io::Errno;
 
+use crate::overlay::format::{self, XattrNamespace};
 use dir::{LayerIndex, Listing, ListingBuilder};
-use format::XattrNamespace;
 use idmap::IdMapper;
 use inode::{Node, NodeTable, ROOT_ID};
 use layer::Layer;

@@ -11,11 +11,11 @@ use rustix::io::Errno;
 
 use super::copyup::remove_any;
 use super::dir::{Entry, Listing};
-use super::format::{self, WhiteoutForm};
 use super::idmap::OVERFLOW_ID;
 use super::inode::Node;
-use super::layer::valid_name;
 use super::{Caller, Union, NAME_MAX};
+use crate::overlay::beneath::valid_name;
+use crate::overlay::format::{self, WhiteoutForm};
 
 /// What to create, for [`Union::create_object`].
 pub enum NewObject<'a> {
@@ -180,7 +180,7 @@ impl Union {
         // filesystem applies that ACL itself when the object is made).
         let default_acl = self.options.acl
             && rfs::getxattr(
-                super::xattr::proc_path(upper.as_fd(), None),
+                crate::overlay::fd_path::proc_path(upper.as_fd(), None),
                 "system.posix_acl_default",
                 &mut [0u8; 0][..],
             )

@@ -11,13 +11,13 @@ use rustix::io::Errno;
 use thiserror::Error;
 
 use super::dir::LayerIndex;
-use super::format::{self, XattrNamespace};
 use super::handle::HandleTable;
 use super::idmap::IdMapper;
 use super::inode::{self, Node, NodeTable, ROOT_ID};
 use super::layer::Layer;
 use super::options::MountOptions;
 use super::Union;
+use crate::overlay::format::{self, XattrNamespace};
 
 /// Name of the scratch directory inside the work dir (the kernel uses the same one, so either
 /// can clean up after the other).
@@ -229,7 +229,7 @@ fn prepare_work(work_root: &Layer) -> Result<std::os::fd::OwnedFd, Errno> {
         WORK_SUBDIR,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
-        super::layer::BENEATH,
+        crate::overlay::beneath::BENEATH,
     )?;
     super::copyup::remove_contents(scratch.as_fd())?;
     Ok(scratch)

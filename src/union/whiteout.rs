@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode};
 use rustix::io::Errno;
 
-use super::format::{self, WhiteoutForm};
 use super::Union;
+use crate::overlay::format::{self, WhiteoutForm};
 
 /// Name of the shared whiteout inode in the work directory.
 const SHARED: &str = "#strata-whiteout";

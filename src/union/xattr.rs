@@ -1,28 +1,19 @@
 //! Extended attributes of union objects. Overlay bookkeeping (`trusted.overlay.*`,
 //! `user.overlay.*`) is never listed, read or written by clients.
 
-use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{self as rfs, XattrFlags};
 use rustix::io::Errno;
 
-use super::format;
 use super::Union;
+use crate::overlay::fd_path::proc_path;
+use crate::overlay::format;
 
 /// Largest xattr value or name list the kernel passes (XATTR_SIZE_MAX).
 const XATTR_MAX: usize = 65536;
-
-/// A procfs path for `dir` (and `name` in it), so path-only calls work on fds.
-pub fn proc_path(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> OsString {
-    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
-    if let Some(name) = name {
-        p.push(b'/');
-        p.extend_from_slice(name.as_bytes());
-    }
-    OsString::from_vec(p)
-}
 
 /// Where the xattrs of one layer object are: a directory fd, or a name in a directory.
 pub enum XattrTarget<'a> {

@@ -125,7 +125,7 @@ pub fn has_opaque_xattr(dir: BorrowedFd<'_>) -> bool {
 
 /// Whether the file `name` in `dir` carries a metacopy marker (its data is below).
 pub fn has_metacopy(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
-    let path = super::xattr::proc_path(dir, Some(name));
+    let path = super::fd_path::proc_path(dir, Some(name));
     [TRUSTED_METACOPY, USER_METACOPY]
         .iter()
         .any(|x| rfs::lgetxattr(&path, *x, &mut [0u8; 0][..]).is_ok())
