@@ -527,8 +527,8 @@ fn build_racing_rmi_of_its_base_keeps_every_layer_it_needs() {
     .unwrap();
     std::thread::scope(|s| {
         let build = s.spawn(|| env.run(&["build", "-t", "derived", ctx.to_str().unwrap()]));
-        // The base goes while the build runs on its layers: rmi waits for the build's lock
-        // before freeing anything, and the new image references the base layers it used.
+        // The base goes while the build runs on its layers: rmi keeps what the build pinned,
+        // and the new image references the base layers it used.
         std::thread::sleep(std::time::Duration::from_millis(500));
         env.ok(&["rmi", "base"]);
         let o = build.join().unwrap();
@@ -604,5 +604,92 @@ fn ctrl_c_stops_a_build_and_leaves_nothing() {
     );
     assert!(!env.ok(&["images"]).contains("slow"));
     assert_eq!(env.containers(), Vec::<String>::new());
+    env.assert_no_leaks();
+}
+
+/// The PID of a process `sleep SECS` (a `RUN` step's, with SECS unique to the test).
+fn sleeper(secs: &str) -> Option<i32> {
+    let want = format!("sleep\0{secs}\0");
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        (cmd == want.as_bytes()).then_some(pid)
+    })
+}
+
+#[test]
+fn rmi_is_not_held_up_by_a_running_build() {
+    need_root!();
+    use std::time::{Duration, Instant};
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let other = env.path("other");
+    std::fs::create_dir_all(other.join("etc")).unwrap();
+    std::fs::write(other.join("etc/other"), "other").unwrap();
+    env.ok(&["import", other.to_str().unwrap(), "other:1"]);
+    let blobs = || common::cli::count_files(&env.store().join("blobs/sha256"));
+    let layers = || common::cli::count_files(&env.store().join("layers/sha256"));
+    let ctx = env.path("derived");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("f"), "file").unwrap();
+    // The RUN step waits until the test kills its `sleep`: the build is held in the middle for
+    // as long as the test needs, with its base resolved and its first layers in use.
+    let secs = (10_000_000 + std::process::id()).to_string();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM base\nRUN sleep {secs} || true; echo ran > /ran\nCOPY f /f\n"),
+    )
+    .unwrap();
+    let mut build = env.command_in(
+        &env.store(),
+        None,
+        &["build", "-t", "derived", ctx.to_str().unwrap()],
+    );
+    build
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let build = build.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sleep = loop {
+        if let Some(pid) = sleeper(&secs) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the RUN step did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let alive = || std::path::Path::new(&format!("/proc/{sleep}")).exists();
+    // The deadline only guards against a hang: the build cannot end before the test lets it,
+    // so an rmi that waited for it would never finish.
+    let rmi = |image: &str| {
+        let c = env.command_in(&env.store(), None, &["rmi", image]);
+        let o = common::cli::run_deadline(c, "rmi during a build", Duration::from_secs(60), None);
+        assert!(o.status.success(), "rmi {image}: {}", text(&o.stderr));
+    };
+    // An image the build does not use goes at once, blobs and layer included.
+    let (b, l) = (blobs(), layers());
+    rmi("other:1");
+    assert_eq!((blobs(), layers()), (b - 3, l - 1), "other:1 was not freed");
+    assert!(alive(), "the build ended: this proves nothing");
+    // The build's own base is untagged at once; what the build uses stays.
+    let l = layers();
+    rmi("base");
+    assert!(!env.ok(&["images"]).contains("base"));
+    assert_eq!(layers(), l, "a layer the build uses was freed");
+    assert!(alive());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(sleep).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let o = common::cli::run_deadline_child(build, "build", common::cli::COMMAND_DEADLINE);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        env.ok(&["run", "--rm", "derived", "cat", "/ran", "/f"]),
+        "ran\nfile"
+    );
+    // The build's pins ended with it: removing its image frees everything.
+    env.ok(&["rmi", "derived"]);
+    assert_eq!((blobs(), layers()), (0, 0));
     env.assert_no_leaks();
 }

@@ -852,3 +852,28 @@ fn rootless_without_subids_maps_only_the_caller() {
     assert_eq!(e.containers(), Vec::<String>::new());
     e.assert_no_leaks();
 }
+
+#[test]
+fn verbs_on_several_containers_go_past_one_that_fails() {
+    need_root!();
+    let e = Env::new();
+    for n in ["c1", "c2"] {
+        e.ok(&["run", "-d", "--name", n, &e.image, "sleep", "1000"]);
+    }
+    // As docker: every container named is done, the failure is reported, the exit code says.
+    for verb in [&["stop", "-t", "1"][..], &["rm"][..]] {
+        let mut args = verb.to_vec();
+        args.extend(["c1", "nosuch", "c2"]);
+        let o = e.strata(&args, None);
+        assert_eq!(o.status.code(), Some(125), "{args:?}");
+        assert_eq!(stdout(&o), "c1\nc2\n", "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(
+            err.trim(),
+            "strata: no such container: nosuch",
+            "{args:?}: {err}"
+        );
+    }
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}

@@ -1019,3 +1019,23 @@ fn import_with_source_date_epoch_is_reproducible() {
     let o = ok_output(e.strata_env(&store2, &args, &epoch), &args);
     assert_eq!(o.trim(), first);
 }
+
+#[test]
+fn rmi_of_several_removes_all_it_can_and_reports_the_missing() {
+    need_root!();
+    let e = Env::new();
+    let a = e.import(&e.tiny_rootfs("a", "a\n"), "a:1");
+    let b = e.import(&e.tiny_rootfs("b", "b\n"), "b:1");
+    let o = e.run(&["rmi", "a:1", "missing:1", "b:1"]);
+    assert_eq!(o.status.code(), Some(125));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains(&format!("Deleted: {a}")) && out.contains(&format!("Deleted: {b}")),
+        "{out}"
+    );
+    assert_eq!(text(&o.stderr).trim(), "strata: no such image: missing:1");
+    assert!(e.tags(&e.store()).is_empty());
+    // Garbage collection ran for what did go.
+    assert_eq!(names_in(&e.store().join("blobs/sha256")), BTreeSet::new());
+    assert_eq!(names_in(&e.store().join("layers/sha256")), BTreeSet::new());
+}

@@ -209,7 +209,6 @@ pub fn build(
         error: e,
     })?;
     let ctx = Context::open(&opts.context)?;
-    let _writer = store.writer_lock()?;
     catch_interrupts();
     let mut b = Builder {
         store,
@@ -391,7 +390,7 @@ impl Builder<'_> {
             archive::from_layout_dir(self.store, Path::new(path), tag)
                 .map_err(|e| self.at(line, format!("FROM {base}: {e}")))?
         } else {
-            self.store.resolve(base).map_err(|e| match e {
+            self.store.resolve_pinned(base).map_err(|e| match e {
                 crate::image::Error::NoSuchImage(_) => self.at(line, format!("FROM {base}: no such image in the store (strata does not pull from registries here: load or import it first)")),
                 e => self.at(line, format!("FROM {base}: {e}")),
             })?
@@ -690,7 +689,7 @@ impl Builder<'_> {
         reference::Reference::parse(from).map_err(|e| self.at(line, e.to_string()))?;
         let img = self
             .store
-            .resolve(from)
+            .resolve_pinned(from)
             .map_err(|e| self.at(line, format!("--from={from}: {e}")))?;
         Ok((from.to_string(), img.layers()?))
     }

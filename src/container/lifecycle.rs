@@ -84,6 +84,11 @@ impl Container {
             .map(|v| volume::parse(store_root, v))
             .collect::<Result<Vec<_>>>()?;
         let paths = Paths::new(store_root, &id);
+        // Private: the upper will hold whatever the container writes, set-uid files included.
+        // The upper itself keeps an ordinary mode: it is the container's `/`.
+        for d in [store_root.join("containers"), paths.dir.clone()] {
+            crate::image::private::create(&d).map_err(io_err(format!("create {}", d.display())))?;
+        }
         for d in [paths.upper(), paths.work(), paths.rootfs()] {
             std::fs::create_dir_all(&d).map_err(io_err(format!("create {}", d.display())))?;
         }

@@ -154,7 +154,6 @@ pub fn save(store: &Store, images: &[(Image, Option<String>)], out: &Path) -> Re
 /// Load every image of the archive or OCI layout directory at `input` into the store and tag
 /// it as the archive says. Returns the images with their tags.
 pub fn load(store: &Store, input: &Path) -> Result<Vec<Image>> {
-    let _w = store.writer_lock()?;
     let found = if input.is_dir() {
         layout_dir_images(store, input, None)?
     } else {
@@ -224,7 +223,7 @@ fn layout_dir_images(
     let entries = layout::read_index(&index_path)?;
     let blob_path = |d: &Digest| dir.join("blobs/sha256").join(d.hex());
     let copy = |d: &Digest| -> Result<()> {
-        if store.blobs().contains(d) {
+        if store.blobs().pin_existing(d)? {
             return Ok(());
         }
         let f = File::open(blob_path(d)).map_err(|e| match e.kind() {
