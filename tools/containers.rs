@@ -313,11 +313,14 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
                 "CONTAINER ID", "STATUS", "COMMAND", "IMAGE"
             );
             for c in Container::list(root)? {
-                let s = &c.state;
-                if !all && s.status != Status::Running {
+                if !all && c.state.status != Status::Running {
                     continue;
                 }
+                let lost = c.rootfs_lost();
+                let s = &c.state;
                 let status = match (s.status, s.exit_code) {
+                    // Its stratafs died: `exec` explains, `restart` or `rm -f` recovers.
+                    (Status::Running, _) if lost => "rootfs-lost".to_string(),
                     (Status::Exited, Some(code)) => format!("exited({code})"),
                     // The exit was not seen (its monitor was killed): say so.
                     (Status::Exited, None) => "exited(?)".to_string(),
