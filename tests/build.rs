@@ -300,6 +300,22 @@ fn bad_input_is_a_clear_error_naming_the_line() {
             "Dockerfile:2: --from=nosuch",
             "unknown stage",
         ),
+        // Errors found while writing into the image carry the location too.
+        (
+            "FROM base\nRUN touch /afile\nCOPY a.txt /afile/x\n",
+            "Dockerfile:3: copy: /afile exists in the image and is not a directory",
+            "file in the way",
+        ),
+        (
+            "FROM base\nRUN ln -s /loop /loop\nCOPY a.txt /loop/\n",
+            "Dockerfile:3: copy: resolve /loop/: Too many levels of symbolic links",
+            "symlink loop",
+        ),
+        (
+            "FROM base\nRUN touch /afile\nWORKDIR /afile/sub\n",
+            "Dockerfile:3: copy: /afile exists in the image and is not a directory",
+            "WORKDIR under a file",
+        ),
     ];
     for (i, (df, want, what)) in cases.iter().enumerate() {
         let dir = format!("bad{i}");
@@ -307,6 +323,7 @@ fn bad_input_is_a_clear_error_naming_the_line() {
         std::fs::create_dir_all(&ctx).unwrap();
         std::os::unix::fs::symlink(&outside, ctx.join("escape")).unwrap();
         std::fs::write(ctx.join("ignored.txt"), "x").unwrap();
+        std::fs::write(ctx.join("a.txt"), "a").unwrap();
         std::fs::write(ctx.join(".dockerignore"), "ignored.txt\n").unwrap();
         let (_, o) = build_in(&env, &dir, df, &[]);
         assert!(!o.status.success(), "{what}: built");
@@ -691,5 +708,50 @@ fn rmi_is_not_held_up_by_a_running_build() {
     // The build's pins ended with it: removing its image frees everything.
     env.ok(&["rmi", "derived"]);
     assert_eq!((blobs(), layers()), (0, 0));
+    env.assert_no_leaks();
+}
+
+#[test]
+fn copy_through_symlinks_resolves_them_inside_the_image() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let ctx = env.path("links");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("one.txt"), "1").unwrap();
+    // A host path: as a symlink target in the image it means that path inside the image.
+    let host = env.path("escaped");
+    // As docker: a COPY to a symlink writes where it points, creating a dangling one's target
+    // (and its missing parents); `..` and absolute targets stay inside the image.
+    let df = format!(
+        "FROM base\n\
+RUN ln -s /target /vl && ln -s /nowhere/deep/file /vf && mkdir /real && \\
+    echo old > /real/existing && ln -s real/existing /vx && ln -s ../../../real /vr && \\
+    ln -s {host} /vh && ln -s /wd /vw\n\
+COPY one.txt /vl/\n\
+COPY one.txt /vf\n\
+COPY one.txt /vx\n\
+COPY one.txt /vr/\n\
+COPY one.txt /vh\n\
+WORKDIR /vw\n",
+        host = host.display()
+    );
+    std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+    env.ok(&["build", "-q", "-t", "links", ctx.to_str().unwrap()]);
+    let script = format!(
+        "for l in /vl /vf /vx /vr /vh /vw; do readlink $l; done; \
+         cat /target/one.txt /nowhere/deep/file /real/existing /real/one.txt {host}; echo; \
+         test -d /wd && echo wd-made",
+        host = host.display()
+    );
+    let out = env.ok(&["run", "--rm", "links", "sh", "-c", &script]);
+    assert_eq!(
+        out,
+        format!(
+            "/target\n/nowhere/deep/file\nreal/existing\n../../../real\n{}\n/wd\n11111\nwd-made\n",
+            host.display()
+        )
+    );
+    assert!(!host.exists(), "COPY wrote outside the image");
     env.assert_no_leaks();
 }

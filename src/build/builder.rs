@@ -347,7 +347,9 @@ impl Builder<'_> {
                 .map(|n| format!(" AS {n}"))
                 .unwrap_or_default()
         ))?;
-        let mut state = self.from(&base, stage.line)?;
+        let mut state = self
+            .from(&base, stage.line)
+            .map_err(|e| self.locate(stage.line, e))?;
         let _ = writeln!(self.log, " --> {:.2}s", t.elapsed().as_secs_f64());
         for ins in &stage.instructions {
             self.instruction(&mut state, ins)?;
@@ -412,7 +414,23 @@ impl Builder<'_> {
         st.args.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
     }
 
+    /// An error of the instruction at `line` that does not say where it comes from yet gets
+    /// the instruction's location, as every build error has.
+    fn locate(&self, line: usize, e: Error) -> Error {
+        match e {
+            Error::Dockerfile { .. }
+            | Error::Step { .. }
+            | Error::RunFailed { .. }
+            | Error::Interrupted => e,
+            e => self.at(line, e.to_string()),
+        }
+    }
+
     fn instruction(&mut self, st: &mut StageState, ins: &Located) -> Result<()> {
+        self.apply(st, ins).map_err(|e| self.locate(ins.line, e))
+    }
+
+    fn apply(&mut self, st: &mut StageState, ins: &Located) -> Result<()> {
         let line = ins.line;
         let t = self.progress(&ins.text)?;
         let args_fp = Self::args_fingerprint(st);
@@ -868,8 +886,9 @@ impl Builder<'_> {
             let (dir, name) = if dest_is_dir {
                 (copy::make_dirs(root.as_fd(), &spec.dest, &rules)?, name)
             } else {
-                let d = spec.dest.trim_end_matches('/');
-                let (parent, leaf) = d.rsplit_once('/').unwrap_or(("", d));
+                // Through a symlink at the destination, as docker copies (see copy::resolve).
+                let d = copy::resolve(root.as_fd(), spec.dest.trim_end_matches('/'))?;
+                let (parent, leaf) = d.rsplit_once('/').unwrap_or(("", &d));
                 (
                     copy::make_dirs(root.as_fd(), parent, &rules)?,
                     leaf.to_string(),
