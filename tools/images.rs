@@ -92,9 +92,12 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             archive::save(&store, &list, &output)?;
         }
         Cmd::Load { input } => {
-            for img in archive::load(&store, &input)
-                .with_context(|| format!("load {}", input.display()))?
-            {
+            let loaded = archive::load(&store, &input)
+                .with_context(|| format!("load {}", input.display()))?;
+            for w in &loaded.warnings {
+                eprintln!("strata: warning: {w}");
+            }
+            for img in loaded.images {
                 if img.tags.is_empty() {
                     println!("Loaded image ID: {}", img.id);
                 }
