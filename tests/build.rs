@@ -300,6 +300,22 @@ fn bad_input_is_a_clear_error_naming_the_line() {
             "Dockerfile:2: --from=nosuch",
             "unknown stage",
         ),
+        // Errors found while writing into the image carry the location too.
+        (
+            "FROM base\nRUN touch /afile\nCOPY a.txt /afile/x\n",
+            "Dockerfile:3: copy: /afile exists in the image and is not a directory",
+            "file in the way",
+        ),
+        (
+            "FROM base\nRUN ln -s /loop /loop\nCOPY a.txt /loop/\n",
+            "Dockerfile:3: copy: resolve /loop/: Too many levels of symbolic links",
+            "symlink loop",
+        ),
+        (
+            "FROM base\nRUN touch /afile\nWORKDIR /afile/sub\n",
+            "Dockerfile:3: copy: /afile exists in the image and is not a directory",
+            "WORKDIR under a file",
+        ),
     ];
     for (i, (df, want, what)) in cases.iter().enumerate() {
         let dir = format!("bad{i}");
@@ -307,6 +323,7 @@ fn bad_input_is_a_clear_error_naming_the_line() {
         std::fs::create_dir_all(&ctx).unwrap();
         std::os::unix::fs::symlink(&outside, ctx.join("escape")).unwrap();
         std::fs::write(ctx.join("ignored.txt"), "x").unwrap();
+        std::fs::write(ctx.join("a.txt"), "a").unwrap();
         std::fs::write(ctx.join(".dockerignore"), "ignored.txt\n").unwrap();
         let (_, o) = build_in(&env, &dir, df, &[]);
         assert!(!o.status.success(), "{what}: built");
@@ -527,8 +544,8 @@ fn build_racing_rmi_of_its_base_keeps_every_layer_it_needs() {
     .unwrap();
     std::thread::scope(|s| {
         let build = s.spawn(|| env.run(&["build", "-t", "derived", ctx.to_str().unwrap()]));
-        // The base goes while the build runs on its layers: rmi waits for the build's lock
-        // before freeing anything, and the new image references the base layers it used.
+        // The base goes while the build runs on its layers: rmi keeps what the build pinned,
+        // and the new image references the base layers it used.
         std::thread::sleep(std::time::Duration::from_millis(500));
         env.ok(&["rmi", "base"]);
         let o = build.join().unwrap();
@@ -604,5 +621,137 @@ fn ctrl_c_stops_a_build_and_leaves_nothing() {
     );
     assert!(!env.ok(&["images"]).contains("slow"));
     assert_eq!(env.containers(), Vec::<String>::new());
+    env.assert_no_leaks();
+}
+
+/// The PID of a process `sleep SECS` (a `RUN` step's, with SECS unique to the test).
+fn sleeper(secs: &str) -> Option<i32> {
+    let want = format!("sleep\0{secs}\0");
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        (cmd == want.as_bytes()).then_some(pid)
+    })
+}
+
+#[test]
+fn rmi_is_not_held_up_by_a_running_build() {
+    need_root!();
+    use std::time::{Duration, Instant};
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let other = env.path("other");
+    std::fs::create_dir_all(other.join("etc")).unwrap();
+    std::fs::write(other.join("etc/other"), "other").unwrap();
+    env.ok(&["import", other.to_str().unwrap(), "other:1"]);
+    let blobs = || common::cli::count_files(&env.store().join("blobs/sha256"));
+    let layers = || common::cli::count_files(&env.store().join("layers/sha256"));
+    let ctx = env.path("derived");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("f"), "file").unwrap();
+    // The RUN step waits until the test kills its `sleep`: the build is held in the middle for
+    // as long as the test needs, with its base resolved and its first layers in use.
+    let secs = (10_000_000 + std::process::id()).to_string();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM base\nRUN sleep {secs} || true; echo ran > /ran\nCOPY f /f\n"),
+    )
+    .unwrap();
+    let mut build = env.command_in(
+        &env.store(),
+        None,
+        &["build", "-t", "derived", ctx.to_str().unwrap()],
+    );
+    build
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let build = build.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sleep = loop {
+        if let Some(pid) = sleeper(&secs) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the RUN step did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let alive = || std::path::Path::new(&format!("/proc/{sleep}")).exists();
+    // The deadline only guards against a hang: the build cannot end before the test lets it,
+    // so an rmi that waited for it would never finish.
+    let rmi = |image: &str| {
+        let c = env.command_in(&env.store(), None, &["rmi", image]);
+        let o = common::cli::run_deadline(c, "rmi during a build", Duration::from_secs(60), None);
+        assert!(o.status.success(), "rmi {image}: {}", text(&o.stderr));
+    };
+    // An image the build does not use goes at once, blobs and layer included.
+    let (b, l) = (blobs(), layers());
+    rmi("other:1");
+    assert_eq!((blobs(), layers()), (b - 3, l - 1), "other:1 was not freed");
+    assert!(alive(), "the build ended: this proves nothing");
+    // The build's own base is untagged at once; what the build uses stays.
+    let l = layers();
+    rmi("base");
+    assert!(!env.ok(&["images"]).contains("base"));
+    assert_eq!(layers(), l, "a layer the build uses was freed");
+    assert!(alive());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(sleep).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let o = common::cli::run_deadline_child(build, "build", common::cli::COMMAND_DEADLINE);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        env.ok(&["run", "--rm", "derived", "cat", "/ran", "/f"]),
+        "ran\nfile"
+    );
+    // The build's pins ended with it: removing its image frees everything.
+    env.ok(&["rmi", "derived"]);
+    assert_eq!((blobs(), layers()), (0, 0));
+    env.assert_no_leaks();
+}
+
+#[test]
+fn copy_through_symlinks_resolves_them_inside_the_image() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-");
+    base_image(&env);
+    let ctx = env.path("links");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("one.txt"), "1").unwrap();
+    // A host path: as a symlink target in the image it means that path inside the image.
+    let host = env.path("escaped");
+    // As docker: a COPY to a symlink writes where it points, creating a dangling one's target
+    // (and its missing parents); `..` and absolute targets stay inside the image.
+    let df = format!(
+        "FROM base\n\
+RUN ln -s /target /vl && ln -s /nowhere/deep/file /vf && mkdir /real && \\
+    echo old > /real/existing && ln -s real/existing /vx && ln -s ../../../real /vr && \\
+    ln -s {host} /vh && ln -s /wd /vw\n\
+COPY one.txt /vl/\n\
+COPY one.txt /vf\n\
+COPY one.txt /vx\n\
+COPY one.txt /vr/\n\
+COPY one.txt /vh\n\
+WORKDIR /vw\n",
+        host = host.display()
+    );
+    std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+    env.ok(&["build", "-q", "-t", "links", ctx.to_str().unwrap()]);
+    let script = format!(
+        "for l in /vl /vf /vx /vr /vh /vw; do readlink $l; done; \
+         cat /target/one.txt /nowhere/deep/file /real/existing /real/one.txt {host}; echo; \
+         test -d /wd && echo wd-made",
+        host = host.display()
+    );
+    let out = env.ok(&["run", "--rm", "links", "sh", "-c", &script]);
+    assert_eq!(
+        out,
+        format!(
+            "/target\n/nowhere/deep/file\nreal/existing\n../../../real\n{}\n/wd\n11111\nwd-made\n",
+            host.display()
+        )
+    );
+    assert!(!host.exists(), "COPY wrote outside the image");
     env.assert_no_leaks();
 }

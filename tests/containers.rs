@@ -852,3 +852,111 @@ fn rootless_without_subids_maps_only_the_caller() {
     assert_eq!(e.containers(), Vec::<String>::new());
     e.assert_no_leaks();
 }
+
+/// The PID of the stratafs daemon serving the rootfs of container `id`.
+fn stratafs_pid(e: &Env, id: &str) -> i32 {
+    let rootfs = e
+        .store()
+        .join("containers")
+        .join(id)
+        .join("rootfs")
+        .display()
+        .to_string();
+    let found: Vec<i32> = e
+        .processes()
+        .into_iter()
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.first().is_some_and(|a| a.ends_with("stratafs")) && args.contains(&rootfs)
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "stratafs daemons of {id}: {found:?}");
+    found[0]
+}
+
+/// Kill the stratafs serving container `id` and wait until it is gone.
+fn kill_stratafs(e: &Env, id: &str) {
+    let pid = stratafs_pid(e, id);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.processes().contains(&pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !e.processes().contains(&pid),
+        "stratafs {pid} survived SIGKILL"
+    );
+}
+
+#[test]
+fn dead_stratafs_is_reported_and_restart_or_rm_recovers() {
+    need_root!();
+    let e = Env::new();
+    let id = e
+        .ok(&["run", "-d", "--name", "c1", &e.image, "sleep", "1000"])
+        .trim()
+        .to_string();
+    assert_eq!(e.ok(&["exec", "c1", "cat", "/etc/release"]), "top\n");
+    kill_stratafs(&e, &id);
+    // ps says what happened (the process itself still runs).
+    let ps = e.ok(&["ps"]);
+    let row = ps.lines().find(|l| l.starts_with(&id[..12])).unwrap_or("");
+    assert!(row.contains("rootfs-lost"), "{ps}");
+    let inspect: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "c1"])).unwrap();
+    assert_eq!(inspect["rootfs_lost"], true);
+    // exec and start explain it and name the ways out, instead of the runtime's raw error.
+    for args in [&["exec", "c1", "true"][..], &["start", "c1"][..]] {
+        let err = e.fails(args);
+        assert!(
+            err.contains("running without its root file system")
+                && err.contains("strata restart c1")
+                && err.contains("strata rm -f c1"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("transport endpoint"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    // restart mounts it again, on the same upper.
+    e.ok(&["restart", "-t", "1", "c1"]);
+    assert!(!e.ok(&["ps"]).contains("rootfs-lost"));
+    assert_eq!(e.ok(&["exec", "c1", "cat", "/etc/release"]), "top\n");
+    // rm -f removes a container in that state too.
+    kill_stratafs(&e, &id);
+    assert!(e.ok(&["ps"]).contains("rootfs-lost"));
+    e.ok(&["rm", "-f", "c1"]);
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}
+
+#[test]
+fn verbs_on_several_containers_go_past_one_that_fails() {
+    need_root!();
+    let e = Env::new();
+    for n in ["c1", "c2"] {
+        e.ok(&["run", "-d", "--name", n, &e.image, "sleep", "1000"]);
+    }
+    // As docker: every container named is done, the failure is reported, the exit code says.
+    for verb in [&["stop", "-t", "1"][..], &["rm"][..]] {
+        let mut args = verb.to_vec();
+        args.extend(["c1", "nosuch", "c2"]);
+        let o = e.strata(&args, None);
+        assert_eq!(o.status.code(), Some(125), "{args:?}");
+        assert_eq!(stdout(&o), "c1\nc2\n", "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(
+            err.trim(),
+            "strata: no such container: nosuch",
+            "{args:?}: {err}"
+        );
+    }
+    assert!(e.containers().is_empty());
+    e.assert_no_leaks();
+}

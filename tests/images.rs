@@ -1019,3 +1019,98 @@ fn import_with_source_date_epoch_is_reproducible() {
     let o = ok_output(e.strata_env(&store2, &args, &epoch), &args);
     assert_eq!(o.trim(), first);
 }
+
+#[test]
+fn rmi_of_several_removes_all_it_can_and_reports_the_missing() {
+    need_root!();
+    let e = Env::new();
+    let a = e.import(&e.tiny_rootfs("a", "a\n"), "a:1");
+    let b = e.import(&e.tiny_rootfs("b", "b\n"), "b:1");
+    let o = e.run(&["rmi", "a:1", "missing:1", "b:1"]);
+    assert_eq!(o.status.code(), Some(125));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains(&format!("Deleted: {a}")) && out.contains(&format!("Deleted: {b}")),
+        "{out}"
+    );
+    assert_eq!(text(&o.stderr).trim(), "strata: no such image: missing:1");
+    assert!(e.tags(&e.store()).is_empty());
+    // Garbage collection ran for what did go.
+    assert_eq!(names_in(&e.store().join("blobs/sha256")), BTreeSet::new());
+    assert_eq!(names_in(&e.store().join("layers/sha256")), BTreeSet::new());
+}
+
+#[test]
+fn load_tells_of_names_that_are_not_references() {
+    need_root!();
+    let e = Env::new();
+    let id = e.import(&e.tiny_rootfs("tiny", "x\n"), "src:1");
+    e.ok(&["save", "-o", "saved.tar", "src:1"]);
+    // From strata's own archive: an OCI archive whose index names the image "bad\nname:1",
+    // and a docker archive whose manifest.json does.
+    let script = r#"
+import io, json, sys, tarfile
+src, oci, dock = sys.argv[1:4]
+with tarfile.open(src) as t:
+    members = [(m, t.extractfile(m).read() if m.isfile() else None) for m in t.getmembers()]
+def write(path, keep, edit):
+    with tarfile.open(path, "w") as o:
+        for m, data in members:
+            if m.name not in keep and not m.name.startswith("blobs"):
+                continue
+            if data is None:
+                o.addfile(m)
+                continue
+            data = edit(m.name, data)
+            m.size = len(data)
+            o.addfile(m, io.BytesIO(data))
+def oci_edit(name, data):
+    if name == "index.json":
+        i = json.loads(data)
+        i["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] = "bad\nname:1"
+        data = json.dumps(i).encode()
+    return data
+def docker_edit(name, data):
+    if name == "manifest.json":
+        m = json.loads(data)
+        m[0]["RepoTags"] = ["good:1", "bad\nname:1"]
+        data = json.dumps(m).encode()
+    return data
+write(oci, {"index.json", "oci-layout"}, oci_edit)
+write(dock, {"manifest.json"}, docker_edit)
+"#;
+    e.tool(
+        "python3",
+        &["-c", script, "saved.tar", "oci.tar", "docker.tar"],
+    );
+
+    // OCI: the image loads, without that name, and the user is told which entry held it.
+    let store2 = e.path("store2");
+    let o = e.strata_env(&store2, &["load", "-i", "oci.tar"], &[]);
+    let out = ok_output(o.clone(), &["load", "-i", "oci.tar"]);
+    assert_eq!(out, format!("Loaded image ID: {id}\n"));
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("strata: warning: oci.tar: index.json entry 1 ")
+            && err.contains(r#""bad\nname:1""#)
+            && err.contains("loaded without that name"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(e.tags(&store2).is_empty());
+    assert_eq!(e.inspect(&store2, &id)["Id"], id.as_str());
+
+    // docker's manifest.json: the load fails as docker load does, naming the entry, and tags
+    // nothing (not even the good name).
+    let store3 = e.path("store3");
+    let o = e.strata_env(&store3, &["load", "-i", "docker.tar"], &[]);
+    let err = fail_output(o, &["load", "-i", "docker.tar"]);
+    assert!(
+        err.contains("docker.tar: manifest.json entry 1 ")
+            && err.contains("RepoTags")
+            && err.contains(r#""bad\nname:1""#),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(e.tags(&store3).is_empty());
+}

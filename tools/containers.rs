@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use strata::container::{volume, Container, ImageSpec, RunOptions, Status};
-use strata::image::lock::Lock;
 use strata::image::Store;
 
 /// Options shared by `run` and `create`.
@@ -199,29 +198,28 @@ fn local_image(arg: &str) -> Result<ImageSpec> {
 /// The image a `run`/`create` argument names: a path (with a `/`) is a directory or layer
 /// list; anything else is looked up in the image store and its layers extracted.
 ///
-/// For a store image the returned lock keeps `rmi` from freeing its layers until the container
-/// that lists them as lowerdirs exists: hold it until then.
-fn image_spec(root: &Path, arg: &str) -> Result<(ImageSpec, Option<Lock>)> {
+/// For a store image the returned store pins its layers, so `rmi` cannot free them before the
+/// container that lists them as lowerdirs exists: keep it until then.
+fn image_spec(root: &Path, arg: &str) -> Result<(ImageSpec, Option<Store>)> {
     if arg.contains('/') && Path::new(arg.split(',').next().unwrap_or(arg)).is_dir() {
         return Ok((local_image(arg)?, None));
     }
     let store = Store::open(root)?;
-    let lock = store.writer_lock()?;
-    let img = store.resolve(arg)?;
+    let img = store.resolve_pinned(arg)?;
     let spec = ImageSpec {
         id: img.id.to_string(),
         name: arg.to_string(),
         lower_dirs: store.layer_dirs(&img)?,
         config: img.config,
     };
-    Ok((spec, Some(lock)))
+    Ok((spec, Some(store)))
 }
 
 fn options(
     root: &Path,
     a: &CreateArgs,
     auto_remove: bool,
-) -> Result<(RunOptions, ImageSpec, Option<Lock>)> {
+) -> Result<(RunOptions, ImageSpec, Option<Store>)> {
     let network_host = match a.network.as_str() {
         "host" => true,
         "none" => false,
@@ -301,35 +299,28 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             println!("{container}");
             Ok(0)
         }
-        Cmd::Stop { time, containers } => {
-            each(
-                root,
-                &containers,
-                |c| Ok(c.stop(Duration::from_secs(time))?),
-            )
-        }
-        Cmd::Restart { time, containers } => each(root, &containers, |c| {
+        Cmd::Stop { time, containers } => each(root, &containers, |mut c| {
+            Ok(c.stop(Duration::from_secs(time))?)
+        }),
+        Cmd::Restart { time, containers } => each(root, &containers, |mut c| {
             Ok(c.restart(Duration::from_secs(time))?)
         }),
-        Cmd::Kill { signal, containers } => each(root, &containers, |c| Ok(c.kill(&signal)?)),
-        Cmd::Rm { force, containers } => {
-            for k in &containers {
-                Container::open(root, k)?.remove(force)?;
-                println!("{k}");
-            }
-            Ok(0)
-        }
+        Cmd::Kill { signal, containers } => each(root, &containers, |mut c| Ok(c.kill(&signal)?)),
+        Cmd::Rm { force, containers } => each(root, &containers, |c| Ok(c.remove(force)?)),
         Cmd::Ps { all } => {
             println!(
                 "{:<14}{:<12}{:<28}{:<20}NAMES",
                 "CONTAINER ID", "STATUS", "COMMAND", "IMAGE"
             );
             for c in Container::list(root)? {
-                let s = &c.state;
-                if !all && s.status != Status::Running {
+                if !all && c.state.status != Status::Running {
                     continue;
                 }
+                let lost = c.rootfs_lost();
+                let s = &c.state;
                 let status = match (s.status, s.exit_code) {
+                    // Its stratafs died: `exec` explains, `restart` or `rm -f` recovers.
+                    (Status::Running, _) if lost => "rootfs-lost".to_string(),
                     (Status::Exited, Some(code)) => format!("exited({code})"),
                     // The exit was not seen (its monitor was killed): say so.
                     (Status::Exited, None) => "exited(?)".to_string(),
@@ -401,16 +392,23 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
     }
 }
 
-fn each(
-    root: &Path,
-    keys: &[String],
-    mut f: impl FnMut(&mut Container) -> Result<()>,
-) -> Result<i32> {
+/// Apply `f` to each container named, as docker does: one that fails (missing, refused) is
+/// reported and the others are still done; the exit code then says something failed.
+fn each(root: &Path, keys: &[String], mut f: impl FnMut(Container) -> Result<()>) -> Result<i32> {
+    let mut failed = false;
     for k in keys {
-        f(&mut Container::open(root, k)?)?;
-        println!("{k}");
+        match Container::open(root, k)
+            .map_err(anyhow::Error::from)
+            .and_then(&mut f)
+        {
+            Ok(()) => println!("{k}"),
+            Err(e) => {
+                crate::report(&e);
+                failed = true;
+            }
+        }
     }
-    Ok(0)
+    Ok(if failed { crate::FAILED } else { 0 })
 }
 
 fn volume_cmd(root: &Path, v: VolumeCmd) -> Result<i32> {
@@ -427,14 +425,23 @@ fn volume_cmd(root: &Path, v: VolumeCmd) -> Result<i32> {
         }
         VolumeCmd::Rm { names } => {
             let all = Container::list(root)?;
+            let mut failed = false;
             for n in names {
                 let users: Vec<String> = all
                     .iter()
                     .filter(|c| c.state.volumes.contains(&n))
                     .map(|c| c.state.name.clone())
                     .collect();
-                volume::remove(root, &n, &users)?;
-                println!("{n}");
+                match volume::remove(root, &n, &users) {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => {
+                        crate::report(&e.into());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(crate::FAILED);
             }
         }
     }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use strata::container::Container;
-use strata::image::{archive, import, reference, Image, Store};
+use strata::container::{state, Container};
+use strata::image::{self, archive, import, reference, Image, Store};
 
 /// Image verbs.
 #[derive(clap::Subcommand)]
@@ -65,13 +65,12 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Images { quiet } => images(&store, quiet)?,
         Cmd::Tag { source, target } => {
-            // Hold off garbage collection: an `rmi` between resolving and writing the tag
-            // would free the manifest the new tag names.
-            let _w = store.writer_lock()?;
-            let img = store.resolve(&source)?;
+            // Pinned: an `rmi` between resolving and writing the tag must not free the
+            // manifest the new tag names.
+            let img = store.resolve_pinned(&source)?;
             store.tag(&img, &reference::parse_tag(&target)?)?;
         }
-        Cmd::Rmi { force, images } => rmi(root, &store, &images, force)?,
+        Cmd::Rmi { force, images } => return rmi(root, &store, &images, force),
         Cmd::History { no_trunc, image } => history(&store.resolve(&image)?, no_trunc)?,
         Cmd::Import { source, name } => {
             let tag = reference::parse_tag(&name)?;
@@ -82,7 +81,8 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
         Cmd::Save { output, images } => {
             let mut list = Vec::new();
             for r in &images {
-                let img = store.resolve(r)?;
+                // Pinned, so a concurrent `rmi` cannot free a blob while it is written out.
+                let img = store.resolve_pinned(r)?;
                 let tag = reference::Reference::parse(r)
                     .ok()
                     .and_then(|p| p.tagged())
@@ -92,9 +92,12 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             archive::save(&store, &list, &output)?;
         }
         Cmd::Load { input } => {
-            for img in archive::load(&store, &input)
-                .with_context(|| format!("load {}", input.display()))?
-            {
+            let loaded = archive::load(&store, &input)
+                .with_context(|| format!("load {}", input.display()))?;
+            for w in &loaded.warnings {
+                eprintln!("strata: warning: {w}");
+            }
+            for img in loaded.images {
                 if img.tags.is_empty() {
                     println!("Loaded image ID: {}", img.id);
                 }
@@ -230,66 +233,26 @@ fn history(img: &Image, no_trunc: bool) -> Result<()> {
     Ok(())
 }
 
-fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<()> {
+/// Remove each image named, as docker does: one that cannot be removed (missing, in use) is
+/// reported and the others still go; the exit code then says something failed.
+fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<i32> {
     let containers = Container::list(root)?;
+    let mut failed = false;
     for key in keys {
-        let img = store.resolve(key)?;
-        let named_tag = reference::Reference::parse(key)
-            .ok()
-            .and_then(|r| r.tagged())
-            .filter(|t| img.tags.contains(t));
-        // One image ID can have several manifests (a `docker save` archive gets a new one on
-        // load): they are all that image.
-        let manifests: Vec<Image> = store
-            .images()?
-            .into_iter()
-            .filter(|i| i.id == img.id)
-            .collect();
-        let tags: usize = manifests.iter().map(|i| i.tags.len()).sum();
-        // A tag of an image with other tags: only the tag goes, as docker does.
-        if let Some(t) = &named_tag {
-            if tags > 1 {
-                store.untag(t)?;
-                println!("Untagged: {t}");
-                continue;
-            }
+        if let Err(e) = rmi_one(store, &containers, key, force) {
+            crate::report(&e);
+            failed = true;
         }
-        if named_tag.is_none() && tags > 1 && !force {
-            bail!(
-                "image {} is referenced by {tags} tags ({}): remove them by name, or use rmi -f",
-                img.id.short(),
-                manifests
-                    .iter()
-                    .flat_map(|m| m.tags.clone())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        let users: Vec<&str> = containers
-            .iter()
-            .filter(|c| c.state.image == img.id.as_str())
-            .map(|c| c.state.name.as_str())
-            .collect();
-        if !users.is_empty() && !force {
-            bail!(
-                "image {} is used by container(s) {}: remove them first or use rmi -f",
-                img.display_name(),
-                users.join(", ")
-            );
-        }
-        for m in &manifests {
-            store.remove(m)?;
-            for t in &m.tags {
-                println!("Untagged: {t}");
-            }
-        }
-        println!("Deleted: {}", img.id);
     }
-    let keep: Vec<PathBuf> = containers
-        .iter()
-        .flat_map(|c| c.state.lower_dirs.clone())
-        .collect();
-    let stats = store.gc(&keep)?;
+    // The containers' layers are listed by garbage collection itself, at the moment it decides
+    // (a container created since the list above keeps its layers).
+    let stats = store.gc(|| {
+        Ok(state::list(root)
+            .map_err(|e| image::Error::Invalid(format!("list containers: {e}")))?
+            .into_iter()
+            .flat_map(|s| s.lower_dirs)
+            .collect())
+    })?;
     strata::build::cache::prune(store);
     tracing::info!(
         "freed {} blobs ({} bytes) and {} layers",
@@ -297,6 +260,61 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<()> {
         stats.bytes,
         stats.layers
     );
+    Ok(if failed { crate::FAILED } else { 0 })
+}
+
+fn rmi_one(store: &Store, containers: &[Container], key: &str, force: bool) -> Result<()> {
+    let img = store.resolve(key)?;
+    let named_tag = reference::Reference::parse(key)
+        .ok()
+        .and_then(|r| r.tagged())
+        .filter(|t| img.tags.contains(t));
+    // One image ID can have several manifests (a `docker save` archive gets a new one on
+    // load): they are all that image.
+    let manifests: Vec<Image> = store
+        .images()?
+        .into_iter()
+        .filter(|i| i.id == img.id)
+        .collect();
+    let tags: usize = manifests.iter().map(|i| i.tags.len()).sum();
+    // A tag of an image with other tags: only the tag goes, as docker does.
+    if let Some(t) = &named_tag {
+        if tags > 1 {
+            store.untag(t)?;
+            println!("Untagged: {t}");
+            return Ok(());
+        }
+    }
+    if named_tag.is_none() && tags > 1 && !force {
+        bail!(
+            "image {} is referenced by {tags} tags ({}): remove them by name, or use rmi -f",
+            img.id.short(),
+            manifests
+                .iter()
+                .flat_map(|m| m.tags.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let users: Vec<&str> = containers
+        .iter()
+        .filter(|c| c.state.image == img.id.as_str())
+        .map(|c| c.state.name.as_str())
+        .collect();
+    if !users.is_empty() && !force {
+        bail!(
+            "image {} is used by container(s) {}: remove them first or use rmi -f",
+            img.display_name(),
+            users.join(", ")
+        );
+    }
+    for m in &manifests {
+        store.remove(m)?;
+        for t in &m.tags {
+            println!("Untagged: {t}");
+        }
+    }
+    println!("Deleted: {}", img.id);
     Ok(())
 }
 

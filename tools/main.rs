@@ -50,6 +50,16 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let root = cli.root.unwrap_or_else(default_root);
+    // Every verb that uses the store first makes sure it is private (and closes a store an
+    // older version made world-readable).
+    let secured = match &cli.command {
+        Command::Bench(_) => Ok(()),
+        _ => strata::image::private::secure(&root),
+    };
+    if let Err(e) = secured {
+        report(&anyhow::Error::from(e));
+        std::process::exit(FAILED);
+    }
     let result = match cli.command {
         Command::Bench(args) => bench::run(args).map(|()| 0),
         Command::Build(args) => build::run(&root, args),
@@ -58,9 +68,18 @@ fn main() {
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {
-        eprintln!("strata: {}", message(&e));
-        125
+        report(&e);
+        FAILED
     }))
+}
+
+/// The exit code when strata itself failed (docker's convention), also when a verb given
+/// several names failed for some of them.
+pub const FAILED: i32 = 125;
+
+/// Tell the user about an error, on one line.
+pub fn report(e: &anyhow::Error) {
+    eprintln!("strata: {}", message(e));
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the message above it

@@ -209,7 +209,6 @@ pub fn build(
         error: e,
     })?;
     let ctx = Context::open(&opts.context)?;
-    let _writer = store.writer_lock()?;
     catch_interrupts();
     let mut b = Builder {
         store,
@@ -348,7 +347,9 @@ impl Builder<'_> {
                 .map(|n| format!(" AS {n}"))
                 .unwrap_or_default()
         ))?;
-        let mut state = self.from(&base, stage.line)?;
+        let mut state = self
+            .from(&base, stage.line)
+            .map_err(|e| self.locate(stage.line, e))?;
         let _ = writeln!(self.log, " --> {:.2}s", t.elapsed().as_secs_f64());
         for ins in &stage.instructions {
             self.instruction(&mut state, ins)?;
@@ -391,7 +392,7 @@ impl Builder<'_> {
             archive::from_layout_dir(self.store, Path::new(path), tag)
                 .map_err(|e| self.at(line, format!("FROM {base}: {e}")))?
         } else {
-            self.store.resolve(base).map_err(|e| match e {
+            self.store.resolve_pinned(base).map_err(|e| match e {
                 crate::image::Error::NoSuchImage(_) => self.at(line, format!("FROM {base}: no such image in the store (strata does not pull from registries here: load or import it first)")),
                 e => self.at(line, format!("FROM {base}: {e}")),
             })?
@@ -413,7 +414,23 @@ impl Builder<'_> {
         st.args.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
     }
 
+    /// An error of the instruction at `line` that does not say where it comes from yet gets
+    /// the instruction's location, as every build error has.
+    fn locate(&self, line: usize, e: Error) -> Error {
+        match e {
+            Error::Dockerfile { .. }
+            | Error::Step { .. }
+            | Error::RunFailed { .. }
+            | Error::Interrupted => e,
+            e => self.at(line, e.to_string()),
+        }
+    }
+
     fn instruction(&mut self, st: &mut StageState, ins: &Located) -> Result<()> {
+        self.apply(st, ins).map_err(|e| self.locate(ins.line, e))
+    }
+
+    fn apply(&mut self, st: &mut StageState, ins: &Located) -> Result<()> {
         let line = ins.line;
         let t = self.progress(&ins.text)?;
         let args_fp = Self::args_fingerprint(st);
@@ -690,7 +707,7 @@ impl Builder<'_> {
         reference::Reference::parse(from).map_err(|e| self.at(line, e.to_string()))?;
         let img = self
             .store
-            .resolve(from)
+            .resolve_pinned(from)
             .map_err(|e| self.at(line, format!("--from={from}: {e}")))?;
         Ok((from.to_string(), img.layers()?))
     }
@@ -869,8 +886,9 @@ impl Builder<'_> {
             let (dir, name) = if dest_is_dir {
                 (copy::make_dirs(root.as_fd(), &spec.dest, &rules)?, name)
             } else {
-                let d = spec.dest.trim_end_matches('/');
-                let (parent, leaf) = d.rsplit_once('/').unwrap_or(("", d));
+                // Through a symlink at the destination, as docker copies (see copy::resolve).
+                let d = copy::resolve(root.as_fd(), spec.dest.trim_end_matches('/'))?;
+                let (parent, leaf) = d.rsplit_once('/').unwrap_or(("", &d));
                 (
                     copy::make_dirs(root.as_fd(), parent, &rules)?,
                     leaf.to_string(),

@@ -34,13 +34,25 @@ fn path(store: &Store, key: &str) -> PathBuf {
     store.root().join("build-cache").join(format!("{key}.json"))
 }
 
-/// The cached result of step `key`, if any and if its layer blob is still in the store.
-pub fn lookup(store: &Store, key: &str) -> Option<Entry> {
+fn read(store: &Store, key: &str) -> Option<Entry> {
     let bytes = std::fs::read(path(store, key)).ok()?;
-    let e: Entry = serde_json::from_slice(&bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The cached result of step `key`, if any and if its layer blob is still in the store (then
+/// pinned: the build will reference it).
+pub fn lookup(store: &Store, key: &str) -> Option<Entry> {
+    let e = read(store, key)?;
     match &e.layer {
-        Some(l) if !store.blobs().contains(&l.digest) => None,
-        _ => Some(e),
+        Some(l) => match store.blobs().pin_existing(&l.digest) {
+            Ok(true) => Some(e),
+            Ok(false) => None,
+            Err(err) => {
+                tracing::warn!("build cache: {err}");
+                None
+            }
+        },
+        None => Some(e),
     }
 }
 
@@ -61,7 +73,9 @@ pub fn prune(store: &Store) {
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(key) = name.strip_suffix(".json") {
-            if lookup(store, key).is_none() {
+            let gone = read(store, key)
+                .is_none_or(|e| e.layer.is_some_and(|l| !store.blobs().contains(&l.digest)));
+            if gone {
                 let _ = std::fs::remove_file(e.path());
             }
         }

@@ -35,9 +35,103 @@ fn err(what: &str, e: impl Into<io::Error>) -> Error {
     Error::Copy(format!("{what}: {}", e.into()))
 }
 
+/// Most symlinks followed while resolving one path, as the kernel's limit (`ELOOP` beyond).
+const MAX_LINKS: usize = 40;
+
+/// The path that `path` names inside the image root `root`: every symlink on the way followed
+/// as the container would see it (an absolute target from the image root, `..` stopping at
+/// it), the final component included, as far as the path exists; what does not exist is
+/// appended as written. This is where docker's builder copies to: a `COPY` to a symlink writes
+/// through it, and one to a dangling symlink creates its target.
+pub fn resolve(root: BorrowedFd<'_>, path: &str) -> Result<String> {
+    // `done` holds existing components without symlinks, so its `..` is a lexical pop.
+    let mut done: Vec<OsString> = Vec::new();
+    let mut todo: std::collections::VecDeque<OsString> =
+        path.split('/').map(OsString::from).collect();
+    let mut links = 0;
+    let mut missing = false;
+    while let Some(c) = todo.pop_front() {
+        if c.is_empty() || c == "." {
+            continue;
+        }
+        if c == ".." {
+            done.pop();
+            continue;
+        }
+        if missing {
+            done.push(c);
+            continue;
+        }
+        let shown = || {
+            let mut p = OsString::from("/");
+            p.push(join(&done));
+            p.to_string_lossy().into_owned()
+        };
+        let parent = open_dir(root, &done).map_err(|e| match e {
+            Errno::NOTDIR => Error::Copy(format!(
+                "{} exists in the image and is not a directory",
+                shown()
+            )),
+            e => err(&format!("open {}", shown()), e),
+        })?;
+        match rfs::readlinkat(&parent, c.as_os_str(), Vec::new()) {
+            Ok(target) => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(err(&format!("resolve {path}"), Errno::LOOP));
+                }
+                let target = target.into_bytes();
+                if target.starts_with(b"/") {
+                    done.clear();
+                }
+                for t in target.split(|b| *b == b'/').rev() {
+                    todo.push_front(OsString::from_vec(t.to_vec()));
+                }
+            }
+            // There, and not a symlink.
+            Err(Errno::INVAL) => done.push(c),
+            Err(Errno::NOENT) => {
+                missing = true;
+                done.push(c);
+            }
+            Err(e) => return Err(err(&format!("resolve {path}"), e)),
+        }
+    }
+    let mut out = OsString::from("/");
+    out.push(join(&done));
+    out.into_string()
+        .map_err(|p| Error::Copy(format!("{p:?}: not a UTF-8 path")))
+}
+
+fn join(components: &[OsString]) -> OsString {
+    let mut out = OsString::new();
+    for (i, c) in components.iter().enumerate() {
+        if i > 0 {
+            out.push("/");
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The directory of the symlink-free `components` beneath `root`, opened `O_PATH`.
+fn open_dir(root: BorrowedFd<'_>, components: &[OsString]) -> std::result::Result<OwnedFd, Errno> {
+    let p = join(components);
+    let p = if p.is_empty() { OsString::from(".") } else { p };
+    rfs::openat2(
+        root,
+        p.as_os_str(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        IN_ROOT,
+    )
+}
+
 /// Open (creating missing directories, mode 0755, owned by `rules`) the directory `path` inside
-/// the image root `root`. Returns its fd.
+/// the image root `root`, following symlinks on the way as [`resolve`] does (so a dangling one
+/// gets its target made). Returns its fd.
 pub fn make_dirs(root: BorrowedFd<'_>, path: &str, rules: &CopyRules) -> Result<OwnedFd> {
+    let path = resolve(root, path)?;
     let mut cur = rfs::openat2(
         root,
         ".",

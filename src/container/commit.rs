@@ -14,8 +14,7 @@ pub fn commit(
     tag: Option<&str>,
     message: Option<&str>,
 ) -> image::Result<Image> {
-    let _w = store.writer_lock()?;
-    let base = store.resolve(&container.state.image).map_err(|e| match e {
+    let base = store.resolve_pinned(&container.state.image).map_err(|e| match e {
         image::Error::NoSuchImage(_) | image::Error::BadReference(_) => image::Error::Invalid(format!(
             "container {} was not created from an image of the store ({}), or that image was removed",
             container.state.name, container.state.image

@@ -84,6 +84,11 @@ impl Container {
             .map(|v| volume::parse(store_root, v))
             .collect::<Result<Vec<_>>>()?;
         let paths = Paths::new(store_root, &id);
+        // Private: the upper will hold whatever the container writes, set-uid files included.
+        // The upper itself keeps an ordinary mode: it is the container's `/`.
+        for d in [store_root.join("containers"), paths.dir.clone()] {
+            crate::image::private::create(&d).map_err(io_err(format!("create {}", d.display())))?;
+        }
         for d in [paths.upper(), paths.work(), paths.rootfs()] {
             std::fs::create_dir_all(&d).map_err(io_err(format!("create {}", d.display())))?;
         }
@@ -307,8 +312,27 @@ impl Container {
         Ok(self.state.status == Status::Running)
     }
 
+    /// Whether the container, running as of its last refresh (see [`Container::list`],
+    /// [`Container::is_running`]), runs on a root file system whose `stratafs` daemon is gone
+    /// (see [`mount::rootfs_lost`]).
+    pub fn rootfs_lost(&self) -> bool {
+        self.state.status == Status::Running && mount::rootfs_lost(&self.paths.rootfs())
+    }
+
+    /// The error for a verb that needs the root file system of a container that lost it.
+    fn lost_error(&self) -> Error {
+        let n = &self.state.name;
+        Error::State(format!(
+            "container {n} is running without its root file system (its stratafs daemon exited): \
+             `strata restart {n}` mounts it again, `strata rm -f {n}` removes the container"
+        ))
+    }
+
     fn prepare_start(&mut self) -> Result<Runtime> {
         if self.is_running()? {
+            if self.rootfs_lost() {
+                return Err(self.lost_error());
+            }
             return Err(Error::State(format!(
                 "container {} is already running",
                 self.state.name
@@ -458,6 +482,9 @@ impl Container {
                 self.state.name
             )));
         }
+        if self.rootfs_lost() {
+            return Err(self.lost_error());
+        }
         let st = self.runtime()?.exec(&self.state.id, args, env, tty)?;
         use std::os::unix::process::ExitStatusExt;
         Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
@@ -497,6 +524,7 @@ impl Container {
         v["upper"] = self.paths.upper().display().to_string().into();
         v["rootfs"] = self.paths.rootfs().display().to_string().into();
         v["mounted"] = mount::is_mounted(&self.paths.rootfs()).into();
+        v["rootfs_lost"] = self.rootfs_lost().into();
         Ok(v)
     }
 }

@@ -76,6 +76,30 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|m| unescape_mountinfo(m) == want)
 }
 
+/// Whether the root file system at `target` of a running container has lost its daemon: not
+/// mounted any more, or every access fails with `ENOTCONN` (`ECONNABORTED` after a forced
+/// abort) because the `stratafs` serving it exited. The container's processes then fail on
+/// every file they touch; only a restart (a new mount) or removal helps. A daemon that does not
+/// answer within two seconds is not called lost: it may be busy.
+pub fn rootfs_lost(target: &Path) -> bool {
+    if !is_mounted(target) {
+        return true;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = target.to_path_buf();
+    // statfs always reaches the daemon (a stat may be answered from the attribute cache); a
+    // thread, so a stopped daemon cannot hang the caller.
+    std::thread::spawn(move || {
+        let _ = tx.send(rustix::fs::statfs(&t));
+    });
+    matches!(
+        rx.recv_timeout(std::time::Duration::from_secs(2)),
+        Ok(Err(
+            rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED
+        ))
+    )
+}
+
 /// Whether anything is mounted at or below `dir`, from /proc/self/mountinfo.
 pub fn mounted_under(dir: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -139,7 +139,8 @@ pub fn enter(store_root: &Path) -> Result<Option<Session>> {
     let Some(plan) = plan() else {
         return Ok(None);
     };
-    std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    crate::image::private::secure(store_root).map_err(io_err("open store"))?;
+    crate::image::private::create(&dir).map_err(io_err(format!("create {}", dir.display())))?;
     let lock = lock_file(&dir, "lock")?;
     flock(&lock, LockShared)?;
     let pause = {

@@ -35,6 +35,12 @@ pub fn create(store_root: &Path, name: &str) -> Result<PathBuf> {
         return Err(Error::Volume(format!("invalid volume name {name:?}")));
     }
     let d = volume_dir(store_root, name);
+    // `volumes/NAME` is private (a container may put set-uid files in its volume); `_data`,
+    // which the container sees, keeps an ordinary mode.
+    let parent = d.parent().expect("volumes/NAME/_data");
+    for p in [store_root.join("volumes"), parent.to_path_buf()] {
+        crate::image::private::create(&p).map_err(io_err(format!("create volume {name}")))?;
+    }
     std::fs::create_dir_all(&d).map_err(io_err(format!("create volume {name}")))?;
     Ok(d)
 }

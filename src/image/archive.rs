@@ -14,7 +14,7 @@ use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
-use super::layout::{self, IndexEntry};
+use super::layout::{self, IndexEntry, REF_NAME};
 use super::reference;
 use super::store::{self, Image, LayerDesc, Store, LAYER_GZIP, LAYER_TAR, MANIFEST};
 use super::{io_err, Error, Result};
@@ -151,10 +151,30 @@ pub fn save(store: &Store, images: &[(Image, Option<String>)], out: &Path) -> Re
     result
 }
 
+/// An image found in an archive or layout, with the tags to give it.
+struct Found {
+    image: Image,
+    tags: Vec<String>,
+    /// Names in the index that are not valid references, each told as a warning.
+    bad_names: Vec<String>,
+}
+
+/// What [`load`] did.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The images loaded, with their tags.
+    pub images: Vec<Image>,
+    /// What the user should know: names in the archive that could not be used, each naming
+    /// the entry that holds it.
+    pub warnings: Vec<String>,
+}
+
 /// Load every image of the archive or OCI layout directory at `input` into the store and tag
-/// it as the archive says. Returns the images with their tags.
-pub fn load(store: &Store, input: &Path) -> Result<Vec<Image>> {
-    let _w = store.writer_lock()?;
+/// it as the archive says. A name in a docker `manifest.json` that is not a valid reference
+/// fails the load before anything is tagged (as `docker load` does); one in an OCI
+/// `index.json` annotation (where the OCI spec allows names docker does not) is left out with
+/// a warning.
+pub fn load(store: &Store, input: &Path) -> Result<Loaded> {
     let found = if input.is_dir() {
         layout_dir_images(store, input, None)?
     } else {
@@ -166,16 +186,27 @@ pub fn load(store: &Store, input: &Path) -> Result<Vec<Image>> {
             input.display()
         )));
     }
-    let mut out = Vec::new();
-    for (img, tags) in found {
-        if tags.is_empty() {
-            store.add_untagged(&img)?;
+    let mut out = Loaded {
+        images: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for f in found {
+        for bad in f.bad_names {
+            out.warnings.push(format!(
+                "{}: {bad}; image {} is loaded without that name",
+                input.display(),
+                f.image.id.short()
+            ));
         }
-        for t in &tags {
-            store.tag(&img, t)?;
+        if f.tags.is_empty() {
+            store.add_untagged(&f.image)?;
+        }
+        for t in &f.tags {
+            store.tag(&f.image, t)?;
         }
         let entries = store.entries()?;
-        out.push(store.image(&img.manifest_digest, &entries)?);
+        out.images
+            .push(store.image(&f.image.manifest_digest, &entries)?);
     }
     Ok(out)
 }
@@ -185,7 +216,7 @@ pub fn load(store: &Store, input: &Path) -> Result<Vec<Image>> {
 pub fn from_layout_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Image> {
     let mut found = layout_dir_images(store, dir, tag)?;
     match found.len() {
-        1 => Ok(found.pop().expect("one").0),
+        1 => Ok(found.pop().expect("one").image),
         0 => Err(Error::NoSuchImage(format!(
             "{}{}",
             dir.display(),
@@ -199,21 +230,35 @@ pub fn from_layout_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<I
     }
 }
 
-/// The tag to record for an index annotation, if it is a usable reference.
-fn tag_from_annotation(name: &str) -> Option<String> {
+/// The tag to record for a name an archive gives an image.
+fn tag_from_name(name: &str) -> Result<String> {
     let name = name
         .strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("docker.io/"))
         .unwrap_or(name);
-    reference::parse_tag(name).ok()
+    reference::parse_tag(name)
+}
+
+/// The tags of docker `manifest.json` entry `i` (0-based) of `what`: each must be a valid
+/// reference, or the load fails naming the entry, as `docker load` does.
+fn repo_tags(what: &str, i: usize, d: &DockerManifest) -> Result<Vec<String>> {
+    d.repo_tags
+        .iter()
+        .flatten()
+        .map(|t| {
+            tag_from_name(t).map_err(|e| {
+                Error::Invalid(format!(
+                    "{what}: manifest.json entry {} (config {}): RepoTags: {e}",
+                    i + 1,
+                    d.config
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Images of an OCI layout directory, their blobs copied into the store.
-fn layout_dir_images(
-    store: &Store,
-    dir: &Path,
-    want: Option<&str>,
-) -> Result<Vec<(Image, Vec<String>)>> {
+fn layout_dir_images(store: &Store, dir: &Path, want: Option<&str>) -> Result<Vec<Found>> {
     let index_path = dir.join("index.json");
     if !index_path.is_file() {
         return Err(Error::Invalid(format!(
@@ -224,7 +269,7 @@ fn layout_dir_images(
     let entries = layout::read_index(&index_path)?;
     let blob_path = |d: &Digest| dir.join("blobs/sha256").join(d.hex());
     let copy = |d: &Digest| -> Result<()> {
-        if store.blobs().contains(d) {
+        if store.blobs().pin_existing(d)? {
             return Ok(());
         }
         let f = File::open(blob_path(d)).map_err(|e| match e.kind() {
@@ -249,32 +294,40 @@ fn layout_dir_images(
         })?;
         Ok(())
     };
-    let mut groups: Vec<(Digest, String, Vec<String>)> = Vec::new();
-    for e in &entries {
+    // Per manifest: its media type, tags, and the names that are not references.
+    let mut groups: Vec<(Digest, String, Vec<String>, Vec<String>)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
         let matches = match (want, &e.name) {
             (None, _) => true,
             (Some(w), Some(n)) => {
                 n == w
-                    || tag_from_annotation(n).as_deref() == reference::parse_tag(w).ok().as_deref()
+                    || tag_from_name(n).ok().as_deref() == reference::parse_tag(w).ok().as_deref()
             }
             (Some(_), None) => false,
         };
         if !matches {
             continue;
         }
-        let tags: Vec<String> = e
-            .name
-            .as_deref()
-            .and_then(tag_from_annotation)
-            .into_iter()
-            .collect();
+        let (mut tags, mut bad) = (Vec::new(), Vec::new());
+        match e.name.as_deref().map(tag_from_name) {
+            Some(Ok(t)) => tags.push(t),
+            Some(Err(err)) => bad.push(format!(
+                "index.json entry {} (manifest {}): {REF_NAME}: {err}",
+                i + 1,
+                e.manifest
+            )),
+            None => {}
+        }
         match groups.iter_mut().find(|g| g.0 == e.manifest) {
-            Some(g) => g.2.extend(tags),
-            None => groups.push((e.manifest.clone(), e.media_type.clone(), tags)),
+            Some(g) => {
+                g.2.extend(tags);
+                g.3.extend(bad);
+            }
+            None => groups.push((e.manifest.clone(), e.media_type.clone(), tags, bad)),
         }
     }
     let mut out = Vec::new();
-    for (digest, media_type, tags) in groups {
+    for (digest, media_type, tags, bad_names) in groups {
         copy(&digest)?;
         let manifest_digest = if is_index_type(&media_type) {
             let chosen = pick_platform(&store.blobs().read(&digest)?, &digest)?;
@@ -294,8 +347,12 @@ fn layout_dir_images(
         for l in manifest.layers() {
             copy(&l.digest().to_string().parse()?)?;
         }
-        let img = store.image(&manifest_digest, &[])?;
-        out.push((img, tags));
+        let image = store.image(&manifest_digest, &[])?;
+        out.push(Found {
+            image,
+            tags,
+            bad_names,
+        });
     }
     Ok(out)
 }
@@ -323,7 +380,7 @@ fn pick_platform(index_bytes: &[u8], digest: &Digest) -> Result<Digest> {
 }
 
 /// Images of a tar archive (OCI archive or `docker save` output, optionally gzip-compressed).
-fn archive_images(store: &Store, input: &Path) -> Result<Vec<(Image, Vec<String>)>> {
+fn archive_images(store: &Store, input: &Path) -> Result<Vec<Found>> {
     let what = input.display().to_string();
     let file = File::open(input).map_err(io_err(format!("open {what}")))?;
     let reader = store::decompressed(BufReader::with_capacity(1 << 20, file), &what)?;
@@ -392,15 +449,16 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<(Image, Vec<String>
         // which replace those.
         if let Some(m) = docs.get("manifest.json") {
             if let Ok(dm) = serde_json::from_slice::<Vec<DockerManifest>>(m) {
-                for (img, tags) in found.iter_mut() {
-                    let named: Vec<String> = dm
-                        .iter()
-                        .filter(|d| by_path.get(&d.config) == Some(&img.id))
-                        .flat_map(|d| d.repo_tags.iter().flatten())
-                        .filter_map(|t| tag_from_annotation(t))
-                        .collect();
+                for f in found.iter_mut() {
+                    let mut named = Vec::new();
+                    for (i, d) in dm.iter().enumerate() {
+                        if by_path.get(&d.config) == Some(&f.image.id) {
+                            named.extend(repo_tags(&what, i, d)?);
+                        }
+                    }
                     if !named.is_empty() {
-                        *tags = named;
+                        f.tags = named;
+                        f.bad_names.clear();
                     }
                 }
             }
@@ -417,7 +475,9 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<(Image, Vec<String>
         source: e,
     })?;
     let mut out = Vec::new();
-    for d in dm {
+    for (i, d) in dm.into_iter().enumerate() {
+        // A bad name fails the load before anything is tagged.
+        let tags = repo_tags(&what, i, &d)?;
         let find = |p: &str| {
             by_path.get(p).cloned().ok_or_else(|| {
                 Error::Invalid(format!(
@@ -468,14 +528,12 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<(Image, Vec<String>
         }
         let (manifest_digest, _) =
             store.write_manifest(&config_digest, config_bytes.len() as u64, &layers)?;
-        let img = store.image(&manifest_digest, &[])?;
-        let tags = d
-            .repo_tags
-            .iter()
-            .flatten()
-            .filter_map(|t| tag_from_annotation(t))
-            .collect();
-        out.push((img, tags));
+        let image = store.image(&manifest_digest, &[])?;
+        out.push(Found {
+            image,
+            tags,
+            bad_names: Vec::new(),
+        });
     }
     Ok(out)
 }

@@ -6,22 +6,21 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
 use super::digest::{Digest, DigestReader, DigestWriter};
+use super::pins::{Pins, TEMP_PREFIX};
 use super::{io_err, Error, Result};
-
-/// Prefix of the temp files of blobs being written (swept by garbage collection).
-pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// The blob directory of a store.
 #[derive(Debug, Clone)]
 pub struct Blobs {
     dir: PathBuf,
+    pins: Pins,
 }
 
 impl Blobs {
-    /// Blobs kept in `dir` (`…/blobs/sha256`), created if missing.
-    pub fn open(dir: PathBuf) -> Result<Blobs> {
-        fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-        Ok(Blobs { dir })
+    /// Blobs kept in the existing directory `dir` (`…/blobs/sha256`); what this process writes
+    /// or reuses is pinned in `pins`.
+    pub fn new(dir: PathBuf, pins: Pins) -> Blobs {
+        Blobs { dir, pins }
     }
 
     /// Where blob `d` lives.
@@ -34,13 +33,22 @@ impl Blobs {
         self.path(d).is_file()
     }
 
+    /// Pin blob `d` for this process if it is present (garbage collection then keeps it
+    /// until the process ends); `false` if it is not. What checks for a blob in order to use
+    /// it must ask this, not [`Blobs::contains`].
+    pub fn pin_existing(&self, d: &Digest) -> Result<bool> {
+        self.pins.locked(|p| {
+            if !self.contains(d) {
+                return Ok(false);
+            }
+            p.blob(d)?;
+            Ok(true)
+        })
+    }
+
     /// Start writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter> {
-        let temp = self.dir.join(format!(
-            "{TEMP_PREFIX}{}-{:016x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let temp = self.dir.join(self.pins.temp_name("blob")?);
         let file = File::options()
             .write(true)
             .create_new(true)
@@ -50,6 +58,7 @@ impl Blobs {
             out: Some(DigestWriter::new(BufWriter::with_capacity(1 << 20, file))),
             temp,
             dir: self.dir.clone(),
+            pins: self.pins.clone(),
         })
     }
 
@@ -116,7 +125,7 @@ impl Blobs {
             .len())
     }
 
-    /// Every blob digest present, and the temp files left by writers.
+    /// Every blob digest present, and the temp files of writers.
     pub fn list(&self) -> Result<(Vec<Digest>, Vec<PathBuf>)> {
         let mut blobs = Vec::new();
         let mut temps = Vec::new();
@@ -143,17 +152,18 @@ impl Blobs {
     }
 }
 
-/// A blob being written: hashed as it goes, renamed to its digest by [`BlobWriter::commit`],
-/// deleted if dropped uncommitted.
+/// A blob being written: hashed as it goes, renamed to its digest (and pinned) by
+/// [`BlobWriter::commit`], deleted if dropped uncommitted.
 pub struct BlobWriter {
     out: Option<DigestWriter<BufWriter<File>>>,
     temp: PathBuf,
     dir: PathBuf,
+    pins: Pins,
 }
 
 impl BlobWriter {
-    /// Finish: flush, fsync, check against `expected` if given, rename into place. Returns the
-    /// digest and size.
+    /// Finish: flush, fsync, check against `expected` if given, rename into place and pin.
+    /// Returns the digest and size.
     pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
         let out = self.out.take().expect("commit once");
         let (digest, len, buf) = out.finish();
@@ -173,7 +183,11 @@ impl BlobWriter {
             }
         }
         let dest = self.dir.join(digest.hex());
-        fs::rename(&self.temp, &dest).map_err(io_err(format!("rename to {}", dest.display())))?;
+        self.pins.locked(|p| {
+            fs::rename(&self.temp, &dest)
+                .map_err(io_err(format!("rename to {}", dest.display())))?;
+            p.blob(&digest)
+        })?;
         Ok((digest, len))
     }
 }
@@ -241,7 +255,8 @@ mod tests {
     #[test]
     fn put_read_and_mismatch() {
         let t = tempfile::tempdir().unwrap();
-        let b = Blobs::open(t.path().join("sha256")).unwrap();
+        fs::create_dir(t.path().join("sha256")).unwrap();
+        let b = Blobs::new(t.path().join("sha256"), Pins::new(t.path()));
         let d = b.put(b"hello").unwrap();
         assert_eq!(d, Digest::of(b"hello"));
         assert_eq!(b.read(&d).unwrap(), b"hello");

@@ -10,7 +10,6 @@ use super::{config, io_err, Result};
 
 /// Import `source` as a one-layer image tagged `tag` (`name:tag`).
 pub fn import(store: &Store, source: &Path, tag: &str) -> Result<Image> {
-    let _w = store.writer_lock()?;
     let layer = if source.is_dir() {
         store.layer_from_dir(
             source,

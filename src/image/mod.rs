@@ -12,6 +12,8 @@ pub mod import;
 pub mod layout;
 pub mod lock;
 pub mod pack;
+pub mod pins;
+pub mod private;
 pub mod reference;
 pub mod store;
 

@@ -11,14 +11,15 @@ use oci_spec::image::{
     Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType,
 };
 
-use super::blobs::{Blobs, TEMP_PREFIX};
+use super::blobs::Blobs;
 use super::digest::{Digest, DigestReader, DigestWriter};
 use super::extract::{self, UnpackOptions};
 use super::layout::{self, IndexEntry};
 use super::lock::Lock;
 use super::pack::{self, PackOptions};
+use super::pins::{self, Pins, TEMP_PREFIX};
 use super::reference::Reference;
-use super::{io_err, Error, Result};
+use super::{io_err, private, Error, Result};
 
 /// OCI media type of a gzip-compressed layer.
 pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -105,22 +106,37 @@ pub fn canonical_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
     })
 }
 
-/// An opened store.
+/// An opened store. Clones share this process's session (see [`super::pins`]): what the
+/// store's users resolve with [`Store::resolve_pinned`], write or extract stays safe from
+/// garbage collection until the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
     blobs: Blobs,
+    pins: Pins,
 }
 
 impl Store {
-    /// Open the store at `root`, creating its layout if missing.
+    /// Open the store at `root`, creating its layout if missing and making it private to its
+    /// owner (stores made by older versions are closed here).
     pub fn open(root: &Path) -> Result<Store> {
-        fs::create_dir_all(root).map_err(io_err(format!("create {}", root.display())))?;
-        let blobs = Blobs::open(root.join("blobs/sha256"))?;
-        for d in ["layers/sha256", "tmp", "build-cache"] {
+        private::secure(root).map_err(|e| Error::Io {
+            what: "open store".into(),
+            source: e,
+        })?;
+        for d in [
+            "blobs",
+            "blobs/sha256",
+            "layers",
+            "layers/sha256",
+            "tmp",
+            "build-cache",
+        ] {
             let p = root.join(d);
-            fs::create_dir_all(&p).map_err(io_err(format!("create {}", p.display())))?;
+            private::create(&p).map_err(io_err(format!("create {}", p.display())))?;
         }
+        let pins = Pins::new(root);
+        let blobs = Blobs::new(root.join("blobs/sha256"), pins.clone());
         let layout_file = root.join("oci-layout");
         if !layout_file.exists() {
             layout::write_atomic(&layout_file, layout::OCI_LAYOUT.as_bytes())?;
@@ -128,6 +144,7 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             blobs,
+            pins,
         };
         if !store.index_path().exists() {
             let _l = store.index_lock()?;
@@ -156,19 +173,10 @@ impl Store {
         Lock::exclusive(&self.root.join(".index.lock"))
     }
 
-    /// Announce that this process will write blobs or layers not yet in the index: garbage
-    /// collection waits until the returned lock is dropped.
-    pub fn writer_lock(&self) -> Result<Lock> {
-        Lock::shared(&self.root.join(".gc.lock"))
-    }
-
-    /// A fresh private directory under the store's `tmp/` (same filesystem as the layers).
+    /// A fresh directory under the store's `tmp/` (same filesystem as the layers), kept from
+    /// garbage collection while this process lives.
     pub fn temp_dir(&self, what: &str) -> Result<TempDir> {
-        let p = self.root.join("tmp").join(format!(
-            "{what}-{}-{:016x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let p = self.root.join("tmp").join(self.pins.temp_name(what)?);
         fs::create_dir(&p).map_err(io_err(format!("create {}", p.display())))?;
         Ok(TempDir(p))
     }
@@ -258,6 +266,22 @@ impl Store {
             1 => Ok(found.pop().expect("one")),
             n => Err(Error::Ambiguous(format!("{s:?} matches {n} images"))),
         }
+    }
+
+    /// [`Store::resolve`], and pin what the image is made of (its manifest, config, layer
+    /// blobs and extracted layers) for as long as this process's session lives: what resolves
+    /// an image in order to reference it (a tag, a build's base, a container) must use this.
+    pub fn resolve_pinned(&self, s: &str) -> Result<Image> {
+        self.pins.locked(|p| {
+            let img = self.resolve(s)?;
+            p.blob(&img.manifest_digest)?;
+            p.blob(&img.id)?;
+            for l in img.layers()? {
+                p.blob(&l.digest)?;
+                p.layer(&l.diff_id)?;
+            }
+            Ok(img)
+        })
     }
 
     /// Point tag `name` (`name:tag`) at `image`; the image it pointed at before keeps its
@@ -404,17 +428,20 @@ impl Store {
     }
 
     /// The directory holding `layer` extracted in overlay format, extracting it first if
-    /// needed (verifying the blob digest and the diff ID on the way).
+    /// needed (verifying the blob digest and the diff ID on the way); pinned for this process.
     pub fn extracted(&self, layer: &LayerDesc) -> Result<PathBuf> {
         let dest = self.root.join("layers/sha256").join(layer.diff_id.hex());
-        if dest.is_dir() {
+        let present = self.pins.locked(|p| {
+            if !dest.is_dir() {
+                return Ok(false);
+            }
+            p.layer(&layer.diff_id)?;
+            Ok(true)
+        })?;
+        if present {
             return Ok(dest);
         }
-        let tmp = self.root.join("layers").join(format!(
-            "{TEMP_PREFIX}{}-{:016x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let tmp = self.root.join("layers").join(self.pins.temp_name("layer")?);
         fs::create_dir(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         let guard = TempDir(tmp);
         let what = format!("layer {}", layer.digest);
@@ -457,15 +484,20 @@ impl Store {
         )
         .map_err(|e| io_err("open layer")(e.into()))?;
         rustix::fs::syncfs(&d).map_err(|e| io_err("sync layer")(e.into()))?;
-        match fs::rename(guard.path(), &dest) {
-            Ok(()) => {
-                std::mem::forget(guard);
-                Ok(dest)
-            }
-            // Another process extracted it meanwhile.
-            Err(_) if dest.is_dir() => Ok(dest),
-            Err(e) => Err(io_err(format!("rename to {}", dest.display()))(e)),
+        let renamed = self.pins.locked(|p| {
+            let renamed = match fs::rename(guard.path(), &dest) {
+                Ok(()) => true,
+                // Another process extracted it meanwhile.
+                Err(_) if dest.is_dir() => false,
+                Err(e) => return Err(io_err(format!("rename to {}", dest.display()))(e)),
+            };
+            p.layer(&layer.diff_id)?;
+            Ok(renamed)
+        })?;
+        if renamed {
+            std::mem::forget(guard);
         }
+        Ok(dest)
     }
 
     /// The extracted layer directories of `image`, bottom first.
@@ -478,51 +510,93 @@ impl Store {
         layers.iter().map(|l| self.extracted(l)).collect()
     }
 
-    /// Free blobs, extracted layers and temp files no image in the index needs. Layer
-    /// directories in `keep` (lowerdirs of existing containers) stay. Waits for processes
-    /// holding [`Store::writer_lock`].
-    pub fn gc(&self, keep: &[PathBuf]) -> Result<GcStats> {
-        let _l = Lock::exclusive(&self.root.join(".gc.lock"))?;
-        let mut live_blobs: HashSet<Digest> = HashSet::new();
-        let mut live_layers: HashSet<String> = HashSet::new();
-        for img in self.images()? {
-            live_blobs.insert(img.manifest_digest.clone());
-            live_blobs.insert(img.id.clone());
-            for l in img.layers()? {
-                live_blobs.insert(l.digest);
-                live_layers.insert(l.diff_id.hex().to_string());
-            }
-        }
-        let keep: HashSet<PathBuf> = keep.iter().cloned().collect();
+    /// Free the blobs and extracted layers that no image in the index, no container (the
+    /// layer directories `keep` returns, asked at the right moment) and no live session needs,
+    /// and the temporaries of sessions that are gone. Waits only for the short steps of other
+    /// processes, never for a build or a load as a whole.
+    pub fn gc(&self, keep: impl FnOnce() -> Result<Vec<PathBuf>>) -> Result<GcStats> {
         let mut stats = GcStats::default();
-        let (blobs, temps) = self.blobs.list()?;
-        for b in blobs {
-            if !live_blobs.contains(&b) {
-                stats.bytes += self.blobs.size(&b).unwrap_or(0);
-                self.blobs.remove(&b)?;
-                stats.blobs += 1;
-            }
-        }
-        for t in temps {
-            let _ = fs::remove_file(t);
-        }
-        let layers = self.root.join("layers/sha256");
-        for e in fs::read_dir(&layers).map_err(io_err("list layers"))? {
-            let e = e.map_err(io_err("list layers"))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !live_layers.contains(&name) && !keep.contains(&e.path()) {
-                remove_dir(&e.path())?;
-                stats.layers += 1;
-            }
-        }
-        for dir in [self.root.join("layers"), self.root.join("tmp")] {
-            for e in fs::read_dir(&dir).map_err(io_err("list temp dirs"))? {
-                let e = e.map_err(io_err("list temp dirs"))?;
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                if dir.ends_with("tmp") || n.starts_with(TEMP_PREFIX) {
-                    remove_dir(&e.path())?;
+        let layers = self.root.join("layers");
+        let doomed = self.pins.locked(|me| {
+            // The pins first, then the index and the containers: a process that ends its
+            // session after writing a tag or a container's state is seen by one or the other.
+            let mut live = pins::scan(&self.root)?;
+            let images = self.images()?;
+            let keep: HashSet<PathBuf> = keep()?.into_iter().collect();
+            let mut live_blobs = std::mem::take(&mut live.blobs);
+            let mut live_layers = std::mem::take(&mut live.layers);
+            for img in images {
+                live_blobs.insert(img.manifest_digest.hex().to_string());
+                live_blobs.insert(img.id.hex().to_string());
+                for l in img.layers()? {
+                    live_blobs.insert(l.digest.hex().to_string());
+                    live_layers.insert(l.diff_id.hex().to_string());
                 }
+            }
+            let (blobs, temps) = self.blobs.list()?;
+            for b in blobs {
+                if !live_blobs.contains(b.hex()) {
+                    stats.bytes += self.blobs.size(&b).unwrap_or(0);
+                    self.blobs.remove(&b)?;
+                    stats.blobs += 1;
+                }
+            }
+            for t in temps {
+                let name = t.file_name().unwrap_or_default().to_string_lossy();
+                if !live.owns(&name) {
+                    let _ = fs::remove_file(&t);
+                }
+            }
+            // Directory trees are moved aside here, where it is cheap and atomic, and deleted
+            // after the lock is released.
+            let mut doomed = Vec::new();
+            // Moved into `trash_dir` (same file system) under this session's name: another
+            // collection then leaves it alone. A failure only leaves garbage for the next one.
+            let mut set_aside = |path: &Path, trash_dir: &Path| -> bool {
+                let trash = trash_dir.join(me.temp_name("trash"));
+                match fs::rename(path, &trash) {
+                    Ok(()) => {
+                        doomed.push(trash);
+                        true
+                    }
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            tracing::warn!("garbage collection: set aside {}: {e}", path.display());
+                        }
+                        false
+                    }
+                }
+            };
+            let extracted = layers.join("sha256");
+            for e in fs::read_dir(&extracted).map_err(io_err("list layers"))? {
+                let e = e.map_err(io_err("list layers"))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                if !live_layers.contains(&name)
+                    && !keep.contains(&e.path())
+                    && set_aside(&e.path(), &layers)
+                {
+                    stats.layers += 1;
+                }
+            }
+            for dir in [&layers, &self.root.join("tmp")] {
+                for e in fs::read_dir(dir).map_err(io_err("list temp dirs"))? {
+                    let e = e.map_err(io_err("list temp dirs"))?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let temp = dir.ends_with("tmp") || name.starts_with(TEMP_PREFIX);
+                    if temp && !live.owns(&name) {
+                        set_aside(&e.path(), dir);
+                    }
+                }
+            }
+            Ok(doomed)
+        })?;
+        for d in doomed {
+            // A crashed build may have left a mount in its step directory: keep going.
+            if let Err(e) = remove_dir(&d) {
+                tracing::warn!("garbage collection: {e}");
             }
         }
         Ok(stats)
@@ -602,5 +676,96 @@ pub fn decompressed<'a, R: BufRead + 'a>(mut input: R, what: &str) -> Result<Box
         )))
     } else {
         Ok(Box::new(input))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each `Store::open` has a session of its own, as separate processes do.
+    #[test]
+    fn gc_keeps_what_a_live_session_pinned_and_never_waits_for_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("store");
+        let src = t.path().join("rootfs");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        fs::write(src.join("etc/f"), "x").unwrap();
+        let img = {
+            let writer = Store::open(&root).unwrap();
+            super::super::import::import(&writer, &src, "a:1").unwrap()
+        };
+        let layer = img.layers().unwrap().pop().unwrap();
+        let layer_dir = root.join("layers/sha256").join(layer.diff_id.hex());
+        assert!(layer_dir.is_dir());
+
+        // A user (a build from it, say) pins it; a step directory of its own lives in tmp/.
+        let user = Store::open(&root).unwrap();
+        assert_eq!(user.resolve_pinned("a:1").unwrap().id, img.id);
+        let step = user.temp_dir("step").unwrap();
+        // Left by a process that is gone (an older version's name, too).
+        fs::create_dir(root.join("tmp/step-1234-00000000")).unwrap();
+
+        let rmi = Store::open(&root).unwrap();
+        rmi.remove(&img).unwrap();
+        let stats = rmi.gc(|| Ok(Vec::new())).unwrap();
+        assert_eq!(
+            (stats.blobs, stats.layers),
+            (0, 0),
+            "pinned by a live session"
+        );
+        for d in [&img.manifest_digest, &img.id, &layer.digest] {
+            assert!(rmi.blobs().contains(d), "{d} was freed");
+        }
+        assert!(layer_dir.is_dir() && step.path().is_dir());
+        assert!(!root.join("tmp/step-1234-00000000").exists());
+
+        drop(step);
+        drop(user);
+        let stats = rmi.gc(|| Ok(Vec::new())).unwrap();
+        assert_eq!(
+            (stats.blobs, stats.layers),
+            (3, 1),
+            "freed once the user is gone"
+        );
+        assert!(!layer_dir.exists());
+        assert_eq!(rmi.blobs().list().unwrap(), (Vec::new(), Vec::new()));
+        let left: Vec<_> = fs::read_dir(root.join("layers"))
+            .unwrap()
+            .chain(fs::read_dir(root.join("tmp")).unwrap())
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != "sha256")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_container_keeps_its_layers_and_a_dead_session_pins_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("store");
+        let src = t.path().join("rootfs");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("f"), "x").unwrap();
+        let s = Store::open(&root).unwrap();
+        let img = super::super::import::import(&s, &src, "a:1").unwrap();
+        let dir = s.layer_dirs(&img).unwrap().pop().unwrap();
+        drop(s);
+        // A session file whose process died (its lock is free), pinning everything.
+        let dead = root.join("pins/0123456789abcdef");
+        let pins: String = img
+            .layers()
+            .unwrap()
+            .iter()
+            .map(|l| format!("blob {}\nlayer {}\n", l.digest.hex(), l.diff_id.hex()))
+            .collect();
+        fs::write(&dead, pins).unwrap();
+        let s = Store::open(&root).unwrap();
+        s.remove(&img).unwrap();
+        let keep = dir.clone();
+        let stats = s.gc(move || Ok(vec![keep])).unwrap();
+        assert_eq!((stats.blobs, stats.layers), (3, 0));
+        assert!(dir.is_dir(), "a container's lowerdir was freed");
+        assert!(!dead.exists());
     }
 }
