@@ -228,6 +228,23 @@ fn workdir_inside_upperdir_is_refused() {
 }
 
 #[test]
+fn threaded_zero_is_refused_naming_the_option() {
+    let fx = Fixture::new(1);
+    let base = opts(s(&fx.lowers[0]), Some(&fx.upper), Some(&fx.work));
+    for bad in ["threaded=0", "threaded=100000"] {
+        refused(
+            &fx,
+            &format!("{base},{bad}"),
+            &fx.mnt,
+            &["threaded", "worker threads"],
+        );
+    }
+    let _c = Cleanup(fx.mnt.clone());
+    let o = stratafs(&["-o", &format!("{base},threaded=1"), s(&fx.mnt)], 20);
+    assert!(o.status.success(), "threaded=1 refused: {}", text(&o).1);
+}
+
+#[test]
 fn missing_mountpoint_is_refused() {
     let fx = Fixture::new(1);
     let mnt = fx.root().join("no-such-mountpoint");

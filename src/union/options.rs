@@ -57,7 +57,8 @@ pub struct MountOptions {
     pub static_nlink: bool,
     /// Kernel entry and attribute cache time (`timeout=`); lowers are immutable, so long is safe.
     pub timeout: Duration,
-    /// Worker threads serving requests (`threaded=`, default: one per CPU, at least 2).
+    /// Worker threads serving requests (`threaded=N`, 1 to [`MAX_THREADS`]; default: one per
+    /// CPU, at least 2).
     pub threads: Option<usize>,
     /// Log every request (`-d`, `-o debug`).
     pub debug: bool,
@@ -169,6 +170,9 @@ const ACCEPTED_NOOPS: &[&str] = &[
 /// Generic flags that the kernel applies to the mount itself.
 const KERNEL_FLAGS: &[&str] = &["ro", "nodev", "nosuid", "noexec", "sync", "dirsync"];
 
+/// Most worker threads `threaded=` may ask for.
+pub const MAX_THREADS: usize = 1024;
+
 impl MountOptions {
     /// Parse every `-o` argument (each a comma-separated list) into one configuration.
     pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Self, OptionError> {
@@ -254,8 +258,21 @@ impl MountOptions {
             }
             "threaded" => {
                 let v = need(value)?;
-                let n: usize = parse_num(name, &v)? as usize;
-                self.threads = Some(n.max(1));
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_THREADS).contains(n))
+                    .ok_or_else(|| {
+                        bad(
+                            name,
+                            &v,
+                            &format!(
+                                "expected the number of worker threads, 1 to {MAX_THREADS} \
+                                 (it is a count here, not fuse-overlayfs's on/off switch)"
+                            ),
+                        )
+                    })?;
+                self.threads = Some(n);
             }
             "debug" => self.debug = true,
             "allow_other" => self.allow_other = true,
@@ -452,5 +469,19 @@ mod tests {
         assert_eq!(o.threads, Some(4));
         let o = MountOptions::parse(["lowerdir=/l,squash_to_root"]).unwrap();
         assert_eq!((o.squash_uid, o.squash_gid), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn threaded_is_a_count_of_at_least_one() {
+        for bad in ["0", "-1", "1025", "many"] {
+            let e =
+                MountOptions::parse([format!("lowerdir=/l,threaded={bad}").as_str()]).unwrap_err();
+            assert!(
+                matches!(&e, OptionError::BadValue { option, .. } if option == "threaded"),
+                "threaded={bad}: {e}"
+            );
+        }
+        let o = MountOptions::parse(["lowerdir=/l,threaded=1"]).unwrap();
+        assert_eq!(o.threads, Some(1));
     }
 }
