@@ -11,7 +11,7 @@ use clap::Parser;
 use fuser::{Config, MountOption, Session, SessionACL};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use strata::sys::{self, Forked};
-use strata::union::fs::StrataFs;
+use strata::union::fs::{finish_and_exit, StrataFs};
 use strata::union::options::MountOptions;
 use strata::union::Union;
 
@@ -75,6 +75,7 @@ fn run(args: Args) -> Result<()> {
     // Modes of created files are exactly what the kernel asks for (it applied the umask).
     rustix::process::umask(rustix::fs::Mode::empty());
     let union = Union::new(options)?;
+    union.check_mountpoint(&mountpoint)?;
     let foreground = args.foreground || args.debug;
     let notify = if foreground { None } else { Some(daemonize()?) };
     match serve(union, &mountpoint, notify) {
@@ -177,7 +178,10 @@ fn serve(
     }));
     config.clone_fd = true;
     let passthrough = root && union.options.passthrough;
-    let fs = StrataFs::new(Arc::new(union), passthrough);
+    // Resolved now: once mounted, resolving the path would enter our own mount.
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.into());
+    let union = Arc::new(union);
+    let fs = StrataFs::new(union.clone(), passthrough);
     let mut session = match Session::new(fs, mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -185,17 +189,34 @@ fn serve(
             return Err((e, notify));
         }
     };
+    let device = topmost_mount(&canonical)
+        .filter(|(_, fstype)| fstype.starts_with("fuse"))
+        .map(|(device, _)| device);
     let mut unmounter = session.unmount_callable();
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => return Err((e.into(), notify)),
     };
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().next().is_none() {
+            return;
+        }
+        // Unmount only our own mount: after `umount -l` the path may hold another one (a
+        // container restarted on the same rootfs directory), or nothing.
+        let ours = device.is_some() && topmost_mount(&canonical).map(|(d, _)| d) == device;
+        if ours {
             if let Err(e) = unmounter.unmount() {
-                tracing::error!("unmount on signal failed: {e}");
+                tracing::warn!("unmount on signal: {e}; detaching the mount instead");
+                if let Err(e) =
+                    rustix::mount::unmount(&canonical, rustix::mount::UnmountFlags::DETACH)
+                {
+                    tracing::error!("detaching the mount on signal: {e}");
+                }
             }
         }
+        // A mount that is gone, or detached but still in use, sends no DESTROY: end here.
+        // (A clean unmount sends one; `finish_and_exit` runs once, whoever comes first.)
+        finish_and_exit(&union);
     });
     if let Some(mut pipe) = notify {
         let _ = pipe.write_all(b"ready");
@@ -206,4 +227,39 @@ fn serve(
     session
         .run()
         .map_err(|e| (anyhow::anyhow!("serving the mount: {e}"), None))
+}
+
+/// The device (`MAJOR:MINOR`) and type of the topmost mount at `path`, from
+/// /proc/self/mountinfo (read without touching the mount itself).
+fn topmost_mount(path: &std::path::Path) -> Option<(String, String)> {
+    use std::os::unix::ffi::OsStrExt;
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_bytes();
+    table.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        if unescape_mountinfo(fields.get(4)?) != want {
+            return None;
+        }
+        Some((fields[2].to_string(), fields.get(sep + 1)?.to_string()))
+    })
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }

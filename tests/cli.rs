@@ -622,6 +622,38 @@ fn sigint_unmounts_and_exits() {
     stops_cleanly("SIGINT", |_, pid| kill_pid(pid, Signal::INT));
 }
 
+/// After `umount -l` (a file still open keeps the connection alive, so no DESTROY comes), a
+/// SIGTERM must still end the daemon, and must not unmount what was mounted on the path since.
+#[test]
+fn sigterm_after_lazy_unmount_exits_and_spares_a_newer_mount() {
+    need_root!();
+    let fx = Fixture::new(1);
+    fx.lower(0).file("f", b"x");
+    let mut m = fx.mount(Backend::Stratafs);
+    let pid = m.daemon_pid().unwrap();
+    let f = m.with_timeout(DEADLINE, |r| fs::File::open(r.join("f")).unwrap());
+    let (ok, out) = run(Command::new("umount").arg("-l").arg(&fx.mnt));
+    assert!(ok, "umount -l: {out}");
+    let (ok, out) = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "newer"])
+        .arg(&fx.mnt));
+    assert!(ok, "mount tmpfs: {out}");
+    let _newer = Cleanup(fx.mnt.clone());
+    kill_pid(pid, Signal::TERM);
+    let status = m.wait_daemon_exit(5);
+    let log = m.daemon_log();
+    assert!(
+        status.is_some(),
+        "daemon still running 5s after SIGTERM following umount -l:\n{log}"
+    );
+    assert_eq!(
+        mounted_type(&fx.mnt).as_deref(),
+        Some("tmpfs"),
+        "the SIGTERM took the newer mount on the same path down"
+    );
+    drop(f);
+}
+
 #[test]
 fn colon_in_lowerdir_path_can_be_escaped() {
     let fx = Fixture::new(1);

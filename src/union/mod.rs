@@ -6,6 +6,7 @@
 
 pub mod attr;
 pub mod copyup;
+pub mod detach;
 pub mod dir;
 pub mod dir_entries;
 pub mod fs;

@@ -17,7 +17,7 @@ use super::inode::{self, Node, NodeTable, ROOT_ID};
 use super::layer::Layer;
 use super::options::MountOptions;
 use super::overlap::{self, Overlap};
-use super::Union;
+use super::{detach, Union};
 use crate::overlay::format::{self, XattrNamespace};
 
 /// Name of the scratch directory inside the work dir (the kernel uses the same one, so either
@@ -88,6 +88,16 @@ pub enum SetupError {
         /// That layer's path.
         other: PathBuf,
     },
+    /// Without detached layer clones the daemon would reach its own mount through a layer.
+    #[error("mountpoint '{mountpoint}' lies inside {role} '{path}': stratafs would reach its own mount through that layer; this layout needs CAP_SYS_ADMIN (run as root, or inside `unshare -Urm`), where stratafs hides submounts of its layers as kernel overlayfs does")]
+    MountInsideLayer {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// The layer's role.
+        role: &'static str,
+        /// The layer's path.
+        path: PathBuf,
+    },
     /// The work directory could not be prepared.
     #[error("workdir '{path}': cannot prepare '{WORK_SUBDIR}': {errno}")]
     Work {
@@ -107,7 +117,7 @@ impl SetupError {
             SetupError::CrossDevice { .. }
             | SetupError::Nested { .. }
             | SetupError::DifferentMounts { .. } => Errno::INVAL,
-            SetupError::Overlap { .. } => Errno::LOOP,
+            SetupError::Overlap { .. } | SetupError::MountInsideLayer { .. } => Errno::LOOP,
         }
     }
 }
@@ -203,6 +213,7 @@ impl Union {
         // emptied by `prepare_work`.
         check_overlaps(&layers, has_upper, work_root.as_ref())?;
         let traps = traps_inside_lowers(&layers, has_upper, work_root.as_ref());
+        detach_layers(&mut layers, has_upper, work_root.as_mut());
         if let Some(work_root) = &work_root {
             let work_path = &work_root.path;
             let scratch = prepare_work(work_root).map_err(|errno| SetupError::Work {
@@ -375,6 +386,82 @@ fn traps_inside_lowers(
         })
         .filter_map(|fd| overlap::dir_id(fd.as_fd()).ok())
         .collect()
+}
+
+/// Replace the layers' roots (and the work directory's) by detached clones of their mounts,
+/// where the kernel allows it; all or none, so that [`Union::check_mountpoint`] knows.
+fn detach_layers(layers: &mut [Layer], has_upper: bool, work_root: Option<&mut Layer>) {
+    let mut roots = Vec::with_capacity(layers.len() + 1);
+    let mut work_clone = None;
+    let result = (|| -> Result<(), Errno> {
+        let first_lower = if let (true, Some(w)) = (has_upper, work_root.as_deref()) {
+            let (u, wk) = detach::clone_upper_and_work(
+                &layers[0].path,
+                layers[0].root.as_fd(),
+                &w.path,
+                w.root.as_fd(),
+            )?;
+            roots.push(u);
+            work_clone = Some(wk);
+            1
+        } else {
+            0
+        };
+        for layer in &layers[first_lower..] {
+            roots.push(detach::clone_dir(layer.root.as_fd(), true)?);
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            for (layer, root) in layers.iter_mut().zip(roots) {
+                layer.root = root;
+                layer.detached = true;
+            }
+            if let (Some(w), Some(clone)) = (work_root, work_clone) {
+                w.root = clone;
+                w.detached = true;
+            }
+        }
+        Err(e) => tracing::info!(
+            "layers stay on their mounts (no detached clones: {e}); mounts inside them are visible"
+        ),
+    }
+}
+
+impl Union {
+    /// Refuse to mount at `mountpoint` when the daemon could reach its own mount through a
+    /// layer: the mount point lies inside a layer that is not a detached clone.
+    pub fn check_mountpoint(&self, mountpoint: &Path) -> Result<(), SetupError> {
+        if self.layers.iter().all(|l| l.detached) {
+            return Ok(());
+        }
+        let Ok(fd) = rfs::open(
+            mountpoint,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Ok(());
+        };
+        let Ok(up) = overlap::ancestors(fd.as_fd()) else {
+            return Ok(());
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            if layer.detached {
+                continue;
+            }
+            if let Ok(id) = overlap::dir_id(layer.root.as_fd()) {
+                if up.contains(&id) {
+                    return Err(SetupError::MountInsideLayer {
+                        mountpoint: mountpoint.to_path_buf(),
+                        role: role_of(i, self.has_upper),
+                        path: layer.path.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Create `WORKDIR/work` and empty it of anything a crashed mount left behind.
