@@ -21,7 +21,7 @@ use strata::union::Union;
 #[command(
     name = "stratafs",
     version,
-    after_help = "Examples:\n  stratafs -o lowerdir=/img/top:/img/base,upperdir=/c/upper,workdir=/c/work /c/rootfs\n  stratafs -o lowerdir=/img/top:/img/base /mnt/ro        (read-only)\n  fusermount3 -u /c/rootfs                                 (unmount)\n\nOptions (-o, comma-separated): lowerdir=A:B (leftmost is the top; \\: escapes a colon),\nupperdir=, workdir=, volatile, fsync=0|1, uidmapping=IN:OUT:LEN[:...], gidmapping=...,\nsquash_to_root, squash_to_uid=, squash_to_gid=, static_nlink, timeout=SECS, threaded=N,\nallow_other, allow_root, ro, nodev, nosuid, noexec, debug, fsname=.\nAs a mount helper: mount -t fuse.stratafs SOURCE MNT -o OPTS runs 'stratafs SOURCE MNT -o OPTS'."
+    after_help = "Examples:\n  stratafs -o lowerdir=/img/top:/img/base,upperdir=/c/upper,workdir=/c/work /c/rootfs\n  stratafs -o lowerdir=/img/top:/img/base /mnt/ro        (read-only)\n  fusermount3 -u /c/rootfs                                 (unmount)\n\nOptions (-o, comma-separated): lowerdir=A:B (leftmost is the top; \\: escapes a colon),\nupperdir=, workdir=, volatile, fsync=0|1, uidmapping=IN:OUT:LEN[:...], gidmapping=...,\nsquash_to_root, squash_to_uid=, squash_to_gid=, static_nlink, timeout=SECS,\nthreaded=N (worker threads, 1-1024), allow_other, allow_root, ro, noexec,\nsuid|nosuid, dev|nodev (as root: suid,nodev unless given; otherwise always nosuid,nodev),\ndebug, fsname=.\nAs a mount helper: mount -t fuse.stratafs SOURCE MNT -o OPTS runs 'stratafs SOURCE MNT -o OPTS'."
 )]
 struct Args {
     /// Stay in the foreground instead of returning once the mount serves requests.
@@ -136,11 +136,31 @@ fn serve(
     notify: Option<std::fs::File>,
 ) -> std::result::Result<(), ServeError> {
     let opts = &union.options;
+    let root = rustix::process::geteuid().is_root();
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "stratafs".into())),
-        MountOption::Subtype("stratafs".into()),
+        // As a kernel option (fuser passes `Subtype` to fusermount3 only), so /proc/mounts
+        // says `fuse.stratafs` however we mount.
+        MountOption::CUSTOM("subtype=stratafs".into()),
         MountOption::DefaultPermissions,
     ];
+    // As root, set-id programs work (as with fuse-overlayfs, and as containers expect) and
+    // devices do not unless asked; a user's daemon gets neither (fusermount3 would refuse).
+    if !root && (opts.suid == Some(true) || opts.dev == Some(true)) {
+        tracing::warn!("'suid' and 'dev' need a daemon running as root: mounting nosuid,nodev");
+    }
+    let suid = root && opts.suid.unwrap_or(true);
+    let dev = root && opts.dev.unwrap_or(false);
+    mount_options.push(if suid {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
+    mount_options.push(if dev {
+        MountOption::Dev
+    } else {
+        MountOption::NoDev
+    });
     if !union.has_upper {
         mount_options.push(MountOption::RO);
     }
@@ -151,14 +171,11 @@ fn serve(
     {
         mount_options.push(match flag.as_str() {
             "ro" => MountOption::RO,
-            "nodev" => MountOption::NoDev,
-            "nosuid" => MountOption::NoSuid,
             "noexec" => MountOption::NoExec,
             "sync" => MountOption::Sync,
             _ => MountOption::DirSync,
         });
     }
-    let root = rustix::process::geteuid().is_root();
     // As root (like fuse-overlayfs), container processes of any uid must reach the rootfs.
     let acl = if opts.allow_other || (root && !opts.allow_root) {
         SessionACL::All

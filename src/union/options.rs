@@ -66,8 +66,14 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Let root access the mount (`allow_root`).
     pub allow_root: bool,
-    /// Generic mount flags passed on to the kernel (`nodev`, `nosuid`, `noexec`, `ro`, ...).
+    /// Generic mount flags passed on to the kernel (`noexec`, `ro`, `sync`, `dirsync`).
     pub kernel_flags: Vec<String>,
+    /// Honour set-user-id and set-group-id bits (`suid`/`nosuid`, the last given wins).
+    /// Unset: on when the daemon runs as root, as fuse-overlayfs mounts; never for others.
+    pub suid: Option<bool>,
+    /// Let device nodes be opened as devices (`dev`/`nodev`, the last given wins). Unset:
+    /// off, as fuse-overlayfs mounts; never for a daemon that is not root.
+    pub dev: Option<bool>,
     /// Options accepted for compatibility that have no effect yet, for a warning.
     pub ignored: Vec<String>,
     /// The mount source shown in /proc/mounts (`fsname=`, or the helper's SOURCE argument).
@@ -96,6 +102,8 @@ impl Default for MountOptions {
             allow_other: false,
             allow_root: false,
             kernel_flags: Vec::new(),
+            suid: None,
+            dev: None,
             ignored: Vec::new(),
             fsname: None,
         }
@@ -132,8 +140,6 @@ pub enum OptionError {
 /// Options fuse-overlayfs and mount(8) accept that change nothing for stratafs.
 const ACCEPTED_NOOPS: &[&str] = &[
     "rw",
-    "dev",
-    "suid",
     "exec",
     "async",
     "atime",
@@ -168,7 +174,7 @@ const ACCEPTED_NOOPS: &[&str] = &[
 ];
 
 /// Generic flags that the kernel applies to the mount itself.
-const KERNEL_FLAGS: &[&str] = &["ro", "nodev", "nosuid", "noexec", "sync", "dirsync"];
+const KERNEL_FLAGS: &[&str] = &["ro", "noexec", "sync", "dirsync"];
 
 /// Most worker threads `threaded=` may ask for.
 pub const MAX_THREADS: usize = 1024;
@@ -274,6 +280,10 @@ impl MountOptions {
                     })?;
                 self.threads = Some(n);
             }
+            "suid" => self.suid = Some(true),
+            "nosuid" => self.suid = Some(false),
+            "dev" => self.dev = Some(true),
+            "nodev" => self.dev = Some(false),
             "debug" => self.debug = true,
             "allow_other" => self.allow_other = true,
             "allow_root" => self.allow_root = true,
@@ -483,5 +493,14 @@ mod tests {
         }
         let o = MountOptions::parse(["lowerdir=/l,threaded=1"]).unwrap();
         assert_eq!(o.threads, Some(1));
+    }
+
+    #[test]
+    fn suid_and_dev_last_one_wins() {
+        let o = MountOptions::parse(["lowerdir=/l"]).unwrap();
+        assert_eq!((o.suid, o.dev), (None, None));
+        let o = MountOptions::parse(["lowerdir=/l,nosuid,suid,dev,nodev"]).unwrap();
+        assert_eq!((o.suid, o.dev), (Some(true), Some(false)));
+        assert!(o.kernel_flags.is_empty());
     }
 }
