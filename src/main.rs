@@ -11,7 +11,7 @@ use clap::Parser;
 use fuser::{Config, MountOption, Session, SessionACL};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use strata::sys::{self, Forked};
-use strata::union::fs::StrataFs;
+use strata::union::fs::{finish_and_exit, StrataFs};
 use strata::union::options::MountOptions;
 use strata::union::Union;
 
@@ -21,7 +21,7 @@ use strata::union::Union;
 #[command(
     name = "stratafs",
     version,
-    after_help = "Examples:\n  stratafs -o lowerdir=/img/top:/img/base,upperdir=/c/upper,workdir=/c/work /c/rootfs\n  stratafs -o lowerdir=/img/top:/img/base /mnt/ro        (read-only)\n  fusermount3 -u /c/rootfs                                 (unmount)\n\nOptions (-o, comma-separated): lowerdir=A:B (leftmost is the top; \\: escapes a colon),\nupperdir=, workdir=, volatile, fsync=0|1, uidmapping=IN:OUT:LEN[:...], gidmapping=...,\nsquash_to_root, squash_to_uid=, squash_to_gid=, static_nlink, timeout=SECS, threaded=N,\nallow_other, allow_root, ro, nodev, nosuid, noexec, debug, fsname=.\nAs a mount helper: mount -t fuse.stratafs SOURCE MNT -o OPTS runs 'stratafs SOURCE MNT -o OPTS'."
+    after_help = "Examples:\n  stratafs -o lowerdir=/img/top:/img/base,upperdir=/c/upper,workdir=/c/work /c/rootfs\n  stratafs -o lowerdir=/img/top:/img/base /mnt/ro        (read-only)\n  fusermount3 -u /c/rootfs                                 (unmount)\n\nOptions (-o, comma-separated): lowerdir=A:B (leftmost is the top; \\: escapes a colon),\nupperdir=, workdir=, volatile, fsync=0|1, uidmapping=IN:OUT:LEN[:...], gidmapping=...,\nsquash_to_root, squash_to_uid=, squash_to_gid=, static_nlink, timeout=SECS,\nthreaded=N (worker threads, 1-1024), allow_other, allow_root, ro, noexec,\nsuid|nosuid, dev|nodev (as root: suid,nodev unless given; otherwise always nosuid,nodev),\ndebug, fsname=.\nAs a mount helper: mount -t fuse.stratafs SOURCE MNT -o OPTS runs 'stratafs SOURCE MNT -o OPTS'."
 )]
 struct Args {
     /// Stay in the foreground instead of returning once the mount serves requests.
@@ -75,6 +75,7 @@ fn run(args: Args) -> Result<()> {
     // Modes of created files are exactly what the kernel asks for (it applied the umask).
     rustix::process::umask(rustix::fs::Mode::empty());
     let union = Union::new(options)?;
+    union.check_mountpoint(&mountpoint)?;
     let foreground = args.foreground || args.debug;
     let notify = if foreground { None } else { Some(daemonize()?) };
     match serve(union, &mountpoint, notify) {
@@ -135,11 +136,31 @@ fn serve(
     notify: Option<std::fs::File>,
 ) -> std::result::Result<(), ServeError> {
     let opts = &union.options;
+    let root = rustix::process::geteuid().is_root();
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "stratafs".into())),
-        MountOption::Subtype("stratafs".into()),
+        // As a kernel option (fuser passes `Subtype` to fusermount3 only), so /proc/mounts
+        // says `fuse.stratafs` however we mount.
+        MountOption::CUSTOM("subtype=stratafs".into()),
         MountOption::DefaultPermissions,
     ];
+    // As root, set-id programs work (as with fuse-overlayfs, and as containers expect) and
+    // devices do not unless asked; a user's daemon gets neither (fusermount3 would refuse).
+    if !root && (opts.suid == Some(true) || opts.dev == Some(true)) {
+        tracing::warn!("'suid' and 'dev' need a daemon running as root: mounting nosuid,nodev");
+    }
+    let suid = root && opts.suid.unwrap_or(true);
+    let dev = root && opts.dev.unwrap_or(false);
+    mount_options.push(if suid {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
+    mount_options.push(if dev {
+        MountOption::Dev
+    } else {
+        MountOption::NoDev
+    });
     if !union.has_upper {
         mount_options.push(MountOption::RO);
     }
@@ -150,14 +171,11 @@ fn serve(
     {
         mount_options.push(match flag.as_str() {
             "ro" => MountOption::RO,
-            "nodev" => MountOption::NoDev,
-            "nosuid" => MountOption::NoSuid,
             "noexec" => MountOption::NoExec,
             "sync" => MountOption::Sync,
             _ => MountOption::DirSync,
         });
     }
-    let root = rustix::process::geteuid().is_root();
     // As root (like fuse-overlayfs), container processes of any uid must reach the rootfs.
     let acl = if opts.allow_other || (root && !opts.allow_root) {
         SessionACL::All
@@ -177,7 +195,10 @@ fn serve(
     }));
     config.clone_fd = true;
     let passthrough = root && union.options.passthrough;
-    let fs = StrataFs::new(Arc::new(union), passthrough);
+    // Resolved now: once mounted, resolving the path would enter our own mount.
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.into());
+    let union = Arc::new(union);
+    let fs = StrataFs::new(union.clone(), passthrough);
     let mut session = match Session::new(fs, mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -185,17 +206,34 @@ fn serve(
             return Err((e, notify));
         }
     };
+    let device = topmost_mount(&canonical)
+        .filter(|(_, fstype)| fstype.starts_with("fuse"))
+        .map(|(device, _)| device);
     let mut unmounter = session.unmount_callable();
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => return Err((e.into(), notify)),
     };
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().next().is_none() {
+            return;
+        }
+        // Unmount only our own mount: after `umount -l` the path may hold another one (a
+        // container restarted on the same rootfs directory), or nothing.
+        let ours = device.is_some() && topmost_mount(&canonical).map(|(d, _)| d) == device;
+        if ours {
             if let Err(e) = unmounter.unmount() {
-                tracing::error!("unmount on signal failed: {e}");
+                tracing::warn!("unmount on signal: {e}; detaching the mount instead");
+                if let Err(e) =
+                    rustix::mount::unmount(&canonical, rustix::mount::UnmountFlags::DETACH)
+                {
+                    tracing::error!("detaching the mount on signal: {e}");
+                }
             }
         }
+        // A mount that is gone, or detached but still in use, sends no DESTROY: end here.
+        // (A clean unmount sends one; `finish_and_exit` runs once, whoever comes first.)
+        finish_and_exit(&union);
     });
     if let Some(mut pipe) = notify {
         let _ = pipe.write_all(b"ready");
@@ -206,4 +244,39 @@ fn serve(
     session
         .run()
         .map_err(|e| (anyhow::anyhow!("serving the mount: {e}"), None))
+}
+
+/// The device (`MAJOR:MINOR`) and type of the topmost mount at `path`, from
+/// /proc/self/mountinfo (read without touching the mount itself).
+fn topmost_mount(path: &std::path::Path) -> Option<(String, String)> {
+    use std::os::unix::ffi::OsStrExt;
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_bytes();
+    table.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        if unescape_mountinfo(fields.get(4)?) != want {
+            return None;
+        }
+        Some((fields[2].to_string(), fields.get(sep + 1)?.to_string()))
+    })
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }

@@ -57,3 +57,76 @@ pub fn unshare_user_and_mount() -> io::Result<()> {
     unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS) }
         .map_err(io::Error::from)
 }
+
+/// Change the flags and propagation of the detached mount `mount` (an `open_tree` clone):
+/// `set` and `clear` are `MOUNT_ATTR_*` bits, `propagation` an `MS_*` type or 0 for none.
+pub fn mount_setattr_detached(
+    mount: std::os::fd::BorrowedFd<'_>,
+    set: u64,
+    clear: u64,
+    propagation: u64,
+) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr(2) reads `size_of::<mount_attr>()` bytes from `&attr`, which lives
+    // across the call; the path is a valid empty C string and `mount` a valid fd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            std::os::fd::AsRawFd::as_raw_fd(&mount),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether thread `tid` belongs to process `tgid` (`tgkill` with signal 0 sends nothing; it
+/// fails with ESRCH unless the thread is in that thread group).
+pub fn is_thread_of(tgid: u32, tid: u32) -> bool {
+    let (Ok(tgid), Ok(tid)) = (libc::pid_t::try_from(tgid), libc::pid_t::try_from(tid)) else {
+        return false;
+    };
+    if tgid <= 0 || tid <= 0 {
+        return false;
+    }
+    // SAFETY: tgkill(2) with signal 0 only checks that the thread exists and may be signalled;
+    // it takes plain integers and touches no memory of ours.
+    unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, 0) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_of_this_process_are_recognised() {
+        let pid = std::process::id();
+        let me = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        assert!(is_thread_of(pid, pid));
+        assert!(is_thread_of(pid, me));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let live = std::thread::spawn(move || {
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32)
+                .unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert!(is_thread_of(pid, tid), "a live thread of ours");
+        stop_tx.send(()).unwrap();
+        live.join().unwrap();
+        // Another process's threads and the header's "unknown sender" are not ours.
+        assert!(!is_thread_of(pid, 1));
+        assert!(!is_thread_of(pid, 0));
+    }
+}

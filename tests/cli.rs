@@ -227,6 +227,186 @@ fn workdir_inside_upperdir_is_refused() {
     );
 }
 
+/// Mounts kernel overlayfs with `opts` on `mnt`: `Err(errno)` if it refuses, else what a
+/// stat of `MNT/in` gave (`None` if it succeeded); the mount is undone at once.
+fn kernel_mount(opts: &str, mnt: &Path) -> Result<Option<i32>, i32> {
+    use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+    let data = std::ffi::CString::new(opts).unwrap();
+    mount(
+        "overlay",
+        mnt,
+        "overlay",
+        MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .map_err(|e| e.raw_os_error())?;
+    let stat = fs::metadata(mnt.join("in"))
+        .err()
+        .and_then(|e| e.raw_os_error());
+    let _ = unmount(mnt, UnmountFlags::empty());
+    Ok(stat)
+}
+
+fn errno_symbol(e: i32) -> &'static str {
+    match e {
+        libc::ELOOP => "ELOOP",
+        libc::EINVAL => "EINVAL",
+        _ => "an errno this test does not name",
+    }
+}
+
+/// Each layout of overlapping layers is refused exactly when kernel overlayfs refuses it,
+/// with a message that names the layers and the kernel's errno; the layouts the kernel
+/// mounts, stratafs mounts.
+#[test]
+fn overlapping_layers_are_refused_as_kernel_overlayfs_refuses_them() {
+    need_root!();
+    // (case, lowerdir, upperdir, workdir): paths relative to a fresh fixture's root, which
+    // has l0, l1, upper, work and the subdirectories below.
+    let cases: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+        ("upperdir is a lowerdir", "l0", Some("l0"), Some("work")),
+        (
+            "lowerdir inside upperdir",
+            "upper/in",
+            Some("upper"),
+            Some("work"),
+        ),
+        ("workdir is a lowerdir", "work", Some("upper"), Some("work")),
+        (
+            "lowerdir inside workdir",
+            "work/in",
+            Some("upper"),
+            Some("work"),
+        ),
+        (
+            "lowerdir is the workdir's work/",
+            "work/work",
+            Some("upper"),
+            Some("work"),
+        ),
+        ("a lowerdir twice", "l0:l0", Some("upper"), Some("work")),
+        (
+            "lowerdir inside a lower lowerdir",
+            "l0/in:l0",
+            Some("upper"),
+            Some("work"),
+        ),
+        (
+            "lowerdir inside a higher lowerdir",
+            "l0:l0/in",
+            Some("upper"),
+            Some("work"),
+        ),
+        (
+            "read-only: lowerdir inside lowerdir",
+            "l0:l0/in",
+            None,
+            None,
+        ),
+        (
+            "workdir is the upperdir",
+            "l0",
+            Some("upper"),
+            Some("upper"),
+        ),
+        (
+            "workdir inside upperdir",
+            "l0",
+            Some("upper"),
+            Some("upper/in"),
+        ),
+        (
+            "upperdir inside workdir",
+            "l0",
+            Some("work/in"),
+            Some("work"),
+        ),
+        (
+            "upperdir inside a lowerdir",
+            "l0",
+            Some("l0/in"),
+            Some("work"),
+        ),
+        (
+            "workdir inside a lowerdir",
+            "l0",
+            Some("upper"),
+            Some("l0/in"),
+        ),
+        ("separate layers", "l0:l1", Some("upper"), Some("work")),
+    ];
+    let mut loops = 0;
+    for (case, lower, upper, work) in cases {
+        let fx = Fixture::new(2);
+        for d in ["l0/in", "upper/in", "work/in", "work/work"] {
+            fs::create_dir_all(fx.root().join(d)).unwrap();
+        }
+        fs::write(fx.root().join("work/work/keep"), b"lower data").unwrap();
+        let abs = |rel: &str| -> String {
+            rel.split(':')
+                .map(|r| s(&fx.root().join(r)).to_string())
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let mut o = format!("lowerdir={}", abs(lower));
+        if let (Some(u), Some(w)) = (upper, work) {
+            o += &format!(",upperdir={},workdir={}", abs(u), abs(w));
+        }
+        let kernel = kernel_mount(&o, &fx.mnt);
+        // The kernel made work/work afresh when it mounted; put the marker back.
+        fs::create_dir_all(fx.root().join("work/work")).unwrap();
+        fs::write(fx.root().join("work/work/keep"), b"lower data").unwrap();
+        match kernel {
+            Err(e) => {
+                refused(&fx, &o, &fx.mnt, &[errno_symbol(e), "dir '"]);
+                assert_eq!(
+                    fs::read(fx.root().join("work/work/keep")).ok().as_deref(),
+                    Some(&b"lower data"[..]),
+                    "{case}: a refused mount changed a layer"
+                );
+            }
+            Ok(kernel_stat) => {
+                // Mounted: a lookup that reaches the upper or work directory through a lower
+                // layer fails as the kernel's does (ELOOP).
+                let _c = Cleanup(fx.mnt.clone());
+                let out = stratafs(&["-o", &o, s(&fx.mnt)], 20);
+                assert!(
+                    out.status.success(),
+                    "{case}: kernel overlayfs mounts it, stratafs refused: {}",
+                    text(&out).1
+                );
+                let p = fx.mnt.join("in");
+                let ours = with_timeout(DEADLINE, "stat", move || {
+                    fs::metadata(p).err().and_then(|e| e.raw_os_error())
+                });
+                assert_eq!(ours, kernel_stat, "{case}: stat MNT/in");
+                loops += usize::from(ours == Some(libc::ELOOP));
+            }
+        }
+    }
+    assert_eq!(
+        loops, 2,
+        "the upper and the work dir inside a lower layer answer ELOOP"
+    );
+}
+
+#[test]
+fn threaded_zero_is_refused_naming_the_option() {
+    let fx = Fixture::new(1);
+    let base = opts(s(&fx.lowers[0]), Some(&fx.upper), Some(&fx.work));
+    for bad in ["threaded=0", "threaded=100000"] {
+        refused(
+            &fx,
+            &format!("{base},{bad}"),
+            &fx.mnt,
+            &["threaded", "worker threads"],
+        );
+    }
+    let _c = Cleanup(fx.mnt.clone());
+    let o = stratafs(&["-o", &format!("{base},threaded=1"), s(&fx.mnt)], 20);
+    assert!(o.status.success(), "threaded=1 refused: {}", text(&o).1);
+}
+
 #[test]
 fn missing_mountpoint_is_refused() {
     let fx = Fixture::new(1);
@@ -440,6 +620,38 @@ fn sigterm_unmounts_and_exits() {
 #[test]
 fn sigint_unmounts_and_exits() {
     stops_cleanly("SIGINT", |_, pid| kill_pid(pid, Signal::INT));
+}
+
+/// After `umount -l` (a file still open keeps the connection alive, so no DESTROY comes), a
+/// SIGTERM must still end the daemon, and must not unmount what was mounted on the path since.
+#[test]
+fn sigterm_after_lazy_unmount_exits_and_spares_a_newer_mount() {
+    need_root!();
+    let fx = Fixture::new(1);
+    fx.lower(0).file("f", b"x");
+    let mut m = fx.mount(Backend::Stratafs);
+    let pid = m.daemon_pid().unwrap();
+    let f = m.with_timeout(DEADLINE, |r| fs::File::open(r.join("f")).unwrap());
+    let (ok, out) = run(Command::new("umount").arg("-l").arg(&fx.mnt));
+    assert!(ok, "umount -l: {out}");
+    let (ok, out) = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "newer"])
+        .arg(&fx.mnt));
+    assert!(ok, "mount tmpfs: {out}");
+    let _newer = Cleanup(fx.mnt.clone());
+    kill_pid(pid, Signal::TERM);
+    let status = m.wait_daemon_exit(5);
+    let log = m.daemon_log();
+    assert!(
+        status.is_some(),
+        "daemon still running 5s after SIGTERM following umount -l:\n{log}"
+    );
+    assert_eq!(
+        mounted_type(&fx.mnt).as_deref(),
+        Some("tmpfs"),
+        "the SIGTERM took the newer mount on the same path down"
+    );
+    drop(f);
 }
 
 #[test]

@@ -154,6 +154,36 @@ fn run_options_user_env_workdir_hostname_readonly() {
     e.assert_no_leaks();
 }
 
+/// As docker mounts a container's root filesystem: neither `nosuid` nor `nodev`, so set-id
+/// programs (su, sudo, ping, passwd) keep their privileges inside.
+#[test]
+fn container_root_filesystem_is_mounted_without_nosuid_and_nodev() {
+    need_root!();
+    let e = Env::new();
+    let o = e.run(&["--rm"], &["cat", "/proc/self/mountinfo"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let table = stdout(&o);
+    let root = table
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&"/"))
+        .unwrap_or_else(|| panic!("no / in the container's mountinfo:\n{table}"));
+    let sep = root.iter().position(|f| *f == "-").unwrap();
+    assert_eq!(root[sep + 1], "fuse.stratafs", "{root:?}");
+    for flag in ["nosuid", "nodev"] {
+        assert!(
+            !root[5].split(',').any(|o| o == flag),
+            "the container's / is mounted {flag}: {root:?}"
+        );
+    }
+    e.assert_no_leaks();
+}
+
 #[test]
 fn detached_lifecycle_restart_keeps_state_rm_discards() {
     need_root!();

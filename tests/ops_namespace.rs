@@ -22,6 +22,7 @@ both_backends!(
     mkdir_in_lower_dir_and_nlink,
     mknod_fifo_socket_devices_with_exact_mode,
     mknod_existing_is_eexist,
+    mknod_of_a_whiteout_device_is_eperm,
     unlink_lower_and_upper_files,
     unlink_errors,
     unlink_then_recreate_shows_new_content,
@@ -199,6 +200,41 @@ fn mknod_existing_is_eexist(b: Backend) {
             ),
             libc::EEXIST,
         );
+    });
+}
+
+/// A 0/0 character device is a whiteout on disk: making one through the mount would hide the
+/// name (and a lower file of that name) at the next mount, so the kernel refuses it.
+fn mknod_of_a_whiteout_device_is_eperm(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("gone", b"lower").dir("d");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let whiteout = |p: &Path| {
+            rustix::fs::mknodat(
+                CWD,
+                p,
+                FileType::CharacterDevice,
+                Mode::from_raw_mode(0o644),
+                0,
+            )
+        };
+        assert_rerrno("mknod d/new c 0 0", whiteout(&r.join("d/new")), libc::EPERM);
+        assert!(fs::symlink_metadata(r.join("d/new")).is_err());
+        fs::remove_file(r.join("gone")).unwrap();
+        assert_rerrno("mknod gone c 0 0", whiteout(&r.join("gone")), libc::EPERM);
+        assert!(fs::symlink_metadata(r.join("gone")).is_err());
+        // Other device numbers, and a 0/0 block device, are ordinary nodes.
+        rustix::fs::mknodat(
+            CWD,
+            r.join("d/blk"),
+            FileType::BlockDevice,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(lstat(&r.join("d/blk")).file_type().is_block_device());
+        assert_eq!(list(&r.join("d")), ["blk"]);
     });
 }
 

@@ -48,7 +48,9 @@ pub fn mount_rootfs(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path)
         c
     } else {
         let mut c = Command::new(stratafs_binary());
-        c.arg("-o").arg(&opts).arg(target);
+        c.arg("-o")
+            .arg(rootfs_options(&opts, rustix::process::geteuid().is_root()));
+        c.arg(target);
         c
     };
     tracing::debug!(?cmd, "mounting rootfs");
@@ -63,6 +65,17 @@ pub fn mount_rootfs(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path)
         )));
     }
     Ok(())
+}
+
+/// The stratafs options of a container's root filesystem: as docker mounts one (an overlay
+/// without `nosuid` or `nodev`), set-id programs and device nodes work in the container (its
+/// device cgroup decides which devices open). Only a daemon running as root may mount so.
+fn rootfs_options(layers: &str, root: bool) -> String {
+    if root {
+        format!("{layers},suid,dev")
+    } else {
+        layers.to_string()
+    }
 }
 
 /// Whether `path` is a mount point, from /proc/self/mountinfo.
@@ -198,6 +211,12 @@ mod tests {
     fn lowerdir_is_top_first_and_escaped() {
         let l = vec![PathBuf::from("/a"), PathBuf::from("/b:c")];
         assert_eq!(lowerdir_arg(&l), "/b\\:c:/a");
+    }
+
+    #[test]
+    fn rootfs_allows_set_id_programs_and_devices_as_root_only() {
+        assert_eq!(rootfs_options("lowerdir=/l", true), "lowerdir=/l,suid,dev");
+        assert_eq!(rootfs_options("lowerdir=/l", false), "lowerdir=/l");
     }
 
     #[test]

@@ -127,6 +127,18 @@ pub struct StrataFs {
     backing_by_fh: Mutex<HashMap<u64, Arc<BackingId>>>,
     /// Whether the kernel opens directories without OPENDIR once told (`ENOSYS`) to.
     no_opendir: bool,
+    /// Our process id, to recognise requests made by our own threads.
+    tgid: u32,
+}
+
+/// Answer a request made by one of the daemon's own threads with EDEADLK at once: serving
+/// it could wait on the very thread that asked (a layer that reached our own mount).
+macro_rules! refuse_own {
+    ($self:ident, $req:ident, $reply:ident) => {
+        if $self.sent_by_us($req) {
+            return $reply.error(FErrno::from_i32(libc::EDEADLK));
+        }
+    };
 }
 
 thread_local! {
@@ -145,7 +157,21 @@ impl StrataFs {
             backing_by_node: Mutex::new(HashMap::new()),
             backing_by_fh: Mutex::new(HashMap::new()),
             no_opendir: false,
+            tgid: std::process::id(),
         }
+    }
+
+    /// Whether `req` was sent by a thread of this process. The request header carries the
+    /// sender's thread id (0 when it is outside our pid namespace).
+    fn sent_by_us(&self, req: &Request) -> bool {
+        let own = crate::sys::is_thread_of(self.tgid, req.pid());
+        if own {
+            tracing::error!(
+                "refused a request from our own thread {} (a layer reaches our mount?)",
+                req.pid()
+            );
+        }
+        own
     }
 
     fn caller(req: &Request, umask: u32) -> Caller {
@@ -313,20 +339,14 @@ impl Filesystem for StrataFs {
     }
 
     fn destroy(&mut self) {
-        // The mount is gone (or going). Leave an upper layer that kernel overlayfs reads
-        // without metacopy=on, then exit here: fuser would otherwise try to unmount the mount
-        // point by path on its way out, and a new mount may already be there (a container
-        // restarted on the same rootfs directory).
-        match self.union.complete_all_metacopies() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("copied the data of {n} metadata-only copies up"),
-            Err(e) => tracing::error!("completing metadata-only copies: {e}"),
-        }
-        self.union.drop_shared_whiteout();
-        std::process::exit(0);
+        // Exit here: fuser would otherwise try to unmount the mount point by path on its way
+        // out, and a new mount may already be there (a container restarted on the same
+        // rootfs directory).
+        finish_and_exit(&self.union);
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        refuse_own!(self, req, reply);
         let r = self.union.lookup(parent.0, name);
         tracing::debug!(
             "lookup {} {name:?} -> {:?}",
@@ -356,7 +376,8 @@ impl Filesystem for StrataFs {
         self.union.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        refuse_own!(self, req, reply);
         let result = match fh {
             Some(fh) => self
                 .union
@@ -372,7 +393,7 @@ impl Filesystem for StrataFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -388,6 +409,7 @@ impl Filesystem for StrataFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        refuse_own!(self, req, reply);
         if size.is_some() && self.lower_busy(ino.0) {
             return reply.error(FErrno::from_i32(libc::ETXTBSY));
         }
@@ -406,7 +428,8 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        refuse_own!(self, req, reply);
         match self.union.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(ferr(e)),
@@ -423,6 +446,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        refuse_own!(self, req, reply);
         let what = NewObject::Node {
             mode,
             rdev: rdev as u64,
@@ -442,6 +466,7 @@ impl Filesystem for StrataFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        refuse_own!(self, req, reply);
         let r = self.union.create_object(
             parent.0,
             name,
@@ -451,14 +476,16 @@ impl Filesystem for StrataFs {
         self.reply_entry(reply, r.map(|(_, st, _)| st));
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        refuse_own!(self, req, reply);
         let r = self.union.unlink(parent.0, name);
         tracing::debug!("unlink {} {name:?} -> {r:?}", parent.0);
         self.check(&[parent.0], "unlink");
         reply_empty(reply, r);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        refuse_own!(self, req, reply);
         reply_empty(reply, self.union.rmdir(parent.0, name));
     }
 
@@ -470,6 +497,7 @@ impl Filesystem for StrataFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        refuse_own!(self, req, reply);
         let r = self.union.create_object(
             parent.0,
             link_name,
@@ -481,7 +509,7 @@ impl Filesystem for StrataFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -489,6 +517,7 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        refuse_own!(self, req, reply);
         let r = self
             .union
             .rename(parent.0, name, newparent.0, newname, flags.bits());
@@ -503,12 +532,13 @@ impl Filesystem for StrataFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        refuse_own!(self, req, reply);
         let r = self.union.link(ino.0, newparent.0, newname);
         tracing::debug!(
             "link {} -> {} {newname:?}: {:?}",
@@ -520,7 +550,8 @@ impl Filesystem for StrataFs {
         self.reply_entry(reply, r.map(|(_, st)| st));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        refuse_own!(self, req, reply);
         if wants_write(flags.0) && self.lower_busy(ino.0) {
             return reply.error(FErrno::from_i32(libc::ETXTBSY));
         }
@@ -543,7 +574,7 @@ impl Filesystem for StrataFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -552,6 +583,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        refuse_own!(self, req, reply);
         READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match self.union.read_into(fh.0, offset, size, &mut buf) {
@@ -563,7 +595,7 @@ impl Filesystem for StrataFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -573,6 +605,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        refuse_own!(self, req, reply);
         match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(ferr(e)),
@@ -581,12 +614,13 @@ impl Filesystem for StrataFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        refuse_own!(self, req, reply);
         reply.ok();
     }
 
@@ -607,16 +641,18 @@ impl Filesystem for StrataFs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        refuse_own!(self, req, reply);
         reply_empty(reply, self.union.fsync(fh.0, datasync));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        refuse_own!(self, req, reply);
         match self.union.opendir(ino.0) {
             // Directories need no handle. Where the kernel allows it, say so once (ENOSYS): it
             // then opens directories without asking, with the flags below, and sends no
@@ -634,12 +670,13 @@ impl Filesystem for StrataFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        refuse_own!(self, req, reply);
         let entries = match self.union.readdir(ino.0, offset, READDIR_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
@@ -654,12 +691,13 @@ impl Filesystem for StrataFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        refuse_own!(self, req, reply);
         let entries = match self.union.readdir(ino.0, offset, READDIRPLUS_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
@@ -728,16 +766,18 @@ impl Filesystem for StrataFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        refuse_own!(self, req, reply);
         reply_empty(reply, self.union.fsyncdir(ino.0));
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        refuse_own!(self, req, reply);
         match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -755,7 +795,7 @@ impl Filesystem for StrataFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -763,22 +803,27 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        refuse_own!(self, req, reply);
         reply_empty(reply, self.union.setxattr(ino.0, name, value, flags));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        refuse_own!(self, req, reply);
         reply_xattr(reply, size, self.union.getxattr(ino.0, name));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        refuse_own!(self, req, reply);
         reply_xattr(reply, size, self.union.listxattr(ino.0));
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        refuse_own!(self, req, reply);
         reply_empty(reply, self.union.removexattr(ino.0, name));
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        refuse_own!(self, req, reply);
         // With default_permissions the kernel checks modes itself; this only checks existence.
         match self.union.getattr(ino.0) {
             Ok(_) => reply.ok(),
@@ -796,6 +841,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        refuse_own!(self, req, reply);
         let what = NewObject::File { mode, flags };
         let created = self
             .union
@@ -845,7 +891,7 @@ impl Filesystem for StrataFs {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
@@ -854,13 +900,14 @@ impl Filesystem for StrataFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        refuse_own!(self, req, reply);
         // Terminal and file-attribute ioctls do not apply to union files.
         reply.error(FErrno::ENOTTY);
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -868,23 +915,40 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        refuse_own!(self, req, reply);
         reply_empty(reply, self.union.fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        refuse_own!(self, req, reply);
         match self.union.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(ferr(e)),
         }
     }
+}
+
+/// The mount is gone (or going): leave an upper layer that kernel overlayfs reads without
+/// metacopy=on, and exit. Called on the kernel's DESTROY and on a signal; the first caller
+/// finishes, a second one waits here for the exit.
+pub fn finish_and_exit(union: &Union) -> ! {
+    static FINISHING: Mutex<()> = Mutex::new(());
+    let _once = FINISHING.lock();
+    match union.complete_all_metacopies() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("copied the data of {n} metadata-only copies up"),
+        Err(e) => tracing::error!("completing metadata-only copies: {e}"),
+    }
+    union.drop_shared_whiteout();
+    std::process::exit(0);
 }
 
 fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {

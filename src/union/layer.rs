@@ -22,6 +22,9 @@ pub struct Layer {
     /// Index of this layer's filesystem among the distinct filesystems of the mount, used to
     /// keep inode numbers from different filesystems apart.
     pub fs_index: u64,
+    /// Whether `root` is a detached clone of the layer's mount, which shows no submounts
+    /// (see [`super::detach`]).
+    pub detached: bool,
 }
 
 impl Layer {
@@ -39,6 +42,7 @@ impl Layer {
             dev: st.st_dev,
             path: path.to_path_buf(),
             fs_index,
+            detached: false,
         })
     }
 

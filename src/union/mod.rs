@@ -6,6 +6,7 @@
 
 pub mod attr;
 pub mod copyup;
+pub mod detach;
 pub mod dir;
 pub mod dir_entries;
 pub mod fs;
@@ -16,6 +17,7 @@ pub mod inode;
 pub mod layer;
 pub mod namespace;
 pub mod options;
+pub mod overlap;
 pub mod prefetch;
 pub mod setup;
 mod whiteout;
@@ -90,6 +92,9 @@ pub struct Union {
     /// Multiply-linked files of each lower layer, indexed on the first copy-up of one.
     link_indexes:
         parking_lot::Mutex<std::collections::HashMap<LayerIndex, Arc<hardlink::LinkIndex>>>,
+    /// The upper and work directories where they lie inside a lower layer: a lookup that
+    /// reaches one answers ELOOP, as kernel overlayfs's traps do. Usually empty.
+    traps: Vec<overlap::DirId>,
 }
 
 impl std::fmt::Debug for Union {
@@ -377,6 +382,9 @@ impl Union {
             return Err(Errno::NOENT);
         }
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if is_dir && !self.traps.is_empty() {
+            self.check_traps(parent, name, &entry.layers)?;
+        }
         let (layers, layer_fds) = if is_dir && entry.layers.len() > 1 {
             self.effective_dir_layers(parent, name, &entry.layers)?
         } else {
@@ -422,6 +430,21 @@ impl Union {
         };
         let st = self.client_stat(&node, st);
         Ok((node, st))
+    }
+
+    /// ELOOP if directory `name` of `parent` is, in any of `layers`, the upper or work
+    /// directory (which then lies inside a lower layer).
+    fn check_traps(&self, parent: &Node, name: &OsStr, layers: &[LayerIndex]) -> Result<(), Errno> {
+        for &l in layers {
+            let fd = self.dir_fd(parent, l)?;
+            if let Ok(st) = rfs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                if self.traps.contains(&(st.st_dev, st.st_ino)) {
+                    tracing::warn!("lookup of {name:?} reached the upper or work directory");
+                    return Err(Errno::LOOP);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The topmost lower layer of `parent` holding a regular file `name`: where the data of

@@ -164,6 +164,13 @@ impl Union {
     ) -> Result<(Arc<Node>, rfs::Stat, Option<OwnedFd>), Errno> {
         self.check_writable()?;
         check_name(name)?;
+        if let NewObject::Node { mode, rdev: 0 } = what {
+            if FileType::from_raw_mode(mode) == FileType::CharacterDevice {
+                // A 0/0 character device is a whiteout on disk: it would hide the name (and
+                // any lower file of that name) at the next mount. The kernel refuses it too.
+                return Err(Errno::PERM);
+            }
+        }
         let parent = self.dir_node(parent_id)?;
         self.copy_up(&parent)?;
         self.listing(&parent)?;

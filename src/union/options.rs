@@ -57,7 +57,8 @@ pub struct MountOptions {
     pub static_nlink: bool,
     /// Kernel entry and attribute cache time (`timeout=`); lowers are immutable, so long is safe.
     pub timeout: Duration,
-    /// Worker threads serving requests (`threaded=`, default: one per CPU, at least 2).
+    /// Worker threads serving requests (`threaded=N`, 1 to [`MAX_THREADS`]; default: one per
+    /// CPU, at least 2).
     pub threads: Option<usize>,
     /// Log every request (`-d`, `-o debug`).
     pub debug: bool,
@@ -65,8 +66,14 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Let root access the mount (`allow_root`).
     pub allow_root: bool,
-    /// Generic mount flags passed on to the kernel (`nodev`, `nosuid`, `noexec`, `ro`, ...).
+    /// Generic mount flags passed on to the kernel (`noexec`, `ro`, `sync`, `dirsync`).
     pub kernel_flags: Vec<String>,
+    /// Honour set-user-id and set-group-id bits (`suid`/`nosuid`, the last given wins).
+    /// Unset: on when the daemon runs as root, as fuse-overlayfs mounts; never for others.
+    pub suid: Option<bool>,
+    /// Let device nodes be opened as devices (`dev`/`nodev`, the last given wins). Unset:
+    /// off, as fuse-overlayfs mounts; never for a daemon that is not root.
+    pub dev: Option<bool>,
     /// Options accepted for compatibility that have no effect yet, for a warning.
     pub ignored: Vec<String>,
     /// The mount source shown in /proc/mounts (`fsname=`, or the helper's SOURCE argument).
@@ -95,6 +102,8 @@ impl Default for MountOptions {
             allow_other: false,
             allow_root: false,
             kernel_flags: Vec::new(),
+            suid: None,
+            dev: None,
             ignored: Vec::new(),
             fsname: None,
         }
@@ -131,8 +140,6 @@ pub enum OptionError {
 /// Options fuse-overlayfs and mount(8) accept that change nothing for stratafs.
 const ACCEPTED_NOOPS: &[&str] = &[
     "rw",
-    "dev",
-    "suid",
     "exec",
     "async",
     "atime",
@@ -167,7 +174,10 @@ const ACCEPTED_NOOPS: &[&str] = &[
 ];
 
 /// Generic flags that the kernel applies to the mount itself.
-const KERNEL_FLAGS: &[&str] = &["ro", "nodev", "nosuid", "noexec", "sync", "dirsync"];
+const KERNEL_FLAGS: &[&str] = &["ro", "noexec", "sync", "dirsync"];
+
+/// Most worker threads `threaded=` may ask for.
+pub const MAX_THREADS: usize = 1024;
 
 impl MountOptions {
     /// Parse every `-o` argument (each a comma-separated list) into one configuration.
@@ -254,9 +264,26 @@ impl MountOptions {
             }
             "threaded" => {
                 let v = need(value)?;
-                let n: usize = parse_num(name, &v)? as usize;
-                self.threads = Some(n.max(1));
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_THREADS).contains(n))
+                    .ok_or_else(|| {
+                        bad(
+                            name,
+                            &v,
+                            &format!(
+                                "expected the number of worker threads, 1 to {MAX_THREADS} \
+                                 (it is a count here, not fuse-overlayfs's on/off switch)"
+                            ),
+                        )
+                    })?;
+                self.threads = Some(n);
             }
+            "suid" => self.suid = Some(true),
+            "nosuid" => self.suid = Some(false),
+            "dev" => self.dev = Some(true),
+            "nodev" => self.dev = Some(false),
             "debug" => self.debug = true,
             "allow_other" => self.allow_other = true,
             "allow_root" => self.allow_root = true,
@@ -452,5 +479,28 @@ mod tests {
         assert_eq!(o.threads, Some(4));
         let o = MountOptions::parse(["lowerdir=/l,squash_to_root"]).unwrap();
         assert_eq!((o.squash_uid, o.squash_gid), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn threaded_is_a_count_of_at_least_one() {
+        for bad in ["0", "-1", "1025", "many"] {
+            let e =
+                MountOptions::parse([format!("lowerdir=/l,threaded={bad}").as_str()]).unwrap_err();
+            assert!(
+                matches!(&e, OptionError::BadValue { option, .. } if option == "threaded"),
+                "threaded={bad}: {e}"
+            );
+        }
+        let o = MountOptions::parse(["lowerdir=/l,threaded=1"]).unwrap();
+        assert_eq!(o.threads, Some(1));
+    }
+
+    #[test]
+    fn suid_and_dev_last_one_wins() {
+        let o = MountOptions::parse(["lowerdir=/l"]).unwrap();
+        assert_eq!((o.suid, o.dev), (None, None));
+        let o = MountOptions::parse(["lowerdir=/l,nosuid,suid,dev,nodev"]).unwrap();
+        assert_eq!((o.suid, o.dev), (Some(true), Some(false)));
+        assert!(o.kernel_flags.is_empty());
     }
 }

@@ -16,7 +16,8 @@ use super::idmap::IdMapper;
 use super::inode::{self, Node, NodeTable, ROOT_ID};
 use super::layer::Layer;
 use super::options::MountOptions;
-use super::Union;
+use super::overlap::{self, Overlap};
+use super::{detach, Union};
 use crate::overlay::format::{self, XattrNamespace};
 
 /// Name of the scratch directory inside the work dir (the kernel uses the same one, so either
@@ -48,7 +49,7 @@ pub enum SetupError {
         path: PathBuf,
     },
     /// Upper and work directories must share a filesystem for atomic renames.
-    #[error("upperdir '{upper}' and workdir '{work}' are on different filesystems")]
+    #[error("upperdir '{upper}' and workdir '{work}' are on different filesystems (they must be on one mount: EINVAL, as with kernel overlayfs)")]
     CrossDevice {
         /// The upper directory.
         upper: PathBuf,
@@ -56,12 +57,46 @@ pub enum SetupError {
         work: PathBuf,
     },
     /// The work directory may not lie inside the upper one (or the reverse).
-    #[error("workdir '{work}' and upperdir '{upper}' must not be inside one another")]
+    #[error("workdir '{work}' and upperdir '{upper}' must be separate subtrees, neither inside the other (EINVAL, as with kernel overlayfs)")]
     Nested {
         /// The upper directory.
         upper: PathBuf,
         /// The work directory.
         work: PathBuf,
+    },
+    /// Upper and work directories must be on one mount, as the kernel requires.
+    #[error("upperdir '{upper}' and workdir '{work}' are on different mounts (workdir and upperdir must reside under the same mount: EINVAL, as with kernel overlayfs)")]
+    DifferentMounts {
+        /// The upper directory.
+        upper: PathBuf,
+        /// The work directory.
+        work: PathBuf,
+    },
+    /// A lower layer is, or lies inside, another layer or the work directory.
+    #[error("{role} '{path}' {relation} {other_role} '{other}' ({words}: ELOOP, as with kernel overlayfs)")]
+    Overlap {
+        /// The refused layer's role (lowerdir).
+        role: &'static str,
+        /// The refused layer's path.
+        path: PathBuf,
+        /// "is the same directory as" or "lies inside".
+        relation: &'static str,
+        /// The kernel's words for it.
+        words: &'static str,
+        /// The role of the layer it clashes with.
+        other_role: &'static str,
+        /// That layer's path.
+        other: PathBuf,
+    },
+    /// Without detached layer clones the daemon would reach its own mount through a layer.
+    #[error("mountpoint '{mountpoint}' lies inside {role} '{path}': stratafs would reach its own mount through that layer; this layout needs CAP_SYS_ADMIN (run as root, or inside `unshare -Urm`), where stratafs hides submounts of its layers as kernel overlayfs does")]
+    MountInsideLayer {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// The layer's role.
+        role: &'static str,
+        /// The layer's path.
+        path: PathBuf,
     },
     /// The work directory could not be prepared.
     #[error("workdir '{path}': cannot prepare '{WORK_SUBDIR}': {errno}")]
@@ -71,6 +106,20 @@ pub enum SetupError {
         /// What the system said.
         errno: Errno,
     },
+}
+
+impl SetupError {
+    /// The errno that kernel overlayfs (or the system) gives for the same mistake.
+    pub fn errno(&self) -> Errno {
+        match self {
+            SetupError::Open { errno, .. } | SetupError::Work { errno, .. } => *errno,
+            SetupError::NotADirectory { .. } => Errno::NOTDIR,
+            SetupError::CrossDevice { .. }
+            | SetupError::Nested { .. }
+            | SetupError::DifferentMounts { .. } => Errno::INVAL,
+            SetupError::Overlap { .. } | SetupError::MountInsideLayer { .. } => Errno::LOOP,
+        }
+    }
 }
 
 fn check_dir(role: &'static str, path: &Path) -> Result<(), SetupError> {
@@ -120,31 +169,54 @@ impl Union {
         // What we make in the work directory is ours, in its group if it is setgid.
         let mut work_owner = creator;
         let mut xattr_ns = XattrNamespace::Trusted;
+        let mut work_root = None;
         if has_upper {
             let upper_path = options.upperdir.clone().expect("writable has upper");
             let work_path = options.workdir.clone().expect("writable has work");
             let mut upper = open_layer("upperdir", &upper_path, 0)?;
             upper.fs_index = fs_index(upper.dev);
             check_dir("workdir", &work_path)?;
-            let work_root = Layer::open(&work_path, 0).map_err(|errno| SetupError::Open {
+            let root = Layer::open(&work_path, 0).map_err(|errno| SetupError::Open {
                 role: "workdir",
                 path: work_path.clone(),
                 errno,
             })?;
-            if work_root.dev != upper.dev {
+            if root.dev != upper.dev {
                 return Err(SetupError::CrossDevice {
                     upper: upper_path,
                     work: work_path,
                 });
             }
-            let (u, w) = (canonical(&upper_path), canonical(&work_path));
-            if u.starts_with(&w) || w.starts_with(&u) {
-                return Err(SetupError::Nested {
-                    upper: upper_path,
-                    work: work_path,
+            if let Err(overlap) =
+                overlap::check_upper_and_work(upper.root.as_fd(), root.root.as_fd())
+            {
+                return Err(match overlap {
+                    Overlap::DifferentMounts => SetupError::DifferentMounts {
+                        upper: upper_path,
+                        work: work_path,
+                    },
+                    _ => SetupError::Nested {
+                        upper: upper_path,
+                        work: work_path,
+                    },
                 });
             }
-            let scratch = prepare_work(&work_root).map_err(|errno| SetupError::Work {
+            layers.push(upper);
+            work_root = Some(root);
+        }
+        for path in &options.lowerdirs {
+            let mut lower = open_layer("lowerdir", path, 0)?;
+            lower.fs_index = fs_index(lower.dev);
+            layers.push(lower);
+        }
+        // Before anything is written: a lower layer that is the work directory would be
+        // emptied by `prepare_work`.
+        check_overlaps(&layers, has_upper, work_root.as_ref())?;
+        let traps = traps_inside_lowers(&layers, has_upper, work_root.as_ref());
+        detach_layers(&mut layers, has_upper, work_root.as_mut());
+        if let Some(work_root) = &work_root {
+            let work_path = &work_root.path;
+            let scratch = prepare_work(work_root).map_err(|errno| SetupError::Work {
                 path: work_path.clone(),
                 errno,
             })?;
@@ -157,12 +229,6 @@ impl Union {
                 work_owner.1 = st.st_gid;
             }
             work = Some(scratch);
-            layers.push(upper);
-        }
-        for path in &options.lowerdirs {
-            let mut lower = open_layer("lowerdir", path, 0)?;
-            lower.fs_index = fs_index(lower.dev);
-            layers.push(lower);
         }
         let root_layers = root_layers(&layers);
         let root = Node::new(ROOT_ID, true, None, OsStr::new(""), root_layers);
@@ -186,12 +252,9 @@ impl Union {
             temp_pid: std::sync::OnceLock::new(),
             prefetch: std::sync::OnceLock::new(),
             link_indexes: Default::default(),
+            traps,
         })
     }
-}
-
-fn canonical(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Layers of the root directory: all of them, down to the first opaque root.
@@ -215,6 +278,190 @@ fn root_layers(layers: &[Layer]) -> Vec<LayerIndex> {
         }
     }
     out
+}
+
+/// The role (option name) of layer `i` of a union's layer list.
+fn role_of(i: usize, has_upper: bool) -> &'static str {
+    if has_upper && i == 0 {
+        "upperdir"
+    } else {
+        "lowerdir"
+    }
+}
+
+/// Refuse the lower layers kernel overlayfs refuses: one that is, or lies inside, the upper,
+/// the work directory or another lower layer.
+fn check_overlaps(
+    layers: &[Layer],
+    has_upper: bool,
+    work_root: Option<&Layer>,
+) -> Result<(), SetupError> {
+    // Indices: the layers as in `layers`, then the work directory, then its `work/`.
+    let work_index = layers.len();
+    let scratch = work_root.and_then(|w| {
+        rfs::openat(
+            w.root.as_fd(),
+            WORK_SUBDIR,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .ok()
+    });
+    let mut trapped = Vec::new();
+    if has_upper {
+        trapped.push((0, layers[0].root.as_fd()));
+    }
+    if let Some(w) = work_root {
+        trapped.push((work_index, w.root.as_fd()));
+    }
+    if let Some(s) = &scratch {
+        trapped.push((work_index, s.as_fd()));
+    }
+    let first_lower = usize::from(has_upper);
+    let lowers: Vec<_> = layers
+        .iter()
+        .enumerate()
+        .skip(first_lower)
+        .map(|(i, l)| (i, l.root.as_fd()))
+        .collect();
+    let describe = |i: usize| -> (&'static str, PathBuf) {
+        match work_root {
+            Some(w) if i == work_index => ("workdir", w.path.clone()),
+            _ => (role_of(i, has_upper), layers[i].path.clone()),
+        }
+    };
+    let refusal = match overlap::check_lowers(&trapped, &lowers) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    let (layer, other, relation) = match refusal {
+        Overlap::Same { layer, other } => (layer, other, "is the same directory as"),
+        Overlap::Inside { layer, other } => (layer, other, "lies inside"),
+        Overlap::NotSeparate | Overlap::DifferentMounts => return Ok(()),
+    };
+    let words = refusal.kernel_words();
+    let (role, path) = describe(layer);
+    let (other_role, other) = describe(other);
+    Err(SetupError::Overlap {
+        role,
+        path,
+        relation,
+        words,
+        other_role,
+        other,
+    })
+}
+
+/// The upper directory, the work directory and its `work/` where they lie inside a lower
+/// layer (kernel overlayfs mounts that, and answers ELOOP to a lookup that reaches them).
+fn traps_inside_lowers(
+    layers: &[Layer],
+    has_upper: bool,
+    work_root: Option<&Layer>,
+) -> Vec<overlap::DirId> {
+    if !has_upper {
+        return Vec::new();
+    }
+    let lowers: Vec<overlap::DirId> = layers[1..]
+        .iter()
+        .filter_map(|l| overlap::dir_id(l.root.as_fd()).ok())
+        .collect();
+    let mut dirs = vec![layers[0].root.try_clone().ok()];
+    if let Some(w) = work_root {
+        dirs.push(w.root.try_clone().ok());
+        dirs.push(
+            rfs::openat(
+                w.root.as_fd(),
+                WORK_SUBDIR,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .ok(),
+        );
+    }
+    dirs.into_iter()
+        .flatten()
+        .filter(|fd| {
+            overlap::ancestors(fd.as_fd()).is_ok_and(|up| up.iter().any(|a| lowers.contains(a)))
+        })
+        .filter_map(|fd| overlap::dir_id(fd.as_fd()).ok())
+        .collect()
+}
+
+/// Replace the layers' roots (and the work directory's) by detached clones of their mounts,
+/// where the kernel allows it; all or none, so that [`Union::check_mountpoint`] knows.
+fn detach_layers(layers: &mut [Layer], has_upper: bool, work_root: Option<&mut Layer>) {
+    let mut roots = Vec::with_capacity(layers.len() + 1);
+    let mut work_clone = None;
+    let result = (|| -> Result<(), Errno> {
+        let first_lower = if let (true, Some(w)) = (has_upper, work_root.as_deref()) {
+            let (u, wk) = detach::clone_upper_and_work(
+                &layers[0].path,
+                layers[0].root.as_fd(),
+                &w.path,
+                w.root.as_fd(),
+            )?;
+            roots.push(u);
+            work_clone = Some(wk);
+            1
+        } else {
+            0
+        };
+        for layer in &layers[first_lower..] {
+            roots.push(detach::clone_dir(layer.root.as_fd(), true)?);
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            for (layer, root) in layers.iter_mut().zip(roots) {
+                layer.root = root;
+                layer.detached = true;
+            }
+            if let (Some(w), Some(clone)) = (work_root, work_clone) {
+                w.root = clone;
+                w.detached = true;
+            }
+        }
+        Err(e) => tracing::info!(
+            "layers stay on their mounts (no detached clones: {e}); mounts inside them are visible"
+        ),
+    }
+}
+
+impl Union {
+    /// Refuse to mount at `mountpoint` when the daemon could reach its own mount through a
+    /// layer: the mount point lies inside a layer that is not a detached clone.
+    pub fn check_mountpoint(&self, mountpoint: &Path) -> Result<(), SetupError> {
+        if self.layers.iter().all(|l| l.detached) {
+            return Ok(());
+        }
+        let Ok(fd) = rfs::open(
+            mountpoint,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Ok(());
+        };
+        let Ok(up) = overlap::ancestors(fd.as_fd()) else {
+            return Ok(());
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            if layer.detached {
+                continue;
+            }
+            if let Ok(id) = overlap::dir_id(layer.root.as_fd()) {
+                if up.contains(&id) {
+                    return Err(SetupError::MountInsideLayer {
+                        mountpoint: mountpoint.to_path_buf(),
+                        role: role_of(i, self.has_upper),
+                        path: layer.path.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Create `WORKDIR/work` and empty it of anything a crashed mount left behind.
