@@ -243,6 +243,58 @@ fn podman_runs_and_builds_on_stratafs() {
     assert!(left.is_empty(), "mounts left behind: {left:?}");
 }
 
+/// Rootful podman with `--uidmap`: podman (containers-storage) hands the mount program its
+/// lower layers through idmapped bind mounts (`.../mapped/0/...`) *and* the same mapping as
+/// `uidmapping=`/`gidmapping=`. Mapped twice, the image's root-owned files showed the overflow
+/// id and runc could not create `/etc/hosts` in the container ("permission denied").
+#[test]
+fn rootful_podman_with_uidmap_runs_on_stratafs() {
+    let pm = Podman::new();
+    let tar = busybox_rootfs(pm.root());
+    pm.ok(&["import", tar.to_str().unwrap(), "strata-test:base"]);
+    // Not --rm: its upper directory is looked at below (dropping `pm` removes it).
+    let out = pm.ok(&[
+        "run",
+        "--name",
+        "strata-uidmap",
+        "--network",
+        "none",
+        "--uidmap",
+        "0:200000:65536",
+        "--gidmap",
+        "0:200000:65536",
+        "strata-test:base",
+        "sh",
+        "-c",
+        "id -u; stat -c '%u:%g' /etc/passwd /data/D/child; echo made > /etc/new && cat /etc/new; \
+         rm /data/delme && test ! -e /data/delme && echo removed",
+    ]);
+    assert_eq!(
+        out, "0\n0:0\n0:0\nmade\nremoved\n",
+        "the image's root is the container's root, and it can write"
+    );
+    let log = pm.mount_log();
+    eprintln!("podman mount-program command lines:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("uidmapping=") && l.contains("gidmapping=")),
+        "podman passes the mapping to the mount program: {log}"
+    );
+    // The container's files are stored with the image's ids (0), not the host's (200000).
+    let graph = pm.root().join("graph/overlay");
+    let stored: Vec<u32> = fs::read_dir(&graph)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::symlink_metadata(e.path().join("diff/etc/new")).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .collect();
+    assert_eq!(
+        stored,
+        [0],
+        "the container's upper file keeps container ids on disk"
+    );
+}
+
 /// Rootless podman with stratafs as its mount program: import, run and build as the
 /// unprivileged user, with /etc/subuid and /etc/subgid ranges set up above.
 #[test]
