@@ -185,7 +185,7 @@ impl Union {
             xattr_ns,
             nodes: NodeTable::new(root),
             handles: HandleTable::default(),
-            ids: IdMapper::from_options(&options),
+            ids: IdMapper::from_options(&options).in_own_namespace(),
             options,
             temp_counter: AtomicU64::new(0),
             temp_pid: std::sync::OnceLock::new(),
