@@ -31,8 +31,11 @@ impl Podman {
     fn new() -> Podman {
         let dir = tempdir();
         let root = dir.path();
-        // podman keeps sockets under the runroot: its path must stay short.
-        let runroot = PathBuf::from(format!("/run/strata-pm-{}", std::process::id()));
+        // podman keeps sockets under the runroot: its path must stay short. One per instance:
+        // the tests of this file run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let runroot = PathBuf::from(format!("/run/strata-pm-{}-{n}", std::process::id()));
         fs::create_dir_all(&runroot).unwrap();
         let log = root.join("mount-program.log");
         let wrapper = root.join("mount-program");
@@ -56,10 +59,16 @@ impl Podman {
             ),
         )
         .unwrap();
+        // Its own tmp_dir too (exit codes live there; `system reset` empties it), so that
+        // parallel tests do not see or clear each other's.
         fs::write(
             root.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
+                 events_logger = \"file\"\ntmp_dir = \"{}\"\n",
+                runroot.join("libpod").display()
+            ),
         )
         .unwrap();
         Podman { dir, runroot }
