@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::modes::Mode;
@@ -54,18 +54,28 @@ enum Outcome {
     Failed(String),
 }
 
-/// The pjdfstest binary: `$PJDFSTEST`, else `pjdfstest` on the PATH or in cargo's bin dir.
+/// The pjdfstest binary: `$PJDFSTEST`, else where scripts/test.sh installs it, else
+/// `pjdfstest` on the PATH or in cargo's bin dir.
 fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PJDFSTEST") {
         return PathBuf::from(p);
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("CARGO_HOME")
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string()))
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".cache")))
     {
-        dirs.push(Path::new(&home).join("bin"));
+        dirs.push(cache.join("strata/tools/bin"));
+    }
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    if let Some(cargo) = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".cargo")))
+    {
+        dirs.push(cargo.join("bin"));
     }
     dirs.into_iter()
         .map(|d| d.join("pjdfstest"))
