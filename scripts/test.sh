@@ -27,6 +27,12 @@ modprobe fuse 2>/dev/null || true
 modprobe overlay 2>/dev/null || true
 [ -e /dev/fuse ] || { echo "scripts/test.sh: /dev/fuse is missing" >&2; exit 1; }
 
+# pjdfstest's Rust edition, for tests/pjdfstest.rs: built once (about two minutes), then kept
+# in the cache, where `cargo install` finds it installed and returns at once.
+tools="${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/strata/tools"
+cargo install --locked --quiet --root "$tools" pjdfstest --version 0.2.2
+export PJDFSTEST="$tools/bin/pjdfstest"
+
 cargo build --locked --all-targets
 # Every mounting test has its own deadline; this one only stops a runaway suite.
 timeout --signal=KILL 2400 cargo test --locked --all-targets -- --test-threads=4

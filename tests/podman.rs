@@ -31,8 +31,11 @@ impl Podman {
     fn new() -> Podman {
         let dir = tempdir();
         let root = dir.path();
-        // podman keeps sockets under the runroot: its path must stay short.
-        let runroot = PathBuf::from(format!("/run/strata-pm-{}", std::process::id()));
+        // podman keeps sockets under the runroot: its path must stay short. One per instance:
+        // the tests of this file run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let runroot = PathBuf::from(format!("/run/strata-pm-{}-{n}", std::process::id()));
         fs::create_dir_all(&runroot).unwrap();
         let log = root.join("mount-program.log");
         let wrapper = root.join("mount-program");
@@ -56,10 +59,16 @@ impl Podman {
             ),
         )
         .unwrap();
+        // Its own tmp_dir too (exit codes live there; `system reset` empties it), so that
+        // parallel tests do not see or clear each other's.
         fs::write(
             root.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
+                 events_logger = \"file\"\ntmp_dir = \"{}\"\n",
+                runroot.join("libpod").display()
+            ),
         )
         .unwrap();
         Podman { dir, runroot }
@@ -241,6 +250,58 @@ fn podman_runs_and_builds_on_stratafs() {
         .filter(|(m, t)| m.starts_with(pm.root()) && t.contains("fuse"))
         .collect();
     assert!(left.is_empty(), "mounts left behind: {left:?}");
+}
+
+/// Rootful podman with `--uidmap`: podman (containers-storage) hands the mount program its
+/// lower layers through idmapped bind mounts (`.../mapped/0/...`) *and* the same mapping as
+/// `uidmapping=`/`gidmapping=`. Mapped twice, the image's root-owned files showed the overflow
+/// id and runc could not create `/etc/hosts` in the container ("permission denied").
+#[test]
+fn rootful_podman_with_uidmap_runs_on_stratafs() {
+    let pm = Podman::new();
+    let tar = busybox_rootfs(pm.root());
+    pm.ok(&["import", tar.to_str().unwrap(), "strata-test:base"]);
+    // Not --rm: its upper directory is looked at below (dropping `pm` removes it).
+    let out = pm.ok(&[
+        "run",
+        "--name",
+        "strata-uidmap",
+        "--network",
+        "none",
+        "--uidmap",
+        "0:200000:65536",
+        "--gidmap",
+        "0:200000:65536",
+        "strata-test:base",
+        "sh",
+        "-c",
+        "id -u; stat -c '%u:%g' /etc/passwd /data/D/child; echo made > /etc/new && cat /etc/new; \
+         rm /data/delme && test ! -e /data/delme && echo removed",
+    ]);
+    assert_eq!(
+        out, "0\n0:0\n0:0\nmade\nremoved\n",
+        "the image's root is the container's root, and it can write"
+    );
+    let log = pm.mount_log();
+    eprintln!("podman mount-program command lines:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("uidmapping=") && l.contains("gidmapping=")),
+        "podman passes the mapping to the mount program: {log}"
+    );
+    // The container's files are stored with the image's ids (0), not the host's (200000).
+    let graph = pm.root().join("graph/overlay");
+    let stored: Vec<u32> = fs::read_dir(&graph)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::symlink_metadata(e.path().join("diff/etc/new")).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .collect();
+    assert_eq!(
+        stored,
+        [0],
+        "the container's upper file keeps container ids on disk"
+    );
 }
 
 /// Rootless podman with stratafs as its mount program: import, run and build as the

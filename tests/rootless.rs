@@ -8,6 +8,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use common::unprivileged::*;
@@ -191,4 +192,71 @@ fn differential_test_passes_in_a_user_namespace() {
         "differential test in a user namespace: {}\n{out}\n{err}",
         o.status
     );
+}
+
+/// Layers owned by `user:root`, mounted by that user in `unshare -Urm` (which maps only the
+/// user): the group of every directory is unmapped there. Kernel overlayfs lets the owner
+/// create in them; stratafs reported the unmapped group as the overflow id, which the kernel
+/// could not take back, and it refused every write to such a directory (EACCES). A copy-up
+/// that would need the unmapped group fails on both with EOVERFLOW.
+#[test]
+fn unmapped_group_of_a_directory_matches_kernel_in_a_user_namespace() {
+    let (uid, _) = setup_user();
+    let dir = user_dir();
+    let _reaper = DaemonReaper(dir.path().to_path_buf());
+    let root = dir.path();
+    for d in ["l/d", "su", "sw", "sm", "ku", "kw", "km"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("l/d/f"), "lower\n").unwrap();
+    for p in ["l", "l/d", "l/d/f", "su", "sw", "sm", "ku", "kw", "km"] {
+        std::os::unix::fs::chown(root.join(p), Some(uid), Some(0)).unwrap();
+    }
+    let script = r#"
+unshare -Urm sh -eu -c '
+  mount -t overlay overlay -o lowerdir=$PWD/l,upperdir=$PWD/ku,workdir=$PWD/kw,userxattr km
+  "$STRATAFS" -o lowerdir=$PWD/l,upperdir=$PWD/su,workdir=$PWD/sw sm
+  for m in km sm; do
+    (
+      cd $m
+      touch newfile && echo "touch ok" || echo "touch failed"
+      mkdir nd && echo "mkdir ok" || echo "mkdir failed"
+      echo x > nd/inside && echo "write in new dir ok" || echo "write in new dir failed"
+      touch d/nf 2>&1 | sed "s/.*: //" || true
+      cat d/f
+      stat -c "%n %u" newfile nd 2>&1 || true
+    ) > $m.txt 2>&1
+  done
+  fusermount3 -u sm || umount sm
+  umount km
+'
+cat km.txt
+if diff km.txt sm.txt; then echo SAME; fi
+stat -c "%n %u:%g" su/newfile ku/newfile
+"#;
+    let o = as_user(script, root);
+    let (out, err) = text(&o);
+    for m in ["km", "sm"] {
+        unmount(&root.join(m));
+    }
+    assert!(o.status.success(), "{}\n{out}\n{err}", o.status);
+    assert!(
+        out.contains("touch ok\nmkdir ok\nwrite in new dir ok\n"),
+        "the kernel creates in a directory whose group is unmapped:\n{out}\n{err}"
+    );
+    assert!(
+        out.contains("Value too large for defined data type"),
+        "a copy-up needing the unmapped group is EOVERFLOW on the kernel:\n{out}"
+    );
+    assert!(
+        out.contains("SAME"),
+        "stratafs differs from kernel overlayfs in the namespace:\n{out}\n{err}"
+    );
+    let gid = fs::metadata(root).unwrap().gid();
+    for u in ["su", "ku"] {
+        assert!(
+            out.contains(&format!("{u}/newfile {uid}:{gid}")),
+            "new files belong to the user on disk:\n{out}"
+        );
+    }
 }

@@ -253,7 +253,8 @@ impl Union {
                 // Owner, then mode, then xattrs: chown and writes drop file capabilities
                 // (security.capability), which must survive the copy.
                 if (st.st_uid, st.st_gid) != self.work_owner {
-                    rfs::fchown(&to, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+                    rfs::fchown(&to, Some(uid(st.st_uid)), Some(gid(st.st_gid)))
+                        .map_err(unmappable_owner)?;
                 }
                 rfs::fchmod(&to, mode)?;
                 copy_xattrs(
@@ -278,7 +279,8 @@ impl Union {
                     Mode::empty(),
                 )?;
                 if (st.st_uid, st.st_gid) != self.work_owner {
-                    rfs::fchown(&fd, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+                    rfs::fchown(&fd, Some(uid(st.st_uid)), Some(gid(st.st_gid)))
+                        .map_err(unmappable_owner)?;
                 }
                 rfs::fchmod(&fd, mode)?;
                 rfs::futimens(&fd, &times_of(st))?;
@@ -334,7 +336,8 @@ fn finish_entry(
         Some(uid(st.st_uid)),
         Some(gid(st.st_gid)),
         AtFlags::SYMLINK_NOFOLLOW,
-    )?;
+    )
+    .map_err(unmappable_owner)?;
     if let Some(mode) = mode {
         rfs::chmodat(work, tmp, mode, AtFlags::empty())?;
     }
@@ -343,6 +346,16 @@ fn finish_entry(
         &XattrTarget::Entry(work, tmp),
     )?;
     rfs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)
+}
+
+/// A copy cannot be given an owner our user namespace does not map (chown says EINVAL):
+/// kernel overlayfs refuses that copy-up with EOVERFLOW, and so do we.
+fn unmappable_owner(e: Errno) -> Errno {
+    if e == Errno::INVAL {
+        Errno::OVERFLOW
+    } else {
+        e
+    }
 }
 
 fn uid(raw: u32) -> rfs::Uid {

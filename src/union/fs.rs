@@ -327,6 +327,20 @@ impl Filesystem for StrataFs {
         self.no_opendir = config
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
+        // Without this the kernel strips O_TRUNC from OPEN and truncates with a SETATTR
+        // afterwards: an `O_RDONLY|O_TRUNC` open would then bind the lower file for
+        // passthrough (nothing said it writes) and the SETATTR would find it busy (ETXTBSY),
+        // and an `O_WRONLY|O_TRUNC` one would copy up data only to discard it. With it, OPEN
+        // carries O_TRUNC, so the file is copied up empty and opened truncated in one step.
+        if config
+            .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
+            tracing::warn!(
+                "kernel has no FUSE_ATOMIC_O_TRUNC: O_RDONLY|O_TRUNC of a lower file open \
+                 through passthrough fails with ETXTBSY"
+            );
+        }
         if self.passthrough.load(Ordering::Relaxed) {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(MAX_STACK_DEPTH).is_ok();

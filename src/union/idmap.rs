@@ -56,6 +56,47 @@ impl IdMap {
     }
 }
 
+/// An id the kernel cannot take back in a reply, and what is reported instead.
+///
+/// In a user namespace, an id of a layer that the namespace does not map reads as the
+/// overflow id. Where the overflow id is itself unmapped (`unshare -Ur` maps one id), the
+/// kernel turns it into an invalid id on the inode and then refuses every write to it
+/// (EACCES: creating in a directory whose group is host root fails), while kernel overlayfs,
+/// which keeps the real id, allows it. Such an id is reported as the daemon's own, which the
+/// kernel accepts; what the caller may do is then decided by the other bits, as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unmappable {
+    /// The overflow id, as the daemon reads unmapped ids.
+    pub overflow: u32,
+    /// What is reported in its place.
+    pub reported: u32,
+}
+
+impl Unmappable {
+    /// For a namespace whose id map (the text of `/proc/self/uid_map` or `gid_map`) leaves
+    /// `overflow` unmapped: report it as `own`. `None` where the kernel maps it.
+    pub fn for_namespace(map: &str, overflow: u32, own: u32) -> Option<Unmappable> {
+        let mapped = map.lines().any(|line| {
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            f.len() == 3 && (f[0]..f[0] + f[2]).contains(&u64::from(overflow))
+        });
+        (!mapped).then_some(Unmappable {
+            overflow,
+            reported: own,
+        })
+    }
+
+    fn apply(this: Option<Unmappable>, id: u32) -> u32 {
+        match this {
+            Some(u) if u.overflow == id => u.reported,
+            _ => id,
+        }
+    }
+}
+
 /// The uid and gid tables of a mount.
 #[derive(Debug, Clone, Default)]
 pub struct IdMapper {
@@ -63,6 +104,10 @@ pub struct IdMapper {
     pub uids: IdMap,
     /// Group ids.
     pub gids: IdMap,
+    /// A uid the kernel cannot take back in replies (in a user namespace).
+    pub unmappable_uid: Option<Unmappable>,
+    /// A gid the kernel cannot take back in replies (in a user namespace).
+    pub unmappable_gid: Option<Unmappable>,
 }
 
 impl IdMapper {
@@ -71,17 +116,43 @@ impl IdMapper {
         IdMapper {
             uids: IdMap::new(o.uid_map.clone(), o.squash_uid),
             gids: IdMap::new(o.gid_map.clone(), o.squash_gid),
+            unmappable_uid: None,
+            unmappable_gid: None,
         }
+    }
+
+    /// These tables, also reporting ids this process's user namespace cannot map as its own
+    /// (see [`Unmappable`]); a no-op outside a user namespace.
+    pub fn in_own_namespace(mut self) -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let overflow = |p: &str| read(p).trim().parse().unwrap_or(OVERFLOW_ID);
+        let uid_map = read("/proc/self/uid_map");
+        let gid_map = read("/proc/self/gid_map");
+        if !uid_map.is_empty() {
+            self.unmappable_uid = Unmappable::for_namespace(
+                &uid_map,
+                overflow("/proc/sys/kernel/overflowuid"),
+                rustix::process::geteuid().as_raw(),
+            );
+        }
+        if !gid_map.is_empty() {
+            self.unmappable_gid = Unmappable::for_namespace(
+                &gid_map,
+                overflow("/proc/sys/kernel/overflowgid"),
+                rustix::process::getegid().as_raw(),
+            );
+        }
+        self
     }
 
     /// Client view of a stored uid.
     pub fn uid_to_client(&self, uid: u32) -> u32 {
-        self.uids.to_client(HostId(uid)).0
+        Unmappable::apply(self.unmappable_uid, self.uids.to_client(HostId(uid)).0)
     }
 
     /// Client view of a stored gid.
     pub fn gid_to_client(&self, gid: u32) -> u32 {
-        self.gids.to_client(HostId(gid)).0
+        Unmappable::apply(self.unmappable_gid, self.gids.to_client(HostId(gid)).0)
     }
 
     /// Stored uid for a client uid (EINVAL when unmapped, as chown(2) says).
@@ -122,6 +193,35 @@ mod tests {
         assert_eq!(m.to_client(HostId(70000)), ClientId(OVERFLOW_ID));
         assert_eq!(m.to_host(ClientId(201000)), Some(HostId(1000)));
         assert_eq!(m.to_host(ClientId(5)), None);
+    }
+
+    #[test]
+    fn overflow_id_unmapped_in_the_namespace_is_reported_as_our_own() {
+        // `unshare -Ur` as uid 1001: only 0 is mapped, so 65534 (unmapped ids) cannot be
+        // given back to the kernel.
+        let u = Unmappable::for_namespace("         0       1001          1\n", 65534, 0);
+        assert_eq!(
+            u,
+            Some(Unmappable {
+                overflow: 65534,
+                reported: 0
+            })
+        );
+        let m = IdMapper {
+            unmappable_gid: u,
+            ..IdMapper::default()
+        };
+        assert_eq!(m.gid_to_client(65534), 0);
+        assert_eq!(m.gid_to_client(7), 7);
+        assert_eq!(m.uid_to_client(65534), 65534);
+        // Subordinate ids mapped too (`--map-auto`): 65534 is a real id there.
+        let auto = "0 1001 1\n1 400000 65536\n";
+        assert_eq!(Unmappable::for_namespace(auto, 65534, 0), None);
+        // The initial namespace maps everything.
+        assert_eq!(
+            Unmappable::for_namespace("0 0 4294967295\n", 65534, 0),
+            None
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod fs;
 pub mod handle;
 pub mod hardlink;
 pub mod idmap;
+pub mod idmapped;
 pub mod inode;
 pub mod layer;
 pub mod namespace;

@@ -13,6 +13,7 @@ use thiserror::Error;
 use super::dir::LayerIndex;
 use super::handle::HandleTable;
 use super::idmap::IdMapper;
+use super::idmapped;
 use super::inode::{self, Node, NodeTable, ROOT_ID};
 use super::layer::Layer;
 use super::options::MountOptions;
@@ -204,8 +205,13 @@ impl Union {
             layers.push(upper);
             work_root = Some(root);
         }
+        let mapped = !options.uid_map.is_empty() || !options.gid_map.is_empty();
         for path in &options.lowerdirs {
             let mut lower = open_layer("lowerdir", path, 0)?;
+            if mapped {
+                // Before the detached clone is made: it must clone the unmapped view.
+                see_as_stored(&mut lower);
+            }
             lower.fs_index = fs_index(lower.dev);
             layers.push(lower);
         }
@@ -246,7 +252,7 @@ impl Union {
             xattr_ns,
             nodes: NodeTable::new(root),
             handles: HandleTable::default(),
-            ids: IdMapper::from_options(&options),
+            ids: IdMapper::from_options(&options).in_own_namespace(),
             options,
             temp_counter: AtomicU64::new(0),
             temp_pid: std::sync::OnceLock::new(),
@@ -254,6 +260,32 @@ impl Union {
             link_indexes: Default::default(),
             traps,
         })
+    }
+}
+
+/// With `uidmapping=`/`gidmapping=`, a lower layer must show the ids as stored: one on an
+/// idmapped mount (podman's `mapped/N`) is reopened without the idmapping (see [`idmapped`]).
+fn see_as_stored(layer: &mut Layer) {
+    match idmapped::unmapped_view(layer.root.as_fd()) {
+        Ok(idmapped::Unmapped::NotIdmapped) => {}
+        Ok(idmapped::Unmapped::Reopened(fd, through)) => {
+            tracing::info!(
+                "lowerdir '{}' is on an idmapped mount and uidmapping/gidmapping are given: \
+                 reading it through '{}' so ids are mapped once",
+                layer.path.display(),
+                through.display()
+            );
+            layer.root = fd;
+        }
+        Ok(idmapped::Unmapped::NotFound) => tracing::warn!(
+            "lowerdir '{}' is on an idmapped mount and uidmapping/gidmapping are given, but no \
+             mount without the idmapping reaches it: its owners are mapped twice",
+            layer.path.display()
+        ),
+        Err(e) => tracing::warn!(
+            "lowerdir '{}': cannot tell whether it is on an idmapped mount: {e}",
+            layer.path.display()
+        ),
     }
 }
 

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod modes;
 pub mod unprivileged;
 
 use std::collections::BTreeMap;
