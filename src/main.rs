@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fuser::{Config, MountOption, Session, SessionACL};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use fuser::{Config, MountOption, Session, SessionACL, Transport};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use strata::sys::{self, Forked};
 use strata::union::fs::StrataFs;
-use strata::union::options::MountOptions;
+use strata::union::options::{MountOptions, UringMode};
+use strata::union::stats::RequestStats;
 use strata::union::Union;
 
 /// Mount read-only lower directories and one writable upper directory as one union tree,
@@ -176,8 +177,12 @@ fn serve(
             .max(2)
     }));
     config.clone_fd = true;
+    let uring = opts.uring;
+    config.io_uring = uring != UringMode::Off;
     let passthrough = root && union.options.passthrough;
-    let fs = StrataFs::new(Arc::new(union), passthrough);
+    let stats_path = union.options.stats.clone();
+    let stats = Arc::new(RequestStats::default());
+    let fs = StrataFs::new(Arc::new(union), passthrough, stats.clone());
     let mut session = match Session::new(fs, mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -185,16 +190,37 @@ fn serve(
             return Err((e, notify));
         }
     };
+    let transport = session.transport();
+    if uring == UringMode::On && transport == Transport::DevFuse {
+        let _ = session.unmount();
+        let e = anyhow::anyhow!(
+            "uring=on: the kernel did not offer FUSE over io_uring (Linux 6.14+ with \
+             CONFIG_FUSE_IO_URING; as root: echo 1 > /sys/module/fuse/parameters/enable_uring)"
+        );
+        return Err((e, notify));
+    }
+    tracing::info!("requests served over {transport}");
+    stats.set_transport(&transport.to_string());
     let mut unmounter = session.unmount_callable();
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+    {
         Ok(s) => s,
         Err(e) => return Err((e.into(), notify)),
     };
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        for signal in signals.forever() {
+            if signal == SIGUSR1 {
+                if let Some(path) = &stats_path {
+                    if let Err(e) = stats.write_to(path) {
+                        tracing::warn!("writing request counts to {}: {e}", path.display());
+                    }
+                }
+                continue;
+            }
             if let Err(e) = unmounter.unmount() {
                 tracing::error!("unmount on signal failed: {e}");
             }
+            break;
         }
     });
     if let Some(mut pipe) = notify {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, Errno as FErrno, FileAttr, FileHandle, FileType,
+    AccessFlags, BackingId, BsdFileFlags, ForgetOne, Errno as FErrno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
     ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
@@ -23,6 +23,7 @@ use rustix::io::Errno;
 use super::attr::{AttrChanges, TimeSet};
 use super::handle::{wants_write, FileHandle as UnionFile};
 use super::namespace::NewObject;
+use super::stats::{Op, RequestStats};
 use super::{Caller, Union};
 
 /// Largest write the kernel may send in one request.
@@ -127,6 +128,8 @@ pub struct StrataFs {
     backing_by_fh: Mutex<HashMap<u64, Arc<BackingId>>>,
     /// Whether the kernel opens directories without OPENDIR once told (`ENOSYS`) to.
     no_opendir: bool,
+    /// Requests served, by type.
+    stats: Arc<RequestStats>,
 }
 
 thread_local! {
@@ -136,7 +139,7 @@ thread_local! {
 impl StrataFs {
     /// Serve `union`; `passthrough` says whether to try FUSE passthrough (needs
     /// CAP_SYS_ADMIN in the initial user namespace).
-    pub fn new(union: Arc<Union>, passthrough: bool) -> Self {
+    pub fn new(union: Arc<Union>, passthrough: bool, stats: Arc<RequestStats>) -> Self {
         let ttl = union.options.timeout;
         StrataFs {
             union,
@@ -145,6 +148,16 @@ impl StrataFs {
             backing_by_node: Mutex::new(HashMap::new()),
             backing_by_fh: Mutex::new(HashMap::new()),
             no_opendir: false,
+            stats,
+        }
+    }
+
+    /// Write the request counts to the `stats=` file, if the mount has one.
+    pub fn write_stats(&self) {
+        if let Some(path) = &self.union.options.stats {
+            if let Err(e) = self.stats.write_to(path) {
+                tracing::warn!("writing request counts to {}: {e}", path.display());
+            }
         }
     }
 
@@ -284,9 +297,14 @@ impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_READAHEAD);
+        // With HANDLE_KILLPRIV_V2 the kernel leaves killing set-id bits to us (it says when, by
+        // the KILL_SUIDGID flags of write, setattr and open) and stops asking for
+        // `security.capability` before every write and the attributes before every chown:
+        // three round trips of the ten an extracted file costs.
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.union.options.acl {
             // The kernel enforces POSIX ACLs from the xattrs we serve (as overlayfs does), and
             // leaves the umask to us: a default ACL in the parent replaces it.
@@ -323,10 +341,12 @@ impl Filesystem for StrataFs {
             Err(e) => tracing::error!("completing metadata-only copies: {e}"),
         }
         self.union.drop_shared_whiteout();
+        self.write_stats();
         std::process::exit(0);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.count(Op::Lookup);
         let r = self.union.lookup(parent.0, name);
         tracing::debug!(
             "lookup {} {name:?} -> {:?}",
@@ -353,10 +373,19 @@ impl Filesystem for StrataFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stats.count(Op::Forget);
         self.union.forget(ino.0, nlookup);
     }
 
+    fn batch_forget(&self, _req: &Request, nodes: &[ForgetOne]) {
+        self.stats.count(Op::BatchForget);
+        for n in nodes {
+            self.union.forget(n.nodeid().0, n.nlookup());
+        }
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stats.count(Op::Getattr);
         let result = match fh {
             Some(fh) => self
                 .union
@@ -386,8 +415,10 @@ impl Filesystem for StrataFs {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
+        kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
+        self.stats.count(Op::Setattr);
         if size.is_some() && self.lower_busy(ino.0) {
             return reply.error(FErrno::from_i32(libc::ETXTBSY));
         }
@@ -399,6 +430,7 @@ impl Filesystem for StrataFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
+            kill_suidgid,
         };
         match self.union.setattr(ino.0, &changes) {
             Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
@@ -407,6 +439,7 @@ impl Filesystem for StrataFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stats.count(Op::Readlink);
         match self.union.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(ferr(e)),
@@ -423,6 +456,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Mknod);
         let what = NewObject::Node {
             mode,
             rdev: rdev as u64,
@@ -442,6 +476,7 @@ impl Filesystem for StrataFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Mkdir);
         let r = self.union.create_object(
             parent.0,
             name,
@@ -452,6 +487,7 @@ impl Filesystem for StrataFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Unlink);
         let r = self.union.unlink(parent.0, name);
         tracing::debug!("unlink {} {name:?} -> {r:?}", parent.0);
         self.check(&[parent.0], "unlink");
@@ -459,6 +495,7 @@ impl Filesystem for StrataFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Rmdir);
         reply_empty(reply, self.union.rmdir(parent.0, name));
     }
 
@@ -470,6 +507,7 @@ impl Filesystem for StrataFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Symlink);
         let r = self.union.create_object(
             parent.0,
             link_name,
@@ -489,6 +527,7 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Rename);
         let r = self
             .union
             .rename(parent.0, name, newparent.0, newname, flags.bits());
@@ -509,6 +548,7 @@ impl Filesystem for StrataFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Link);
         let r = self.union.link(ino.0, newparent.0, newname);
         tracing::debug!(
             "link {} -> {} {newname:?}: {:?}",
@@ -520,7 +560,15 @@ impl Filesystem for StrataFs {
         self.reply_entry(reply, r.map(|(_, st)| st));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        flags: OpenFlags,
+        kill_suidgid: bool,
+        reply: ReplyOpen,
+    ) {
+        self.stats.count(Op::Open);
         if wants_write(flags.0) && self.lower_busy(ino.0) {
             return reply.error(FErrno::from_i32(libc::ETXTBSY));
         }
@@ -529,9 +577,23 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(ferr(e)),
         };
         let writable = wants_write(flags.0);
-        match self.backing_for(fh, &handle, writable, |_| {
-            reply.open_backing(handle.fd.as_fd())
-        }) {
+        if kill_suidgid && writable {
+            // An O_TRUNC open by a caller without CAP_FSETID.
+            if let Err(e) = self.union.kill_suidgid(fh) {
+                self.union.release(fh);
+                return reply.error(ferr(e));
+            }
+        }
+        let backing = if writable && keeps_setid(&handle) {
+            // Passthrough writes reach the backing file with our privileges, which keep set-id
+            // bits; served here, each write says whether to kill them.
+            Ok(None)
+        } else {
+            self.backing_for(fh, &handle, writable, |_| {
+                reply.open_backing(handle.fd.as_fd())
+            })
+        };
+        match backing {
             Ok(Some(id)) => reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &id),
             Ok(None) => reply.opened(FileHandle(fh), self.plain_open_flags(&handle)),
             Err(e) => {
@@ -552,6 +614,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.stats.count(Op::Read);
         READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match self.union.read_into(fh.0, offset, size, &mut buf) {
@@ -568,11 +631,17 @@ impl Filesystem for StrataFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.stats.count(Op::Write);
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.union.kill_suidgid(fh.0) {
+                return reply.error(ferr(e));
+            }
+        }
         match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(ferr(e)),
@@ -587,6 +656,7 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Flush);
         reply.ok();
     }
 
@@ -600,6 +670,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Release);
         self.union.release(fh.0);
         self.backing_by_fh.lock().remove(&fh.0);
         reply.ok();
@@ -613,10 +684,12 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fsync);
         reply_empty(reply, self.union.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.count(Op::Opendir);
         match self.union.opendir(ino.0) {
             // Directories need no handle. Where the kernel allows it, say so once (ENOSYS): it
             // then opens directories without asking, with the flags below, and sends no
@@ -640,6 +713,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stats.count(Op::Readdir);
         let entries = match self.union.readdir(ino.0, offset, READDIR_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
@@ -660,6 +734,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stats.count(Op::Readdirplus);
         let entries = match self.union.readdir(ino.0, offset, READDIRPLUS_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
@@ -723,6 +798,7 @@ impl Filesystem for StrataFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Releasedir);
         reply.ok();
     }
 
@@ -734,10 +810,12 @@ impl Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fsyncdir);
         reply_empty(reply, self.union.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.stats.count(Op::Statfs);
         match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -763,22 +841,27 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Setxattr);
         reply_empty(reply, self.union.setxattr(ino.0, name, value, flags));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.stats.count(Op::Getxattr);
         reply_xattr(reply, size, self.union.getxattr(ino.0, name));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stats.count(Op::Listxattr);
         reply_xattr(reply, size, self.union.listxattr(ino.0));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Removexattr);
         reply_empty(reply, self.union.removexattr(ino.0, name));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.stats.count(Op::Access);
         // With default_permissions the kernel checks modes itself; this only checks existence.
         match self.union.getattr(ino.0) {
             Ok(_) => reply.ok(),
@@ -796,6 +879,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.stats.count(Op::Create);
         let what = NewObject::File { mode, flags };
         let created = self
             .union
@@ -820,7 +904,13 @@ impl Filesystem for StrataFs {
             copied: std::sync::OnceLock::new(),
         });
         let attr = file_attr(&st);
-        match self.backing_for(fh, &handle, true, |_| reply.open_backing(handle.fd.as_fd())) {
+        let backing = if keeps_setid(&handle) {
+            // Created set-id: writes must be able to kill the bits (see `open`).
+            Ok(None)
+        } else {
+            self.backing_for(fh, &handle, true, |_| reply.open_backing(handle.fd.as_fd()))
+        };
+        match backing {
             Err(e) => {
                 self.union.release(fh);
                 reply.error(e)
@@ -854,6 +944,7 @@ impl Filesystem for StrataFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.stats.count(Op::Ioctl);
         // Terminal and file-attribute ioctls do not apply to union files.
         reply.error(FErrno::ENOTTY);
     }
@@ -868,6 +959,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fallocate);
         reply_empty(reply, self.union.fallocate(fh.0, offset, length, mode));
     }
 
@@ -880,11 +972,21 @@ impl Filesystem for StrataFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.stats.count(Op::Lseek);
         match self.union.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(ferr(e)),
         }
     }
+}
+
+/// Whether a write to `handle`'s file would have to clear set-id bits: set-uid, or set-gid
+/// with group execute (without it, set-gid marks mandatory locking and stays).
+fn keeps_setid(handle: &UnionFile) -> bool {
+    rfs::fstat(&handle.fd).is_ok_and(|st| {
+        let m = st.st_mode;
+        m & libc::S_ISUID != 0 || m & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+    })
 }
 
 fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {

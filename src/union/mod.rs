@@ -18,6 +18,7 @@ pub mod namespace;
 pub mod options;
 pub mod prefetch;
 pub mod setup;
+pub mod stats;
 mod whiteout;
 pub mod xattr;
 

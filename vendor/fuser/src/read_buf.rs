@@ -21,8 +21,13 @@ impl FuseReadBuf {
     ///
     /// The actual buffer may be slightly larger to accommodate alignment requirements.
     pub(crate) fn new() -> Self {
+        Self::with_size(BUFFER_SIZE)
+    }
+
+    /// A buffer for requests of up to `size` bytes.
+    pub(crate) fn with_size(size: usize) -> Self {
         Self {
-            buffer: vec![0; BUFFER_SIZE],
+            buffer: vec![0; size + std::mem::align_of::<abi::fuse_in_header>()],
         }
     }
 

@@ -48,6 +48,8 @@ use crate::reply::Reply;
 use crate::reply::ReplyRaw;
 use crate::reply::ReplySender;
 use crate::request::RequestWithSender;
+use crate::uring::RingPool;
+use crate::uring::Transport;
 
 /// The max size of write requests from the kernel. The absolute minimum is 4k,
 /// FUSE recommends at least 128k, max 16M. The FUSE default is 16M on macOS
@@ -139,6 +141,10 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// The io_uring rings, when FUSE_OVER_IO_URING was negotiated.
+    ring: Option<RingPool>,
+    /// Which transport serves requests.
+    transport: Transport,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +192,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            ring: None,
+            transport: Transport::DevFuse,
         };
 
         session.handshake()?;
@@ -214,6 +222,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            ring: None,
+            transport: Transport::DevFuse,
         };
 
         session.handshake()?;
@@ -252,6 +262,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            ring,
+            transport: _,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -270,6 +282,7 @@ impl<FS: Filesystem> Session<FS> {
         let mut filesystem = Arc::new(filesystem);
 
         let mut channels = Vec::with_capacity(n_threads);
+        let threads_channel = ch.clone();
 
         for _ in 0..n_threads_minus_one {
             if config.clone_fd {
@@ -306,6 +319,22 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        let rings = match ring {
+            Some(pool) => {
+                let owner = session_owner;
+                let fs = filesystem.clone();
+                let ring_ch = threads_channel.clone();
+                Some(pool.spawn(&ring_ch, |thread_name| SessionEventLoop {
+                    thread_name,
+                    filesystem: fs.clone(),
+                    ch: ring_ch.clone(),
+                    allowed,
+                    session_owner: owner,
+                })?)
+            }
+            None => None,
+        };
+
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
             let res = match thread.join() {
@@ -319,6 +348,11 @@ impl<FS: Filesystem> Session<FS> {
                     reply = Err(e);
                 }
             }
+        }
+
+        // /dev/fuse ends (ENODEV) when the connection does: the rings have nothing more to do.
+        if let Some(rings) = rings {
+            rings.stop_and_join();
         }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
@@ -429,6 +463,23 @@ impl<FS: Filesystem> Session<FS> {
                 return Err(error);
             }
 
+            let want_uring = self.config.io_uring
+                || config.requested.contains(InitFlags::FUSE_OVER_IO_URING);
+            config.requested.remove(InitFlags::FUSE_OVER_IO_URING);
+            if want_uring && init.capabilities().contains(InitFlags::FUSE_OVER_IO_URING) {
+                let page = page_size::get();
+                let payload = (config.max_write as usize)
+                    .max(usize::from(config.max_pages()) * page);
+                match RingPool::create(payload, self.config.uring_threads_per_queue) {
+                    Ok(pool) => {
+                        config.requested |= InitFlags::FUSE_OVER_IO_URING;
+                        self.transport = pool.transport();
+                        self.ring = Some(pool);
+                    }
+                    Err(e) => warn!("FUSE over io_uring unavailable, using /dev/fuse: {e}"),
+                }
+            }
+
             // Remember the ABI version supported by kernel and mark the session initialized.
             self.proto_version = Some(v);
 
@@ -475,6 +526,11 @@ impl<FS: Filesystem> Session<FS> {
 
             return Ok(());
         }
+    }
+
+    /// The transport negotiated for this session's requests.
+    pub fn transport(&self) -> Transport {
+        self.transport
     }
 
     /// Unmount the filesystem
@@ -530,7 +586,7 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
+                Ok(size) => match RequestWithSender::new(ReplySender::Channel(self.ch.sender()), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {

@@ -352,6 +352,10 @@ mod op {
         fn valid(&self) -> FattrFlags {
             FattrFlags::from_bits_retain(self.arg.valid)
         }
+        /// Whether the kernel asks the filesystem to kill suid/sgid with this change.
+        pub(crate) fn kill_suidgid(&self) -> bool {
+            self.valid().contains(FattrFlags::FATTR_KILL_SUIDGID)
+        }
         pub(crate) fn mode(&self) -> Option<u32> {
             if self.valid().contains(FattrFlags::FATTR_MODE) {
                 Some(self.arg.mode)
@@ -664,6 +668,10 @@ mod op {
     impl Open<'_> {
         pub(crate) fn flags(&self) -> OpenFlags {
             OpenFlags(self.arg.flags)
+        }
+        /// Whether the kernel asks the filesystem to kill suid/sgid (an `O_TRUNC` open).
+        pub(crate) fn kill_suidgid(&self) -> bool {
+            self.arg.open_flags & crate::ll::fuse_abi::FUSE_OPEN_KILL_SUIDGID != 0
         }
     }
 

@@ -18,6 +18,11 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Ask for FUSE over io_uring (used when the kernel offers it and the rings can be made;
+    /// /dev/fuse serves otherwise).
+    pub io_uring: bool,
+    /// Ring threads per kernel queue (one queue per possible CPU); 0 means 2.
+    pub uring_threads_per_queue: usize,
 }
 
 /// Mount options accepted by the FUSE filesystem type
