@@ -20,7 +20,7 @@ const CAP_V2: [u8; 20] = [
 ];
 
 /// (file, mode) in the lower layer, owned by the test user.
-const FILES: [(&str, u32); 13] = [
+const FILES: [(&str, u32); 14] = [
     ("w-suid", 0o4755),
     ("t-suid", 0o4755),
     ("o-suid", 0o4755),
@@ -34,9 +34,11 @@ const FILES: [(&str, u32); 13] = [
     ("rc-cap", 0o755),
     ("rw-suid", 0o4755),
     ("k-cap", 0o755),
+    ("m-suid", 0o755),
 ];
 
-/// What the user does (as `sh` in the mount).
+/// What the user does (as `sh` in the mount). `m-suid` becomes set-uid while open for writing
+/// (through passthrough: it was not set-id at the open), then is written.
 const USER_SCRIPT: &str = "printf x >> w-suid
 truncate -s 1 t-suid
 : > o-suid
@@ -46,6 +48,10 @@ truncate -s 0 t-sgid
 printf x >> w-sgid-nogx
 printf x >> w-cap
 truncate -s 0 t-cap
+exec 3>>m-suid
+chmod 4755 m-suid
+printf x >&3
+exec 3>&-
 ";
 
 fn cap_of(p: &Path) -> bool {
@@ -115,11 +121,34 @@ fn matches_kernel(extra: &[&str]) {
     let strata = scenario(Backend::Stratafs, extra);
     // The scenario must exercise what it claims: the kernel killed set-uid on a user's write
     // and a capability on a user's truncate, and kept set-uid on root's write.
-    assert!(kernel.iter().any(|l| l.starts_with("w-suid: mode 755 ")), "{kernel:#?}");
-    assert!(kernel.iter().any(|l| l.starts_with("t-cap:") && l.ends_with("cap false")), "{kernel:#?}");
-    assert!(kernel.iter().any(|l| l.starts_with("rw-suid: mode 4755 ")), "{kernel:#?}");
-    assert!(kernel.iter().any(|l| l.starts_with("k-cap:") && l.ends_with("cap true")), "{kernel:#?}");
-    assert_eq!(kernel, strata, "stratafs {extra:?} differs from kernel overlayfs");
+    assert!(
+        kernel.iter().any(|l| l.starts_with("w-suid: mode 755 ")),
+        "{kernel:#?}"
+    );
+    assert!(
+        kernel.iter().any(|l| l.starts_with("m-suid: mode 755 ")),
+        "{kernel:#?}"
+    );
+    assert!(
+        kernel
+            .iter()
+            .any(|l| l.starts_with("t-cap:") && l.ends_with("cap false")),
+        "{kernel:#?}"
+    );
+    assert!(
+        kernel.iter().any(|l| l.starts_with("rw-suid: mode 4755 ")),
+        "{kernel:#?}"
+    );
+    assert!(
+        kernel
+            .iter()
+            .any(|l| l.starts_with("k-cap:") && l.ends_with("cap true")),
+        "{kernel:#?}"
+    );
+    assert_eq!(
+        kernel, strata,
+        "stratafs {extra:?} differs from kernel overlayfs"
+    );
 }
 
 #[test]

@@ -56,6 +56,19 @@ fn timespec(t: Option<TimeSet>) -> Timespec {
     }
 }
 
+impl AttrChanges {
+    /// Whether the request only asks to kill set-id bits (no field to set).
+    fn is_kill_only(&self) -> bool {
+        self.kill_suidgid
+            && self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
 /// The permission bits of `mode` once set-id bits are killed as the kernel kills them on a
 /// write, truncate or chown: set-uid always, set-gid when group-executable (otherwise it marks
 /// mandatory locking). `None` when nothing changes.
@@ -90,6 +103,14 @@ impl Union {
     pub fn setattr(&self, id: u64, changes: &AttrChanges) -> Result<rfs::Stat, Errno> {
         self.check_writable()?;
         let node = self.node(id)?;
+        if changes.is_kill_only() {
+            let st = self.getattr(id)?;
+            let regular = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile;
+            if !regular || killed_mode(st.st_mode).is_none() {
+                // Nothing to kill: no copy-up for a request that changes nothing.
+                return Ok(st);
+            }
+        }
         match changes.size {
             Some(0) => self.copy_up_empty(&node)?,
             Some(_) => self.copy_up(&node)?,
@@ -153,7 +174,8 @@ impl Union {
             // Our own truncate keeps set-id bits (we have CAP_FSETID); our chown already
             // cleared them, as every chown does.
             let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            if let Some(mode) = killed_mode(st.st_mode) {
+            let regular = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile;
+            if let Some(mode) = killed_mode(st.st_mode).filter(|_| regular) {
                 rfs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())?;
             }
         }
@@ -185,7 +207,11 @@ mod tests {
         assert_eq!(killed_mode(0o100755), None);
         assert_eq!(killed_mode(0o104755), Some(0o755));
         assert_eq!(killed_mode(0o102755), Some(0o755));
-        assert_eq!(killed_mode(0o102745), None, "set-gid without g+x marks locking");
+        assert_eq!(
+            killed_mode(0o102745),
+            None,
+            "set-gid without g+x marks locking"
+        );
         assert_eq!(killed_mode(0o106745), Some(0o2745));
         assert_eq!(killed_mode(0o101777), None, "sticky stays");
     }

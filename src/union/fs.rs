@@ -10,11 +10,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, ForgetOne, Errno as FErrno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Errno as FErrno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, ForgetOne, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 use rustix::fs as rfs;
@@ -430,7 +430,12 @@ impl Filesystem for StrataFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
-            kill_suidgid,
+            // A SETATTR that changes nothing is the kernel killing privileges before a write
+            // (file_remove_privs: the writer lacks CAP_FSETID), its kill bits stripped under
+            // KILLPRIV_V2. It reaches us even when the write itself then goes through
+            // passthrough, e.g. to a file made set-id after it was opened for writing.
+            kill_suidgid: kill_suidgid
+                || (mode, uid, gid, size, atime, mtime) == (None, None, None, None, None, None),
         };
         match self.union.setattr(ino.0, &changes) {
             Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
@@ -985,7 +990,8 @@ impl Filesystem for StrataFs {
 fn keeps_setid(handle: &UnionFile) -> bool {
     rfs::fstat(&handle.fd).is_ok_and(|st| {
         let m = st.st_mode;
-        m & libc::S_ISUID != 0 || m & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+        m & libc::S_ISUID != 0
+            || m & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
     })
 }
 

@@ -53,9 +53,7 @@ impl XattrTarget<'_> {
     pub fn get(&self, name: &OsStr) -> Result<Vec<u8>, Errno> {
         read_sized(|buf| match self {
             XattrTarget::Dir(fd) => rfs::getxattr(proc_path(*fd, None), name, buf),
-            XattrTarget::Entry(fd, entry) => {
-                rfs::lgetxattr(proc_path(*fd, Some(entry)), name, buf)
-            }
+            XattrTarget::Entry(fd, entry) => rfs::lgetxattr(proc_path(*fd, Some(entry)), name, buf),
         })
     }
 
