@@ -121,7 +121,10 @@ fn tiny_bench_reports_every_workload_for_overlay_native_and_stratafs() {
                 .collect();
             assert!(failures.is_empty(), "{name} had failures: {b}");
             if name == "stratafs" {
-                assert!(b["notes"].to_string().contains("requests served over"), "{b}");
+                assert!(
+                    b["notes"].to_string().contains("requests served over"),
+                    "{b}"
+                );
             }
         }
     }

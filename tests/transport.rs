@@ -66,7 +66,10 @@ fn exercise(r: &Path) {
     fs::rename(r.join("d/n0"), r.join("d/renamed")).unwrap();
     fs::remove_file(r.join("a/g")).unwrap();
     xattr::set(&r.join("d/n1"), "user.k", b"v");
-    assert_eq!(xattr::get(&r.join("d/n1"), "user.k").as_deref(), Some(&b"v"[..]));
+    assert_eq!(
+        xattr::get(&r.join("d/n1"), "user.k").as_deref(),
+        Some(&b"v"[..])
+    );
     assert_eq!(fs::read_dir(r.join("d")).unwrap().count(), 50);
     assert!(!r.join("a/g").exists());
 }
@@ -97,7 +100,10 @@ fn counts(m: &Mount<'_>, path: &Path) -> StatsSnapshot {
                 return s;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "no counts in {path:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no counts in {path:?}"
+        );
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -119,7 +125,9 @@ fn serves_and_counts(uring: &str, expect: &str) {
     assert_eq!(snap.total, snap.requests.values().sum::<u64>());
     let mut m = m;
     assert!(unmount(&fx.mnt));
-    let status = m.wait_daemon_exit(10).expect("the daemon exits after unmount");
+    let status = m
+        .wait_daemon_exit(10)
+        .expect("the daemon exits after unmount");
     assert!(status.success(), "{status}: {}", m.daemon_log());
     // The daemon writes its counts once more on the way out.
     let last = StatsSnapshot::read(&stats).unwrap();
@@ -159,7 +167,10 @@ fn auto_picks_io_uring_where_the_kernel_offers_it() {
 /// Clients hammering the mount from several threads (so both CPUs' queues have requests in
 /// flight); returns their stop flag and handles, each ending with the last error it saw. A
 /// client stops at ENOTCONN (the connection is gone) or when told to.
-fn busy_clients(root: PathBuf, n: usize) -> (Arc<AtomicBool>, Vec<thread::JoinHandle<Option<i32>>>) {
+fn busy_clients(
+    root: PathBuf,
+    n: usize,
+) -> (Arc<AtomicBool>, Vec<thread::JoinHandle<Option<i32>>>) {
     let stop = Arc::new(AtomicBool::new(false));
     let handles = (0..n)
         .map(|i| {

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::union::stats::StatsSnapshot;
 use super::deadline::{kill, run_command};
 use super::error::{io_err, BenchError, Result};
 use super::fixture::{mkdirs, LayerSet};
 use super::procfs;
+use crate::union::stats::StatsSnapshot;
 
 /// How long a mount may take to appear, and an unmount to finish.
 const MOUNT_DEADLINE: Duration = Duration::from_secs(20);

@@ -47,7 +47,8 @@ pub fn render(report: &Report) -> String {
         if matches!(
             row.unit,
             Unit::Mib | Unit::Ratio | Unit::Requests | Unit::RequestsPerFile
-        ) || metrics.contains(&row.metric.as_str()) {
+        ) || metrics.contains(&row.metric.as_str())
+        {
             continue;
         }
         if report

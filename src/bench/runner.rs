@@ -129,7 +129,14 @@ pub fn run(config: &BenchConfig) -> Result<Measured> {
         let mut transport = None;
         for &workload in &workloads {
             bar.set_message(format!("{name}: {}", workload.id()));
-            match run_workload(config, &fixture, backend, workload, &mut peak_rss, &mut transport) {
+            match run_workload(
+                config,
+                &fixture,
+                backend,
+                workload,
+                &mut peak_rss,
+                &mut transport,
+            ) {
                 Err(BenchError::Interrupted) => {
                     measured.notes.push(format!(
                         "interrupted during {name} {}: results are partial",
