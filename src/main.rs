@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fuser::{Config, MountOption, Session, SessionACL};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use fuser::{Config, MountOption, Session, SessionACL, Transport};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use strata::sys::{self, Forked};
 use strata::union::fs::{finish_and_exit, StrataFs};
-use strata::union::options::MountOptions;
+use strata::union::options::{MountOptions, UringMode};
+use strata::union::stats::RequestStats;
 use strata::union::Union;
 
 /// Mount read-only lower directories and one writable upper directory as one union tree,
@@ -194,11 +195,15 @@ fn serve(
             .max(2)
     }));
     config.clone_fd = true;
+    let uring = opts.uring;
+    config.io_uring = uring != UringMode::Off;
     let passthrough = root && union.options.passthrough;
     // Resolved now: once mounted, resolving the path would enter our own mount.
     let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.into());
+    let stats_path = union.options.stats.clone();
+    let stats = Arc::new(RequestStats::default());
     let union = Arc::new(union);
-    let fs = StrataFs::new(union.clone(), passthrough);
+    let fs = StrataFs::new(union.clone(), passthrough, stats.clone());
     let mut session = match Session::new(fs, mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -206,22 +211,42 @@ fn serve(
             return Err((e, notify));
         }
     };
+    let transport = session.transport();
+    if uring == UringMode::On && transport == Transport::DevFuse {
+        let _ = session.unmount();
+        let e = anyhow::anyhow!(
+            "uring=on: the kernel did not offer FUSE over io_uring (Linux 6.14+ with \
+             CONFIG_FUSE_IO_URING; as root: echo 1 > /sys/module/fuse/parameters/enable_uring)"
+        );
+        return Err((e, notify));
+    }
+    tracing::info!("requests served over {transport}");
+    stats.set_transport(&transport.to_string());
     let device = topmost_mount(&canonical)
         .filter(|(_, fstype)| fstype.starts_with("fuse"))
         .map(|(device, _)| device);
     let mut unmounter = session.unmount_callable();
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+    {
         Ok(s) => s,
         Err(e) => return Err((e.into(), notify)),
     };
     std::thread::spawn(move || {
-        if signals.forever().next().is_none() {
-            return;
-        }
-        // Unmount only our own mount: after `umount -l` the path may hold another one (a
-        // container restarted on the same rootfs directory), or nothing.
-        let ours = device.is_some() && topmost_mount(&canonical).map(|(d, _)| d) == device;
-        if ours {
+        for signal in signals.forever() {
+            if signal == SIGUSR1 {
+                if let Some(path) = &stats_path {
+                    if let Err(e) = stats.write_to(path) {
+                        tracing::warn!("writing request counts to {}: {e}", path.display());
+                    }
+                }
+                continue;
+            }
+            // Unmount only our own mount: after `umount -l` the path may hold another one (a
+            // container restarted on the same rootfs directory), or nothing.
+            let ours = device.is_some() && topmost_mount(&canonical).map(|(d, _)| d) == device;
+            if !ours {
+                break;
+            }
             if let Err(e) = unmounter.unmount() {
                 tracing::warn!("unmount on signal: {e}; detaching the mount instead");
                 if let Err(e) =
@@ -230,10 +255,11 @@ fn serve(
                     tracing::error!("detaching the mount on signal: {e}");
                 }
             }
+            break;
         }
         // A mount that is gone, or detached but still in use, sends no DESTROY: end here.
         // (A clean unmount sends one; `finish_and_exit` runs once, whoever comes first.)
-        finish_and_exit(&union);
+        finish_and_exit(&union, &stats);
     });
     if let Some(mut pipe) = notify {
         let _ = pipe.write_all(b"ready");

@@ -15,6 +15,7 @@ use super::deadline::{kill, run_command};
 use super::error::{io_err, BenchError, Result};
 use super::fixture::{mkdirs, LayerSet};
 use super::procfs;
+use crate::union::stats::StatsSnapshot;
 
 /// How long a mount may take to appear, and an unmount to finish.
 const MOUNT_DEADLINE: Duration = Duration::from_secs(20);
@@ -124,6 +125,15 @@ impl Backend {
     }
 
     /// Mounts `set` with a fresh upper and work directory under `scratch`.
+    /// True for our daemon, with or without extra options (it counts its requests).
+    pub fn is_stratafs(&self) -> bool {
+        match self {
+            Backend::Stratafs(_) => true,
+            Backend::WithOptions(base, _) => base.is_stratafs(),
+            _ => false,
+        }
+    }
+
     pub fn mount(&self, set: &LayerSet, scratch: &Path) -> Result<Mount> {
         match self {
             Backend::WithOptions(base, options) => base.mount_with(set, scratch, Some(options)),
@@ -142,6 +152,7 @@ impl Backend {
                 dir: None,
                 daemon: None,
                 kernel: false,
+                stats: None,
                 _pin: Some(pin),
             });
         }
@@ -160,6 +171,7 @@ impl Backend {
             dir: Some(dir.clone()),
             daemon: None,
             kernel: false,
+            stats: None,
             _pin: None,
         };
         match self {
@@ -194,7 +206,20 @@ impl Backend {
                 cmd.args(["-f", "-o", "cow"]).arg(branches).arg(&mnt);
                 mount.daemon = Some(spawn_daemon(cmd, &dir)?);
             }
-            Backend::Stratafs(program) | Backend::Program(program) => {
+            Backend::Stratafs(program) => {
+                // Our daemon counts the requests it serves, for the requests-per-file rows.
+                let stats = dir.join("stats.json");
+                let mut opts = format!("stats={}", stats.display());
+                if let Some(extra) = extra {
+                    opts = format!("{extra},{opts}");
+                }
+                mount.daemon = Some(spawn_daemon(
+                    overlay_syntax(program.as_os_str(), set, &upper, &work, &mnt, Some(&opts)),
+                    &dir,
+                )?);
+                mount.stats = Some(stats);
+            }
+            Backend::Program(program) => {
                 mount.daemon = Some(spawn_daemon(
                     overlay_syntax(program.as_os_str(), set, &upper, &work, &mnt, extra),
                     &dir,
@@ -222,6 +247,8 @@ pub struct Mount {
     dir: Option<PathBuf>,
     daemon: Option<Child>,
     kernel: bool,
+    /// Where a stratafs daemon writes its request counts (on SIGUSR1).
+    stats: Option<PathBuf>,
     _pin: Option<fs::File>,
 }
 
@@ -229,6 +256,25 @@ impl Mount {
     /// The FUSE daemon's PID, if a daemon serves this mount.
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Child::id)
+    }
+
+    /// The requests a stratafs daemon has served so far, by type (`None` for other backends).
+    /// The daemon writes them when signalled; this waits up to a few seconds for the file.
+    pub fn request_counts(&self) -> Option<StatsSnapshot> {
+        let (path, pid) = (self.stats.as_ref()?, self.daemon_pid()?);
+        let before = StatsSnapshot::read(path).map(|s| s.generation).unwrap_or(0);
+        let pid = rustix::process::Pid::from_raw(pid as i32)?;
+        rustix::process::kill_process(pid, rustix::process::Signal::USR1).ok()?;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(s) = StatsSnapshot::read(path) {
+                if s.generation > before {
+                    return Some(s);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
     }
 
     /// The FUSE daemon's peak resident memory so far.

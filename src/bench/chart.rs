@@ -44,7 +44,11 @@ pub fn render(report: &Report) -> String {
         .collect();
     let mut metrics: Vec<&str> = Vec::new();
     for row in &report.rows {
-        if matches!(row.unit, Unit::Mib | Unit::Ratio) || metrics.contains(&row.metric.as_str()) {
+        if matches!(
+            row.unit,
+            Unit::Mib | Unit::Ratio | Unit::Requests | Unit::RequestsPerFile
+        ) || metrics.contains(&row.metric.as_str())
+        {
             continue;
         }
         if report

@@ -126,9 +126,17 @@ pub fn run(config: &BenchConfig) -> Result<Measured> {
             notes: Vec::new(),
         };
         let mut peak_rss = 0u64;
+        let mut transport = None;
         for &workload in &workloads {
             bar.set_message(format!("{name}: {}", workload.id()));
-            match run_workload(config, &fixture, backend, workload, &mut peak_rss) {
+            match run_workload(
+                config,
+                &fixture,
+                backend,
+                workload,
+                &mut peak_rss,
+                &mut transport,
+            ) {
                 Err(BenchError::Interrupted) => {
                     measured.notes.push(format!(
                         "interrupted during {name} {}: results are partial",
@@ -144,6 +152,9 @@ pub fn run(config: &BenchConfig) -> Result<Measured> {
                 Err(e) => status.notes.push(format!("{} failed: {e}", workload.id())),
             }
             bar.inc(1);
+        }
+        if let Some(t) = transport {
+            status.notes.push(format!("requests served over {t}"));
         }
         if backend.is_fuse() && peak_rss > 0 {
             let value = peak_rss as f64 / (1024.0 * 1024.0);
@@ -176,6 +187,7 @@ fn run_workload(
     backend: &Backend,
     workload: Workload,
     peak_rss: &mut u64,
+    transport: &mut Option<String>,
 ) -> Result<Vec<Sample>> {
     let set = layer_set(fixture, workload.layers());
     let mount = || {
@@ -213,9 +225,24 @@ fn run_workload(
         Temperature::Fresh => {
             for _ in 0..config.runs {
                 let mut m = mount()?;
-                let ran = workload
-                    .setup(&m.root, fixture)
-                    .and_then(|()| timed_run(config, fixture, workload, &mut m));
+                let ran = workload.setup(&m.root, fixture).and_then(|()| {
+                    let counted = workload.request_metric(fixture);
+                    let before = counted.and_then(|_| m.request_counts());
+                    let mut samples = timed_run(config, fixture, workload, &mut m)?;
+                    // The daemon writes its counts outside the timed part.
+                    if let (Some((metric, unit, per)), Some(before)) = (counted, before) {
+                        if let Some(after) = m.request_counts() {
+                            let served = after.since(&before);
+                            samples.push(Sample {
+                                metric,
+                                unit,
+                                value: served.total as f64 / per,
+                            });
+                            *transport = Some(after.transport);
+                        }
+                    }
+                    Ok(samples)
+                });
                 note_peak(&m, peak_rss);
                 let unmounted = m.unmount();
                 if *backend == Backend::Native {

@@ -32,6 +32,12 @@ pub enum Unit {
     Mib,
     /// A ratio between two of the numbers above; lower is better.
     Ratio,
+    /// Time of one operation in microseconds; lower is better.
+    Microseconds,
+    /// FUSE requests the kernel sent per file of a workload (stratafs only); lower is better.
+    RequestsPerFile,
+    /// FUSE requests the kernel sent for a workload (stratafs only); lower is better.
+    Requests,
 }
 
 impl Unit {
@@ -49,6 +55,9 @@ impl Unit {
             Unit::Copies => "copies",
             Unit::Mib => "MiB",
             Unit::Ratio => "x",
+            Unit::Microseconds => "us",
+            Unit::RequestsPerFile => "req/file",
+            Unit::Requests => "requests",
         }
     }
 }
@@ -116,11 +125,17 @@ pub enum Workload {
     FindDeep,
     /// `find` over the same tree in two layers.
     FindShallow,
+    /// One round trip to the filesystem: `getxattr` of a name that does not exist, which no
+    /// kernel cache answers.
+    RoundTrip,
 }
+
+/// Calls timed by the round-trip workload.
+pub const ROUND_TRIPS: u32 = 20_000;
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 18] = [
+    pub const ALL: [Workload; 19] = [
         Workload::Find(Temperature::Cold),
         Workload::Find(Temperature::Warm),
         Workload::StatAll(Temperature::Cold),
@@ -139,6 +154,7 @@ impl Workload {
         Workload::FourMounts,
         Workload::FindDeep,
         Workload::FindShallow,
+        Workload::RoundTrip,
     ];
 
     /// The name used on the command line and in reports.
@@ -163,6 +179,7 @@ impl Workload {
             Workload::FourMounts => "four-mounts",
             Workload::FindDeep => "find-deep-cold",
             Workload::FindShallow => "find-shallow-cold",
+            Workload::RoundTrip => "roundtrip",
         }
     }
 
@@ -171,6 +188,7 @@ impl Workload {
         match self {
             Workload::SeqRead(_) => vec![(self.id(), Unit::MibPerSecond)],
             Workload::RandRead(_) => vec![(self.id(), Unit::Iops)],
+            Workload::RoundTrip => vec![(self.id(), Unit::Microseconds)],
             Workload::FourMounts => {
                 vec![
                     ("pagecache-4mounts", Unit::Copies),
@@ -218,6 +236,7 @@ impl Workload {
             | Workload::SeqRead(t)
             | Workload::RandRead(t) => t,
             Workload::FindDeep | Workload::FindShallow | Workload::FourMounts => Temperature::Cold,
+            Workload::RoundTrip => Temperature::Warm,
             Workload::Untar
             | Workload::RmUntarred
             | Workload::RmLower
@@ -232,6 +251,18 @@ impl Workload {
             Workload::FindDeep => Layers::Deep,
             Workload::FindShallow => Layers::Shallow,
             _ => Layers::Main,
+        }
+    }
+
+    /// The request-count row of this workload on stratafs: metric, unit, and the number of
+    /// files to divide the count by.
+    pub fn request_metric(self, fixture: &Fixture) -> Option<(&'static str, Unit, f64)> {
+        let files = f64::from(fixture.spec.untar_files);
+        match self {
+            Workload::Untar => Some(("requests-untar", Unit::RequestsPerFile, files)),
+            Workload::RmUntarred => Some(("requests-rm-untarred", Unit::RequestsPerFile, files)),
+            Workload::RmLower => Some(("requests-rm-lower", Unit::Requests, 1.0)),
+            _ => None,
         }
     }
 
@@ -323,6 +354,7 @@ impl Workload {
                 }
                 start.elapsed().as_secs_f64()
             }
+            Workload::RoundTrip => round_trip_us(&root.join("big/bigfile"))?,
             Workload::FourMounts => unreachable!("the runner measures four mounts itself"),
         };
         Ok(vec![Sample {
@@ -361,6 +393,20 @@ impl Workload {
             _ => Ok(()),
         }
     }
+}
+
+/// Microseconds per `getxattr` of a missing name on `path`: a request that crosses to the
+/// filesystem every time (the kernel caches no xattrs), and whose work there is one lookup.
+fn round_trip_us(path: &Path) -> Result<f64> {
+    let mut buf = [0u8; 64];
+    let start = Instant::now();
+    for _ in 0..ROUND_TRIPS {
+        match rustix::fs::getxattr(path, "user.strata-bench-missing", &mut buf[..]) {
+            Ok(_) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(io_err("getxattr", path)(e.into())),
+        }
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64)
 }
 
 /// MiB per second for `bytes` read in `elapsed`.

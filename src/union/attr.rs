@@ -34,6 +34,9 @@ pub struct AttrChanges {
     pub mtime: Option<TimeSet>,
     /// The open file the request came through (ftruncate, futimens).
     pub fh: Option<u64>,
+    /// Clear set-id bits as part of the change (`FATTR_KILL_SUIDGID`: a truncate by a caller
+    /// without `CAP_FSETID`, or a chown).
+    pub kill_suidgid: bool,
 }
 
 fn timespec(t: Option<TimeSet>) -> Timespec {
@@ -53,11 +56,61 @@ fn timespec(t: Option<TimeSet>) -> Timespec {
     }
 }
 
+impl AttrChanges {
+    /// Whether the request only asks to kill set-id bits (no field to set).
+    fn is_kill_only(&self) -> bool {
+        self.kill_suidgid
+            && self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
+/// The permission bits of `mode` once set-id bits are killed as the kernel kills them on a
+/// write, truncate or chown: set-uid always, set-gid when group-executable (otherwise it marks
+/// mandatory locking). `None` when nothing changes.
+pub fn killed_mode(mode: u32) -> Option<u32> {
+    let mut m = mode & 0o7777;
+    if m & 0o4000 != 0 {
+        m &= !0o4000;
+    }
+    if m & 0o2010 == 0o2010 {
+        m &= !0o2000;
+    }
+    (m != mode & 0o7777).then_some(m)
+}
+
 impl Union {
+    /// Kill set-id bits of open file `fh` (a write or `O_TRUNC` open by a caller without
+    /// `CAP_FSETID`, under `FUSE_HANDLE_KILLPRIV_V2`). File capabilities need nothing from us:
+    /// the backing filesystem drops `security.capability` on every write and truncate.
+    pub fn kill_suidgid(&self, fh: u64) -> Result<(), Errno> {
+        let h = self.handles.file(fh)?;
+        if h.lower {
+            return Ok(());
+        }
+        let st = rfs::fstat(&h.fd)?;
+        if let Some(mode) = killed_mode(st.st_mode) {
+            rfs::fchmod(&h.fd, Mode::from_raw_mode(mode))?;
+        }
+        Ok(())
+    }
+
     /// Apply `changes` to node `id` and return its new attributes.
     pub fn setattr(&self, id: u64, changes: &AttrChanges) -> Result<rfs::Stat, Errno> {
         self.check_writable()?;
         let node = self.node(id)?;
+        if changes.is_kill_only() {
+            let st = self.getattr(id)?;
+            let regular = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile;
+            if !regular || killed_mode(st.st_mode).is_none() {
+                // Nothing to kill: no copy-up for a request that changes nothing.
+                return Ok(st);
+            }
+        }
         match changes.size {
             Some(0) => self.copy_up_empty(&node)?,
             Some(_) => self.copy_up(&node)?,
@@ -117,6 +170,15 @@ impl Union {
                 .map(rfs::Gid::from_raw);
             rfs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
         }
+        if changes.kill_suidgid && !is_dir && changes.mode.is_none() {
+            // Our own truncate keeps set-id bits (we have CAP_FSETID); our chown already
+            // cleared them, as every chown does.
+            let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            let regular = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile;
+            if let Some(mode) = killed_mode(st.st_mode).filter(|_| regular) {
+                rfs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())?;
+            }
+        }
         if let Some(mode) = changes.mode {
             rfs::chmodat(
                 dir,
@@ -133,5 +195,24 @@ impl Union {
             rfs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::killed_mode;
+
+    #[test]
+    fn kills_setuid_and_group_executable_setgid_only() {
+        assert_eq!(killed_mode(0o100755), None);
+        assert_eq!(killed_mode(0o104755), Some(0o755));
+        assert_eq!(killed_mode(0o102755), Some(0o755));
+        assert_eq!(
+            killed_mode(0o102745),
+            None,
+            "set-gid without g+x marks locking"
+        );
+        assert_eq!(killed_mode(0o106745), Some(0o2745));
+        assert_eq!(killed_mode(0o101777), None, "sticky stays");
     }
 }

@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Errno as FErrno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    Filesystem, FopenFlags, ForgetOne, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 use rustix::fs as rfs;
@@ -23,6 +23,7 @@ use rustix::io::Errno;
 use super::attr::{AttrChanges, TimeSet};
 use super::handle::{wants_write, FileHandle as UnionFile};
 use super::namespace::NewObject;
+use super::stats::{Op, RequestStats};
 use super::{Caller, Union};
 
 /// Largest write the kernel may send in one request.
@@ -129,6 +130,8 @@ pub struct StrataFs {
     no_opendir: bool,
     /// Our process id, to recognise requests made by our own threads.
     tgid: u32,
+    /// Requests served, by type.
+    stats: Arc<RequestStats>,
 }
 
 /// Answer a request made by one of the daemon's own threads with EDEADLK at once: serving
@@ -148,7 +151,7 @@ thread_local! {
 impl StrataFs {
     /// Serve `union`; `passthrough` says whether to try FUSE passthrough (needs
     /// CAP_SYS_ADMIN in the initial user namespace).
-    pub fn new(union: Arc<Union>, passthrough: bool) -> Self {
+    pub fn new(union: Arc<Union>, passthrough: bool, stats: Arc<RequestStats>) -> Self {
         let ttl = union.options.timeout;
         StrataFs {
             union,
@@ -158,6 +161,7 @@ impl StrataFs {
             backing_by_fh: Mutex::new(HashMap::new()),
             no_opendir: false,
             tgid: std::process::id(),
+            stats,
         }
     }
 
@@ -310,9 +314,14 @@ impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_READAHEAD);
+        // With HANDLE_KILLPRIV_V2 the kernel leaves killing set-id bits to us (it says when, by
+        // the KILL_SUIDGID flags of write, setattr and open) and stops asking for
+        // `security.capability` before every write and the attributes before every chown:
+        // three round trips of the ten an extracted file costs.
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.union.options.acl {
             // The kernel enforces POSIX ACLs from the xattrs we serve (as overlayfs does), and
             // leaves the umask to us: a default ACL in the parent replaces it.
@@ -356,11 +365,12 @@ impl Filesystem for StrataFs {
         // Exit here: fuser would otherwise try to unmount the mount point by path on its way
         // out, and a new mount may already be there (a container restarted on the same
         // rootfs directory).
-        finish_and_exit(&self.union);
+        finish_and_exit(&self.union, &self.stats);
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Lookup);
         let r = self.union.lookup(parent.0, name);
         tracing::debug!(
             "lookup {} {name:?} -> {:?}",
@@ -387,11 +397,20 @@ impl Filesystem for StrataFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stats.count(Op::Forget);
         self.union.forget(ino.0, nlookup);
+    }
+
+    fn batch_forget(&self, _req: &Request, nodes: &[ForgetOne]) {
+        self.stats.count(Op::BatchForget);
+        for n in nodes {
+            self.union.forget(n.nodeid().0, n.nlookup());
+        }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Getattr);
         let result = match fh {
             Some(fh) => self
                 .union
@@ -421,9 +440,11 @@ impl Filesystem for StrataFs {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
+        kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Setattr);
         if size.is_some() && self.lower_busy(ino.0) {
             return reply.error(FErrno::from_i32(libc::ETXTBSY));
         }
@@ -435,6 +456,12 @@ impl Filesystem for StrataFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
+            // A SETATTR that changes nothing is the kernel killing privileges before a write
+            // (file_remove_privs: the writer lacks CAP_FSETID), its kill bits stripped under
+            // KILLPRIV_V2. It reaches us even when the write itself then goes through
+            // passthrough, e.g. to a file made set-id after it was opened for writing.
+            kill_suidgid: kill_suidgid
+                || (mode, uid, gid, size, atime, mtime) == (None, None, None, None, None, None),
         };
         match self.union.setattr(ino.0, &changes) {
             Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
@@ -444,6 +471,7 @@ impl Filesystem for StrataFs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Readlink);
         match self.union.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(ferr(e)),
@@ -461,6 +489,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Mknod);
         let what = NewObject::Node {
             mode,
             rdev: rdev as u64,
@@ -481,6 +510,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Mkdir);
         let r = self.union.create_object(
             parent.0,
             name,
@@ -492,6 +522,7 @@ impl Filesystem for StrataFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Unlink);
         let r = self.union.unlink(parent.0, name);
         tracing::debug!("unlink {} {name:?} -> {r:?}", parent.0);
         self.check(&[parent.0], "unlink");
@@ -500,6 +531,7 @@ impl Filesystem for StrataFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Rmdir);
         reply_empty(reply, self.union.rmdir(parent.0, name));
     }
 
@@ -512,6 +544,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Symlink);
         let r = self.union.create_object(
             parent.0,
             link_name,
@@ -532,6 +565,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Rename);
         let r = self
             .union
             .rename(parent.0, name, newparent.0, newname, flags.bits());
@@ -553,6 +587,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Link);
         let r = self.union.link(ino.0, newparent.0, newname);
         tracing::debug!(
             "link {} -> {} {newname:?}: {:?}",
@@ -564,8 +599,16 @@ impl Filesystem for StrataFs {
         self.reply_entry(reply, r.map(|(_, st)| st));
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        flags: OpenFlags,
+        kill_suidgid: bool,
+        reply: ReplyOpen,
+    ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Open);
         if wants_write(flags.0) && self.lower_busy(ino.0) {
             return reply.error(FErrno::from_i32(libc::ETXTBSY));
         }
@@ -574,9 +617,23 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(ferr(e)),
         };
         let writable = wants_write(flags.0);
-        match self.backing_for(fh, &handle, writable, |_| {
-            reply.open_backing(handle.fd.as_fd())
-        }) {
+        if kill_suidgid && writable {
+            // An O_TRUNC open by a caller without CAP_FSETID.
+            if let Err(e) = self.union.kill_suidgid(fh) {
+                self.union.release(fh);
+                return reply.error(ferr(e));
+            }
+        }
+        let backing = if writable && keeps_setid(&handle) {
+            // Passthrough writes reach the backing file with our privileges, which keep set-id
+            // bits; served here, each write says whether to kill them.
+            Ok(None)
+        } else {
+            self.backing_for(fh, &handle, writable, |_| {
+                reply.open_backing(handle.fd.as_fd())
+            })
+        };
+        match backing {
             Ok(Some(id)) => reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &id),
             Ok(None) => reply.opened(FileHandle(fh), self.plain_open_flags(&handle)),
             Err(e) => {
@@ -598,6 +655,7 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Read);
         READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match self.union.read_into(fh.0, offset, size, &mut buf) {
@@ -614,12 +672,18 @@ impl Filesystem for StrataFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Write);
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.union.kill_suidgid(fh.0) {
+                return reply.error(ferr(e));
+            }
+        }
         match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(ferr(e)),
@@ -635,6 +699,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Flush);
         reply.ok();
     }
 
@@ -648,6 +713,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Release);
         self.union.release(fh.0);
         self.backing_by_fh.lock().remove(&fh.0);
         reply.ok();
@@ -662,11 +728,13 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Fsync);
         reply_empty(reply, self.union.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Opendir);
         match self.union.opendir(ino.0) {
             // Directories need no handle. Where the kernel allows it, say so once (ENOSYS): it
             // then opens directories without asking, with the flags below, and sends no
@@ -691,6 +759,7 @@ impl Filesystem for StrataFs {
         mut reply: ReplyDirectory,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Readdir);
         let entries = match self.union.readdir(ino.0, offset, READDIR_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
@@ -712,6 +781,7 @@ impl Filesystem for StrataFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Readdirplus);
         let entries = match self.union.readdir(ino.0, offset, READDIRPLUS_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(ferr(e)),
@@ -775,6 +845,7 @@ impl Filesystem for StrataFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Releasedir);
         reply.ok();
     }
 
@@ -787,11 +858,13 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Fsyncdir);
         reply_empty(reply, self.union.fsyncdir(ino.0));
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Statfs);
         match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -818,26 +891,31 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Setxattr);
         reply_empty(reply, self.union.setxattr(ino.0, name, value, flags));
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Getxattr);
         reply_xattr(reply, size, self.union.getxattr(ino.0, name));
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Listxattr);
         reply_xattr(reply, size, self.union.listxattr(ino.0));
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Removexattr);
         reply_empty(reply, self.union.removexattr(ino.0, name));
     }
 
     fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Access);
         // With default_permissions the kernel checks modes itself; this only checks existence.
         match self.union.getattr(ino.0) {
             Ok(_) => reply.ok(),
@@ -856,6 +934,7 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Create);
         let what = NewObject::File { mode, flags };
         let created = self
             .union
@@ -880,7 +959,13 @@ impl Filesystem for StrataFs {
             copied: std::sync::OnceLock::new(),
         });
         let attr = file_attr(&st);
-        match self.backing_for(fh, &handle, true, |_| reply.open_backing(handle.fd.as_fd())) {
+        let backing = if keeps_setid(&handle) {
+            // Created set-id: writes must be able to kill the bits (see `open`).
+            Ok(None)
+        } else {
+            self.backing_for(fh, &handle, true, |_| reply.open_backing(handle.fd.as_fd()))
+        };
+        match backing {
             Err(e) => {
                 self.union.release(fh);
                 reply.error(e)
@@ -915,6 +1000,7 @@ impl Filesystem for StrataFs {
         reply: fuser::ReplyIoctl,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Ioctl);
         // Terminal and file-attribute ioctls do not apply to union files.
         reply.error(FErrno::ENOTTY);
     }
@@ -930,6 +1016,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Fallocate);
         reply_empty(reply, self.union.fallocate(fh.0, offset, length, mode));
     }
 
@@ -943,6 +1030,7 @@ impl Filesystem for StrataFs {
         reply: ReplyLseek,
     ) {
         refuse_own!(self, req, reply);
+        self.stats.count(Op::Lseek);
         match self.union.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(ferr(e)),
@@ -951,9 +1039,9 @@ impl Filesystem for StrataFs {
 }
 
 /// The mount is gone (or going): leave an upper layer that kernel overlayfs reads without
-/// metacopy=on, and exit. Called on the kernel's DESTROY and on a signal; the first caller
-/// finishes, a second one waits here for the exit.
-pub fn finish_and_exit(union: &Union) -> ! {
+/// metacopy=on, write the request counts, and exit. Called on the kernel's DESTROY and on a
+/// signal; the first caller finishes, a second one waits here for the exit.
+pub fn finish_and_exit(union: &Union, stats: &RequestStats) -> ! {
     static FINISHING: Mutex<()> = Mutex::new(());
     let _once = FINISHING.lock();
     match union.complete_all_metacopies() {
@@ -962,7 +1050,27 @@ pub fn finish_and_exit(union: &Union) -> ! {
         Err(e) => tracing::error!("completing metadata-only copies: {e}"),
     }
     union.drop_shared_whiteout();
+    write_stats(union, stats);
     std::process::exit(0);
+}
+
+/// Write `stats` to the mount's `stats=` file, if it has one.
+pub fn write_stats(union: &Union, stats: &RequestStats) {
+    if let Some(path) = &union.options.stats {
+        if let Err(e) = stats.write_to(path) {
+            tracing::warn!("writing request counts to {}: {e}", path.display());
+        }
+    }
+}
+
+/// Whether a write to `handle`'s file would have to clear set-id bits: set-uid, or set-gid
+/// with group execute (without it, set-gid marks mandatory locking and stays).
+fn keeps_setid(handle: &UnionFile) -> bool {
+    rfs::fstat(&handle.fd).is_ok_and(|st| {
+        let m = st.st_mode;
+        m & libc::S_ISUID != 0
+            || m & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+    })
 }
 
 fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {

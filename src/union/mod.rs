@@ -21,6 +21,7 @@ pub mod options;
 pub mod overlap;
 pub mod prefetch;
 pub mod setup;
+pub mod stats;
 mod whiteout;
 pub mod xattr;
 

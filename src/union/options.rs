@@ -18,6 +18,18 @@ pub struct IdRange {
     pub len: u32,
 }
 
+/// How requests travel between the kernel and the daemon (`uring=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UringMode {
+    /// FUSE over io_uring when the kernel offers it (`enable_uring` set) and the rings can be
+    /// made, else /dev/fuse: the default.
+    Auto,
+    /// FUSE over io_uring or no mount.
+    On,
+    /// /dev/fuse only.
+    Off,
+}
+
 /// Everything a mount of the union needs to know, with the defaults fuse-overlayfs uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
@@ -36,6 +48,14 @@ pub struct MountOptions {
     /// slower and one page cache per mount, but a file open read-only before a copy-up then
     /// reads the copy, exactly as with kernel overlayfs.
     pub passthrough: bool,
+    /// Request transport (`uring=auto|on|off`, default `auto`): with io_uring every request
+    /// is served by a thread on the caller's CPU, which saves most of a round trip's cost on
+    /// virtual machines, where waking a thread on another CPU is slow.
+    pub uring: UringMode,
+    /// Where to write the count of requests served, by type (`stats=PATH`): rewritten on
+    /// SIGUSR1 and when the mount ends. For `strata bench` and for finding out what a
+    /// workload asks of the filesystem.
+    pub stats: Option<PathBuf>,
     /// Enforce POSIX ACLs in the kernel (default); `noacl` turns them off.
     pub acl: bool,
     /// Answer readdir with attributes (`readdirplus=on`, the default): a walk that stats
@@ -90,6 +110,8 @@ impl Default for MountOptions {
             readdirplus: true,
             acl: true,
             passthrough: true,
+            uring: UringMode::Auto,
+            stats: None,
             volatile: false,
             uid_map: Vec::new(),
             gid_map: Vec::new(),
@@ -235,6 +257,16 @@ impl MountOptions {
             "readdirplus" => self.readdirplus = parse_on_off(name, &need(value)?)?,
             "passthrough" => self.passthrough = parse_on_off(name, &need(value)?)?,
             "metacopy" => self.metacopy = parse_on_off(name, &need(value)?)?,
+            "uring" => {
+                let v = need(value)?;
+                self.uring = match v.as_str() {
+                    "auto" => UringMode::Auto,
+                    "on" => UringMode::On,
+                    "off" => UringMode::Off,
+                    _ => return Err(bad(name, &v, "expected auto, on or off")),
+                };
+            }
+            "stats" => self.stats = Some(PathBuf::from(need(value)?)),
             "fsync" => {
                 let v = need(value)?;
                 self.volatile = match v.as_str() {
@@ -416,6 +448,21 @@ mod tests {
         assert_eq!(o.upperdir, Some(PathBuf::from("/g/x/diff")));
         assert!(o.volatile);
         assert!(o.writable());
+    }
+
+    #[test]
+    fn uring_and_stats_options() {
+        let o = MountOptions::parse(["lowerdir=/l"]).unwrap();
+        assert_eq!(o.uring, UringMode::Auto);
+        assert_eq!(o.stats, None);
+        let o = MountOptions::parse(["lowerdir=/l,uring=off,stats=/tmp/s"]).unwrap();
+        assert_eq!(o.uring, UringMode::Off);
+        assert_eq!(o.stats, Some(PathBuf::from("/tmp/s")));
+        assert_eq!(
+            MountOptions::parse(["lowerdir=/l,uring=on"]).unwrap().uring,
+            UringMode::On
+        );
+        assert!(MountOptions::parse(["lowerdir=/l,uring=yes"]).is_err());
     }
 
     #[test]

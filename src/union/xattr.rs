@@ -14,6 +14,23 @@ use crate::overlay::format;
 
 /// Largest xattr value or name list the kernel passes (XATTR_SIZE_MAX).
 const XATTR_MAX: usize = 65536;
+/// First buffer tried: most values and lists fit, and the kernel zeroes a buffer of the size
+/// asked for on every call (16 pages for XATTR_MAX, a visible share of a GETXATTR's cost).
+const XATTR_FIRST: usize = 512;
+
+/// Call `read` with a small buffer, then, if the value is larger (ERANGE), with the largest.
+fn read_sized(mut read: impl FnMut(&mut [u8]) -> Result<usize, Errno>) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; XATTR_FIRST];
+    let n = match read(&mut buf) {
+        Err(Errno::RANGE) => {
+            buf.resize(XATTR_MAX, 0);
+            read(&mut buf)?
+        }
+        r => r?,
+    };
+    buf.truncate(n);
+    Ok(buf)
+}
 
 /// Where the xattrs of one layer object are: a directory fd, or a name in a directory.
 pub enum XattrTarget<'a> {
@@ -26,28 +43,18 @@ pub enum XattrTarget<'a> {
 impl XattrTarget<'_> {
     /// The raw, NUL-separated list of names.
     pub fn list(&self) -> Result<Vec<u8>, Errno> {
-        let mut buf = vec![0u8; XATTR_MAX];
-        let n = match self {
-            XattrTarget::Dir(fd) => rfs::listxattr(proc_path(*fd, None), &mut buf[..])?,
-            XattrTarget::Entry(fd, name) => {
-                rfs::llistxattr(proc_path(*fd, Some(name)), &mut buf[..])?
-            }
-        };
-        buf.truncate(n);
-        Ok(buf)
+        read_sized(|buf| match self {
+            XattrTarget::Dir(fd) => rfs::listxattr(proc_path(*fd, None), buf),
+            XattrTarget::Entry(fd, name) => rfs::llistxattr(proc_path(*fd, Some(name)), buf),
+        })
     }
 
     /// The value of `name`.
     pub fn get(&self, name: &OsStr) -> Result<Vec<u8>, Errno> {
-        let mut buf = vec![0u8; XATTR_MAX];
-        let n = match self {
-            XattrTarget::Dir(fd) => rfs::getxattr(proc_path(*fd, None), name, &mut buf[..])?,
-            XattrTarget::Entry(fd, entry) => {
-                rfs::lgetxattr(proc_path(*fd, Some(entry)), name, &mut buf[..])?
-            }
-        };
-        buf.truncate(n);
-        Ok(buf)
+        read_sized(|buf| match self {
+            XattrTarget::Dir(fd) => rfs::getxattr(proc_path(*fd, None), name, buf),
+            XattrTarget::Entry(fd, entry) => rfs::lgetxattr(proc_path(*fd, Some(entry)), name, buf),
+        })
     }
 
     /// Set `name` to `value`.

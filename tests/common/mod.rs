@@ -510,6 +510,11 @@ impl<'a> Mount<'a> {
                 }
             }
             Backend::Stratafs => {
+                // `STRATAFS_TEST_OPTIONS=uring=off` (say) runs a suite over another transport
+                // or mode; the test's own options come after and win.
+                if let Ok(extra) = std::env::var("STRATAFS_TEST_OPTIONS") {
+                    opts.extend(extra.split(',').filter(|o| !o.is_empty()).map(String::from));
+                }
                 opts.extend(spec.extra.iter().cloned());
                 let logf = fs::File::create(&m.log).unwrap();
                 let child = Command::new(env!("CARGO_BIN_EXE_stratafs"))
