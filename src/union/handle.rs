@@ -28,7 +28,20 @@ pub struct FileHandle {
     /// For a lower file copied up while open: the upper copy, which reads then come from
     /// (overlayfs shows copy-ups to files opened before them).
     pub copied: std::sync::OnceLock<OwnedFd>,
+    /// Opened to execute the file (`__FMODE_EXEC`): counted on the node while open.
+    pub exec: bool,
 }
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        if self.exec {
+            self.node.count_exec_open(false);
+        }
+    }
+}
+
+/// The kernel's `__FMODE_EXEC` open flag, which FUSE passes on for an `execve` of the file.
+const FMODE_EXEC: i32 = 0x20;
 
 /// One entry returned by readdir.
 #[derive(Debug, Clone)]
@@ -136,6 +149,13 @@ impl Union {
             node: node.clone(),
             lower: !self.is_upper(top),
             copied: std::sync::OnceLock::new(),
+            exec: {
+                let exec = flags & FMODE_EXEC != 0;
+                if exec {
+                    node.count_exec_open(true);
+                }
+                exec
+            },
         })
     }
 
