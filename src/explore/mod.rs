@@ -7,12 +7,15 @@
 //! beneath its layer's root ([`crate::overlay::beneath`]); the on-disk markers (whiteouts in
 //! both forms, opaque directories) are read with [`crate::overlay::format`].
 
+pub mod ci;
+pub mod compare;
 pub mod content;
 pub mod efficiency;
 pub mod scan;
 pub mod source;
 pub mod stack;
 pub mod tree;
+pub mod ui;
 
 pub use stack::{Layer, Stack};
 pub use tree::{Kind, NodeId, Tree, View};

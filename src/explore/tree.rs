@@ -52,6 +52,27 @@ impl Kind {
     }
 }
 
+/// `ls -l`'s mode column for a type and permission bits (`drwxr-xr-x`, `-rwsr-xr-x`).
+pub fn mode_string(kind: Kind, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(kind.letter());
+    for (i, c) in "rwxrwxrwx".chars().enumerate() {
+        let mut ch = if mode & (0o400 >> i) != 0 { c } else { '-' };
+        let special = match i {
+            2 => mode & 0o4000 != 0,
+            5 => mode & 0o2000 != 0,
+            8 => mode & 0o1000 != 0,
+            _ => false,
+        };
+        if special {
+            let (lower, upper) = if i == 8 { ('t', 'T') } else { ('s', 'S') };
+            ch = if ch == 'x' { lower } else { upper };
+        }
+        s.push(ch);
+    }
+    s
+}
+
 /// One layer's entry for a path: its metadata as the layer stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -678,6 +699,14 @@ mod tests {
         assert_eq!(t.change(&v2, Some(&v1), d), Some(Change::Added));
         let p = t.provenance(t.lookup("/d/old").unwrap(), 2);
         assert_eq!(p.cut.unwrap().why, CutReason::Whiteout);
+    }
+
+    #[test]
+    fn mode_strings() {
+        assert_eq!(mode_string(Kind::Dir, 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string(Kind::File, 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string(Kind::File, 0o2640), "-rw-r-S---");
+        assert_eq!(mode_string(Kind::Symlink, 0o777), "lrwxrwxrwx");
     }
 
     #[test]
