@@ -84,9 +84,11 @@ impl RuleValues {
     }
 }
 
-/// Parsed thresholds (`None`: the rule is disabled).
+/// Parsed thresholds (`None`: the rule is disabled), with the values as given.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
+    /// The values as given (shown when a rule passes, as dive shows them).
+    pub given: RuleValues,
     /// Fail when efficiency is below this.
     pub lowest_efficiency: Option<f64>,
     /// Fail when wasted bytes are above this.
@@ -152,6 +154,7 @@ impl Rules {
     /// Parse `v`; a bad value is an error naming the rule.
     pub fn parse(v: &RuleValues) -> Result<Rules> {
         Ok(Rules {
+            given: v.clone(),
             lowest_efficiency: ratio("lowest-efficiency", &v.lowest_efficiency)?,
             highest_wasted_bytes: if disabled(&v.highest_wasted_bytes) {
                 None
@@ -204,7 +207,7 @@ pub fn evaluate(a: &Analysis, rules: &Rules) -> Vec<Outcome> {
                 a.user_wasted_percent
             ),
         },
-        Some(t) => pass("highestUserWastedPercent", t.to_string()),
+        Some(_) => pass("highestUserWastedPercent", &rules.given.highest_user_wasted_percent),
     });
     out.push(match rules.highest_wasted_bytes {
         None => skip("highestWastedBytes"),
@@ -216,7 +219,7 @@ pub fn evaluate(a: &Analysis, rules: &Rules) -> Vec<Outcome> {
                 a.wasted_bytes
             ),
         },
-        Some(t) => pass("highestWastedBytes", t.to_string()),
+        Some(_) => pass("highestWastedBytes", &rules.given.highest_wasted_bytes),
     });
     out.push(match rules.lowest_efficiency {
         None => skip("lowestEfficiency"),
@@ -228,7 +231,7 @@ pub fn evaluate(a: &Analysis, rules: &Rules) -> Vec<Outcome> {
                 a.efficiency
             ),
         },
-        Some(t) => pass("lowestEfficiency", t.to_string()),
+        Some(_) => pass("lowestEfficiency", &rules.given.lowest_efficiency),
     });
     out
 }
@@ -241,11 +244,11 @@ fn skip(rule: &'static str) -> Outcome {
     }
 }
 
-fn pass(rule: &'static str, threshold: String) -> Outcome {
+fn pass(rule: &'static str, given: &Option<String>) -> Outcome {
     Outcome {
         rule,
         status: Status::Pass,
-        message: threshold,
+        message: given.as_deref().unwrap_or_default().trim().to_string(),
     }
 }
 
@@ -282,9 +285,12 @@ pub fn render(name: &str, a: &Analysis, outcomes: &[Outcome], top: usize) -> Str
     } else {
         (String::new(), "0 %".into())
     };
-    s += &format!("  efficiency: {:.2} %\n", a.efficiency * 100.0);
-    s += &format!("  wastedBytes: {} bytes{wasted_h}\n", a.wasted_bytes);
-    s += &format!("  userWastedPercent: {user_pct}\n\n");
+    s += &format!("  {:<19}{:.2} %\n", "efficiency:", a.efficiency * 100.0);
+    s += &format!(
+        "  {:<19}{} bytes{wasted_h}\n",
+        "wastedBytes:", a.wasted_bytes
+    );
+    s += &format!("  {:<19}{user_pct}\n\n", "userWastedPercent:");
     if a.inefficiencies.is_empty() {
         s += "Inefficient Files: (None)\n";
     } else {
@@ -390,13 +396,14 @@ mod tests {
             [Status::Fail, Status::Skip, Status::Fail]
         );
         let lax = Rules {
+            given: RuleValues::default(),
             lowest_efficiency: Some(0.8),
             highest_wasted_bytes: Some(10),
             highest_user_wasted_percent: Some(0.2),
         };
         assert!(passed(&evaluate(&a, &lax)));
         let text = render("img", &a, &evaluate(&a, &r), 10);
-        assert!(text.contains("  efficiency: 80.00 %\n"), "{text}");
+        assert!(text.contains("  efficiency:        80.00 %\n"), "{text}");
         assert!(text.contains("\nFAIL [fail:2 skip:1]\n"), "{text}");
     }
 }

@@ -63,6 +63,7 @@ pub fn analyze(stack: &Stack) -> Analysis {
     let tree = &stack.tree;
     let tar_size = TarSizes::new(tree);
     let mut data: HashMap<NodeId, PathData> = HashMap::new();
+    // Paths in the order they became inefficient (their second occurrence), as dive lists them.
     let mut order: Vec<NodeId> = Vec::new();
     for layer in 0..tree.layers {
         for (node, kind, size) in tar_size.leaves(tree, layer) {
@@ -75,15 +76,15 @@ pub fn analyze(stack: &Stack) -> Analysis {
             } else {
                 size
             };
-            let d = data.entry(node).or_insert_with(|| {
-                order.push(node);
-                PathData {
-                    count: 0,
-                    cumulative: 0,
-                    min: u64::MAX,
-                }
+            let d = data.entry(node).or_insert(PathData {
+                count: 0,
+                cumulative: 0,
+                min: u64::MAX,
             });
             d.count += 1;
+            if d.count == 2 {
+                order.push(node);
+            }
             d.cumulative += size;
             d.min = d.min.min(size);
         }
@@ -98,18 +99,19 @@ pub fn analyze(stack: &Stack) -> Analysis {
     } else {
         min_sum as f64 / all_sum as f64
     };
+    // dive sorts them by size, ascending (stably, for lists as short as most are), and
+    // reports them from the end: the largest first, of equal ones the last to become
+    // inefficient first.
     let mut inefficiencies: Vec<Inefficiency> = order
         .iter()
-        .filter_map(|n| {
-            let d = data[n];
-            (d.count >= 2).then(|| Inefficiency {
-                path: tree.path(*n),
-                count: d.count,
-                wasted: d.cumulative,
-            })
+        .rev()
+        .map(|n| Inefficiency {
+            path: tree.path(*n),
+            count: data[n].count,
+            wasted: data[n].cumulative,
         })
         .collect();
-    inefficiencies.sort_by(|a, b| b.wasted.cmp(&a.wasted).then_with(|| a.path.cmp(&b.path)));
+    inefficiencies.sort_by_key(|i| std::cmp::Reverse(i.wasted));
     let sizes = stack.layer_sizes();
     let size_bytes: u64 = sizes.iter().sum();
     let user_size_bytes: u64 = sizes.iter().skip(1).sum();
@@ -366,5 +368,24 @@ mod tests {
         assert_eq!(a.wasted_bytes, 0);
         assert_eq!(a.user_wasted_percent, 0.0);
         assert!(a.inefficiencies.is_empty());
+    }
+
+    #[test]
+    fn equal_sizes_are_listed_as_dive_lists_them() {
+        // Both become inefficient in layer 1, /a first: dive reports /b first.
+        let d = tempfile::tempdir().unwrap();
+        for l in ["l0", "l1"] {
+            file(&d.path().join(l).join("a"), 10);
+            file(&d.path().join(l).join("b"), 10);
+        }
+        file(&d.path().join("l1/c"), 1);
+        file(&d.path().join("l2/c"), 1);
+        let layers = ["l0", "l1", "l2"]
+            .iter()
+            .map(|p| Layer::open(&d.path().join(p)).unwrap())
+            .collect();
+        let a = analyze(&Stack::read("t".into(), layers).unwrap());
+        let paths: Vec<&str> = a.inefficiencies.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["/b", "/a", "/c"]);
     }
 }
