@@ -582,3 +582,65 @@ fn the_ui_in_a_real_terminal() {
     let s = t.wait("the exit", |s| s.contains("EXITED 0"));
     assert!(!s.contains("Layers ("), "{s}");
 }
+
+/// `--mount` finds the layers of a kernel overlay (its mountinfo options) and of a stratafs
+/// mount (its daemon's command line), upper included: the same stack as `--lower --upper`.
+#[test]
+fn mount_of_either_backend_is_read_from_its_layers() {
+    need_root!();
+    use common::{Backend, Fixture};
+    let env = StrataEnv::new("strata-explore-mount-");
+    for backend in Backend::ALL {
+        let fx = Fixture::new(2);
+        fx.lower(1)
+            .file("etc/a", b"aaaa")
+            .file("etc/b", b"bb")
+            .dir("d");
+        fx.lower(1).file("d/x", b"x");
+        fx.lower(0)
+            .file("etc/a", b"AAAAAA")
+            .whiteout("etc/b")
+            .opaque_wh("d");
+        fx.lower(0).file("d/y", b"yy");
+        let m = fx.mount(backend);
+        std::fs::write(m.root.join("etc/a"), b"written through the mount").unwrap();
+        std::fs::write(m.root.join("new"), b"new").unwrap();
+        let figures = |args: &[&str]| -> serde_json::Value {
+            let mut a = vec!["explore"];
+            a.extend_from_slice(args);
+            a.extend([
+                "--ci",
+                "--json",
+                "--lowest-efficiency",
+                "disabled",
+                "--highest-user-wasted-percent",
+                "disabled",
+            ]);
+            let mut j = json(&env.ok(&a));
+            j["image"] = serde_json::Value::Null;
+            j
+        };
+        let mounted = figures(&["--mount", m.root.to_str().unwrap()]);
+        let given = figures(&[
+            "--lower",
+            &fx.lowerdir_opt(),
+            "--upper",
+            fx.upper.to_str().unwrap(),
+        ]);
+        assert_eq!(mounted, given, "{backend:?}");
+        assert_eq!(mounted["layers"], 3, "{backend:?}");
+        // /etc/a in all three layers: 4 + 6 + 25 bytes.
+        let a = mounted["inefficientFiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["file"] == "/etc/a")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            (a["count"].as_u64(), a["sizeBytes"].as_u64()),
+            (Some(3), Some(35)),
+            "{backend:?}: {mounted}"
+        );
+    }
+}
