@@ -152,8 +152,14 @@ pub enum Cmd {
         /// NAME[:TAG] of the new image.
         name: Option<String>,
     },
-    /// Show what the writable layer added (A), changed (C), deleted (D).
-    Diff { container: String },
+    /// Show what a container's writable layer added (A), changed (C), deleted (D); or, given
+    /// two images, what the second adds, changes and deletes relative to the first.
+    Diff {
+        /// A container; or the first of two images.
+        container: String,
+        /// The second image.
+        image: Option<String>,
+    },
     /// Named volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
@@ -377,7 +383,14 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             println!("{}", img.id);
             Ok(0)
         }
-        Cmd::Diff { container } => {
+        Cmd::Diff {
+            container: a,
+            image: Some(b),
+        } => crate::explore::diff_images(root, &a, &b),
+        Cmd::Diff {
+            container,
+            image: None,
+        } => {
             for ch in Container::open(root, &container)?.diff()? {
                 println!("{} {}", ch.kind, ch.path);
             }

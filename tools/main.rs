@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod containers;
+mod explore;
 mod images;
 
 use clap::{ArgAction, Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Containers(containers::Cmd),
     #[command(flatten)]
     Images(images::Cmd),
+    #[command(flatten)]
+    Explore(explore::Cmd),
 }
 
 fn main() {
@@ -65,6 +68,7 @@ fn main() {
         Command::Build(args) => build::run(&root, args),
         Command::Containers(c) => containers::run(&root, c),
         Command::Images(c) => images::run(&root, c),
+        Command::Explore(c) => explore::run(&root, c),
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {
