@@ -8,5 +8,6 @@ pub mod build;
 pub mod container;
 pub mod image;
 pub mod overlay;
+pub mod registry;
 pub mod sys;
 pub mod union;

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod containers;
 mod images;
+mod registry;
 
 use clap::{ArgAction, Parser, Subcommand};
 
@@ -33,6 +34,9 @@ enum Command {
     Containers(containers::Cmd),
     #[command(flatten)]
     Images(images::Cmd),
+    /// Pull an image from a registry (docker's reference grammar: alpine,
+    /// localhost:5000/app:1, name@sha256:...); prints its digest.
+    Pull(registry::PullArgs),
 }
 
 fn main() {
@@ -65,6 +69,7 @@ fn main() {
         Command::Build(args) => build::run(&root, args),
         Command::Containers(c) => containers::run(&root, c),
         Command::Images(c) => images::run(&root, c),
+        Command::Pull(a) => registry::pull(&root, a),
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {

@@ -1,0 +1,430 @@
+//! Registries end to end: `strata pull` (and push, login) against a real `docker-registry`
+//! started by each test on a loopback port, with skopeo as the reference client, and a fault
+//! proxy in front of it for the failure cases.
+//!
+//! Needs docker-registry, skopeo, busybox-static, openssl and apache2-utils (htpasswd);
+//! scripts/test.sh installs them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::cli::StrataEnv;
+use common::registry::{Fault, FaultProxy, Registry};
+use serde_json::Value;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Build `app:1` (busybox, a greeting, two more layers) in `env`'s store.
+fn build_app(env: &StrataEnv, greeting: &str) -> String {
+    let ctx = env.busybox_context("ctx");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+             RUN echo {greeting} > /greeting && mkdir -p /data && head -c 300000 /bin/busybox > /data/blob\n\
+             CMD [\"/bin/sh\", \"-c\", \"cat /greeting\"]\n"
+        ),
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", "app:1", ctx.to_str().unwrap()])
+        .trim()
+        .to_string()
+}
+
+/// `skopeo copy oci:STORE:NAME docker://HOST/DEST` with plain HTTP; extra args first.
+fn skopeo_push(env: &StrataEnv, name: &str, dest: &str, extra: &[&str]) {
+    let src = format!("oci:{}:{name}", env.store().display());
+    let dst = format!("docker://{dest}");
+    let mut args = vec!["copy", "--dest-tls-verify=false"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[&src, &dst]);
+    env.tool("skopeo", &args);
+}
+
+/// The manifest digest `skopeo inspect` reports for `reference`.
+fn skopeo_digest(env: &StrataEnv, reference: &str) -> String {
+    let v: Value = serde_json::from_str(&env.tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    ))
+    .unwrap();
+    v["Digest"].as_str().unwrap().to_string()
+}
+
+/// A second store of the same test.
+fn store2(env: &StrataEnv) -> PathBuf {
+    env.path("store2")
+}
+
+fn strata2(env: &StrataEnv, args: &[&str]) -> std::process::Output {
+    env.run_in(&store2(env), None, args, &[], None)
+}
+
+fn ok2(env: &StrataEnv, args: &[&str]) -> String {
+    let o = strata2(env, args);
+    assert!(
+        o.status.success(),
+        "strata {args:?} failed: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+fn fails2(env: &StrataEnv, args: &[&str]) -> String {
+    let o = strata2(env, args);
+    assert!(
+        !o.status.success(),
+        "strata {args:?} succeeded: {}",
+        text(&o.stdout)
+    );
+    text(&o.stderr)
+}
+
+/// Entries of `dir` (none if it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The store has no image, no temp blob and no half-extracted layer.
+fn assert_store_clean(env: &StrataEnv) {
+    let s = store2(env);
+    let images = ok2(env, &["images", "-q"]);
+    assert_eq!(images.trim(), "", "an image entered the store");
+    let blobs: Vec<String> = entries(&s.join("blobs/sha256"))
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(blobs.is_empty(), "temp blobs left: {blobs:?}");
+    let layers: Vec<String> = entries(&s.join("layers"))
+        .into_iter()
+        .filter(|n| n != "sha256")
+        .collect();
+    assert!(layers.is_empty(), "temp layers left: {layers:?}");
+}
+
+#[test]
+fn pull_runs_and_agrees_with_skopeo() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    let id = build_app(&env, "hello");
+    let name = format!("{}/app:1", reg.host());
+    skopeo_push(&env, "app:1", &name, &[]);
+    let expected = skopeo_digest(&env, &name);
+
+    let out = ok2(&env, &["pull", &name]);
+    assert_eq!(
+        out.trim(),
+        expected,
+        "the digest strata prints is the registry's"
+    );
+    let inspect: Value = serde_json::from_str(&ok2(&env, &["inspect", &name])).unwrap();
+    assert_eq!(
+        inspect[0]["Id"]
+            .as_str()
+            .unwrap_or_else(|| inspect["Id"].as_str().unwrap()),
+        id
+    );
+    assert_eq!(ok2(&env, &["run", "--rm", &name]), "hello\n");
+    let listed = ok2(&env, &["images"]);
+    assert!(listed.contains(&format!("{}/app", reg.host())), "{listed}");
+
+    // Again: nothing is fetched; -q prints the digest alone.
+    let o = strata2(&env, &["pull", &name]);
+    assert!(o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("0 layer(s) fetched"), "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(ok2(&env, &["pull", "-q", &name]), format!("{expected}\n"));
+
+    // By digest: untagged name@digest, same image.
+    let by_digest = format!("{}/app@{expected}", reg.host());
+    assert_eq!(ok2(&env, &["pull", "-q", &by_digest]).trim(), expected);
+
+    // Docker schema 2 as skopeo converts it: the digest is still the registry's.
+    let v2 = format!("{}/app:v2s2", reg.host());
+    skopeo_push(&env, "app:1", &v2, &["--format", "v2s2"]);
+    let expected_v2 = skopeo_digest(&env, &v2);
+    assert_ne!(expected_v2, expected);
+    assert_eq!(ok2(&env, &["pull", "-q", &v2]).trim(), expected_v2);
+    assert_eq!(ok2(&env, &["run", "--rm", &v2]), "hello\n");
+    drop(reg);
+    env.assert_no_leaks();
+}
+
+/// An OCI layout holding an index of the app (this machine's platform) and another image
+/// (linux/arm64/v8, or amd64 on an arm64 host), as skopeo pushes multi-arch images.
+fn multi_arch_layout(env: &StrataEnv) -> PathBuf {
+    let layout = env.path("multi");
+    let src = format!("oci:{}:app:1", env.store().display());
+    env.tool(
+        "skopeo",
+        &["copy", &src, &format!("oci:{}:app", layout.display())],
+    );
+    // The other platform's image: the same with another greeting.
+    let ctx = env.path("ctx2");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM app:1\nRUN echo other > /greeting\n",
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", "other:1", ctx.to_str().unwrap()]);
+    let src = format!("oci:{}:other:1", env.store().display());
+    env.tool(
+        "skopeo",
+        &["copy", &src, &format!("oci:{}:other", layout.display())],
+    );
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let find = |n: &str| {
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let host = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let (other_arch, other_variant) = if host == "arm64" {
+        ("amd64", None)
+    } else {
+        ("arm64", Some("v8"))
+    };
+    let mut app = find("app");
+    let mut other = find("other");
+    app.as_object_mut().unwrap().remove("annotations");
+    other.as_object_mut().unwrap().remove("annotations");
+    app["platform"] = serde_json::json!({"os": "linux", "architecture": host});
+    other["platform"] = match other_variant {
+        Some(v) => serde_json::json!({"os": "linux", "architecture": other_arch, "variant": v}),
+        None => serde_json::json!({"os": "linux", "architecture": other_arch}),
+    };
+    let multi = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [other, app],
+    });
+    let bytes = serde_json::to_vec(&multi).unwrap();
+    let hex = {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::digest(&bytes);
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    layout
+}
+
+#[test]
+fn pull_picks_the_platform_from_an_index() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    build_app(&env, "native");
+    let layout = multi_arch_layout(&env);
+    let name = format!("{}/multi:1", reg.host());
+    env.tool(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:multi", layout.display()),
+            &format!("docker://{name}"),
+        ],
+    );
+    let index_digest = skopeo_digest(&env, &name);
+    // The index's digest is what the reference names (docker prints the same).
+    assert_eq!(ok2(&env, &["pull", "-q", &name]).trim(), index_digest);
+    assert_eq!(ok2(&env, &["run", "--rm", &name]), "native\n");
+
+    let other = if std::env::consts::ARCH == "aarch64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64/v8"
+    };
+    let o2 = format!("{}/multi:other", reg.host());
+    env.tool(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{name}"),
+            &format!("docker://{o2}"),
+        ],
+    );
+    ok2(&env, &["pull", "-q", "--platform", other, &o2]);
+    // Same busybox binary, so it runs here whatever the label says.
+    assert_eq!(ok2(&env, &["run", "--rm", &o2]), "other\n");
+
+    let err = fails2(&env, &["pull", "--platform", "linux/s390x", &name]);
+    assert!(err.contains("no image for platform linux/s390x"), "{err}");
+    assert!(
+        err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
+    let err = fails2(&env, &["pull", "--platform", "linux", &name]);
+    assert!(err.contains("OS/ARCH"), "{err}");
+}
+
+#[test]
+fn bad_references_unknown_images_and_a_registry_that_is_down() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    let err = fails2(&env, &["pull", &format!("{}/nosuch:1", reg.host())]);
+    assert!(
+        err.contains("NAME_UNKNOWN") || err.contains("MANIFEST_UNKNOWN"),
+        "{err}"
+    );
+    let err = fails2(&env, &["pull", "Bad/Name"]);
+    assert!(err.contains("invalid reference"), "{err}");
+    let err = fails2(&env, &["pull", "a@sha256:12"]);
+    assert!(err.contains("invalid reference"), "{err}");
+    // Nothing listens on the port of a stopped registry.
+    let mut down = Registry::start(env.dir.path());
+    let host = down.host();
+    down.stop();
+    let err = fails2(&env, &["pull", &format!("{host}/app:1")]);
+    assert!(err.contains("unreachable"), "{err}");
+    assert!(
+        err.contains("refused") || err.contains("Connection"),
+        "{err}"
+    );
+    assert_store_clean(&env);
+}
+
+/// The app pushed to `reg`, a proxy with `fault` in front; the proxy's name of it and the
+/// digest of its biggest layer.
+fn faulty(
+    env: &StrataEnv,
+    reg: &Registry,
+    fault: impl Fn(String) -> Fault,
+) -> (FaultProxy, String, String) {
+    build_app(env, "hello");
+    let name = format!("{}/app:1", reg.host());
+    skopeo_push(env, "app:1", &name, &[]);
+    let m: Value = serde_json::from_str(&env.tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{name}"),
+        ],
+    ))
+    .unwrap();
+    let big = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let proxy = FaultProxy::start(reg.port, fault(big.clone()));
+    let via = format!("{}/app:1", proxy.host());
+    (proxy, via, big)
+}
+
+#[test]
+fn a_corrupt_blob_is_refused_and_nothing_is_stored() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    let (_p, via, big) = faulty(&env, &reg, Fault::CorruptBlob);
+    let err = fails2(&env, &["pull", &via]);
+    assert!(
+        err.contains("digest mismatch") && err.contains(&big),
+        "{err}"
+    );
+    assert_store_clean(&env);
+    assert!(
+        entries(&store2(&env).join("partial")).is_empty(),
+        "bad bytes kept"
+    );
+}
+
+#[test]
+fn a_truncated_blob_is_refused_and_nothing_is_stored() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    let (_p, via, big) = faulty(&env, &reg, Fault::TruncateBlob);
+    let err = fails2(&env, &["pull", &via]);
+    assert!(
+        err.contains("digest mismatch") && err.contains(&big),
+        "{err}"
+    );
+    assert_store_clean(&env);
+}
+
+#[test]
+fn a_manifest_that_does_not_match_its_digest_is_refused() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    let (_p, via, _) = faulty(&env, &reg, |_| Fault::BadManifest);
+    let err = fails2(&env, &["pull", &via]);
+    assert!(err.contains("manifest: digest mismatch"), "{err}");
+    assert_store_clean(&env);
+}
+
+#[test]
+fn a_dropped_connection_resumes_with_a_range_request() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    // Dropped once: the same pull resumes where it stopped.
+    let (p, via, big) = faulty(&env, &reg, |d| Fault::DropBlob(d, 1));
+    let out = ok2(&env, &["pull", "-q", &via]);
+    assert!(out.starts_with("sha256:"), "{out}");
+    let ranges = p.ranges.lock().unwrap().clone();
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    assert!(
+        ranges[0].starts_with("bytes=") && !ranges[0].starts_with("bytes=0-"),
+        "{ranges:?}"
+    );
+    assert_eq!(ok2(&env, &["run", "--rm", &via]), "hello\n");
+    drop(p);
+
+    // Dropped more often than one pull retries: the pull fails, keeps what it has, and the
+    // next pull resumes it.
+    let env = StrataEnv::new("strata-reg-");
+    let (p, via, _) = faulty(&env, &reg, |d| Fault::DropBlob(d, 3));
+    let _ = big;
+    let err = fails2(&env, &["pull", &via]);
+    assert!(err.contains("kept for resuming"), "{err}");
+    assert_store_clean(&env);
+    let partial = entries(&store2(&env).join("partial"));
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    ok2(&env, &["pull", "-q", &via]);
+    let ranges = p.ranges.lock().unwrap().clone();
+    assert_eq!(ranges.len(), 3, "{ranges:?}");
+    assert!(entries(&store2(&env).join("partial")).is_empty());
+    assert_eq!(ok2(&env, &["run", "--rm", &via]), "hello\n");
+}

@@ -1,0 +1,184 @@
+//! Registry verbs: pull (push, login and logout follow the same shape).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use strata::image::{Digest, Store};
+use strata::registry::client::Options;
+use strata::registry::manifest::Platform;
+use strata::registry::progress::{Done, Progress};
+use strata::registry::pull::{self, PullOptions};
+use strata::registry::Reference;
+
+/// How to reach a registry: the flags every registry verb shares.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// Require HTTPS with a verified certificate (false: accept any certificate, and plain
+    /// HTTP; localhost and 127.0.0.1 may always answer in plain HTTP).
+    #[arg(long = "tls-verify", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tls_verify: Option<bool>,
+    /// A directory of CA certificates (*.crt) to trust for the registry
+    /// [default: /etc/containers/certs.d/HOST and /etc/docker/certs.d/HOST].
+    #[arg(long = "cert-dir", value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The client options.
+    pub fn options(&self) -> Options {
+        Options {
+            tls_verify: self.tls_verify,
+            cert_dir: self.cert_dir.clone(),
+            credentials: None,
+        }
+    }
+}
+
+/// `strata pull` flags.
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// Print nothing but the digest.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// The platform to pull from a multi-platform image: OS/ARCH[/VARIANT] [default: this
+    /// machine's].
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Layers to download at once.
+    #[arg(long, default_value_t = 3)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The image: NAME[:TAG|@DIGEST], e.g. alpine, localhost:5000/app:1.
+    pub reference: String,
+}
+
+/// Progress as one bar per blob on a terminal, one line per event otherwise, or nothing.
+pub enum Shown {
+    /// `-q`.
+    Quiet,
+    /// Plain lines on stderr.
+    Lines,
+    /// Bars on stderr.
+    Bars {
+        /// The bars.
+        multi: MultiProgress,
+        /// One per blob.
+        bars: Mutex<HashMap<Digest, ProgressBar>>,
+    },
+}
+
+impl Shown {
+    /// The display for `quiet` and whether stderr is a terminal.
+    pub fn new(quiet: bool) -> Shown {
+        if quiet {
+            Shown::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Shown::Bars {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                bars: Mutex::new(HashMap::new()),
+            }
+        } else {
+            Shown::Lines
+        }
+    }
+
+    /// Print a status line (not with `-q`).
+    pub fn say(&self, msg: &str) {
+        match self {
+            Shown::Quiet => {}
+            Shown::Lines => eprintln!("{msg}"),
+            Shown::Bars { multi, .. } => {
+                let _ = multi.println(msg);
+            }
+        }
+    }
+}
+
+impl Progress for Shown {
+    fn start(&self, blob: &Digest, size: u64, resumed: u64) {
+        match self {
+            Shown::Quiet => {}
+            Shown::Lines => eprintln!("{}: downloading {size} bytes", blob.short()),
+            Shown::Bars { multi, bars } => {
+                let bar = multi.add(ProgressBar::new(size));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix}: {bar:30} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec}",
+                    )
+                    .expect("a valid template"),
+                );
+                bar.set_prefix(blob.short().to_string());
+                bar.set_position(resumed);
+                bars.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(blob.clone(), bar);
+            }
+        }
+    }
+
+    fn advance(&self, blob: &Digest, n: u64) {
+        if let Shown::Bars { bars, .. } = self {
+            if let Some(b) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(blob) {
+                b.inc(n);
+            }
+        }
+    }
+
+    fn done(&self, blob: &Digest, how: Done) {
+        let word = match how {
+            Done::Present => "already exists",
+            Done::Mounted => "mounted from another repository",
+            Done::Transferred => "done",
+        };
+        match self {
+            Shown::Quiet => {}
+            Shown::Lines => eprintln!("{}: {word}", blob.short()),
+            Shown::Bars { multi, bars } => {
+                match bars.lock().unwrap_or_else(|p| p.into_inner()).get(blob) {
+                    Some(b) => b.finish_with_message(word),
+                    None => {
+                        let _ = multi.println(format!("{}: {word}", blob.short()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        self.say(msg);
+    }
+}
+
+/// Open the store as the image verbs do (rootless: inside the store's user namespace).
+fn open_store(root: &Path) -> Result<(Store, Option<strata::container::userns::Session>)> {
+    let userns = strata::container::userns::enter(root)?;
+    let store = Store::open(root).with_context(|| format!("open store {}", root.display()))?;
+    Ok((store, userns))
+}
+
+/// `strata pull`: prints the digest on stdout.
+pub fn pull(root: &Path, a: PullArgs) -> Result<i32> {
+    let r = Reference::parse(&a.reference)?;
+    let (store, _userns) = open_store(root)?;
+    let opts = PullOptions {
+        platform: a.platform.as_deref().map(Platform::parse).transpose()?,
+        jobs: a.jobs,
+        client: a.connect.options(),
+    };
+    let shown = Shown::new(a.quiet);
+    shown.say(&format!("Pulling {r}"));
+    let pulled = pull::pull(&store, &r, &opts, &shown).with_context(|| format!("pull {r}"))?;
+    shown.say(&format!(
+        "{}: {} layer(s) fetched, image {}",
+        pulled.tag.as_deref().unwrap_or(&r.to_string()),
+        pulled.fetched,
+        pulled.image.id.short()
+    ));
+    println!("{}", pulled.digest);
+    Ok(0)
+}
