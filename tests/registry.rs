@@ -428,3 +428,128 @@ fn a_dropped_connection_resumes_with_a_range_request() {
     assert!(entries(&store2(&env).join("partial")).is_empty());
     assert_eq!(ok2(&env, &["run", "--rm", &via]), "hello\n");
 }
+
+#[test]
+fn push_round_trip_agrees_with_skopeo_and_podman() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    let id = build_app(&env, "round trip");
+    let manifest = {
+        let v: Value = serde_json::from_str(&env.ok(&["inspect", "app:1"])).unwrap();
+        let v = if v.is_array() { v[0].clone() } else { v };
+        v["Digest"].as_str().unwrap().to_string()
+    };
+    let name = format!("{}/rt/app:1", reg.host());
+    let pushed = env.ok(&["push", "-q", "app:1", &name]);
+    assert_eq!(pushed.trim(), manifest, "push prints the manifest digest");
+    assert_eq!(skopeo_digest(&env, &name), manifest);
+
+    // skopeo copies it to an OCI layout: the same manifest and config digests.
+    let layout = env.path("copied");
+    env.tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{name}"),
+            &format!("oci:{}:x", layout.display()),
+        ],
+    );
+    let idx: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(idx["manifests"][0]["digest"].as_str().unwrap(), manifest);
+
+    // rmi, pull back: the same image ID and manifest digest; it runs.
+    env.ok(&["rmi", "app:1"]);
+    assert_eq!(env.ok(&["pull", "-q", &name]).trim(), manifest);
+    let v: Value = serde_json::from_str(&env.ok(&["inspect", &name])).unwrap();
+    let v = if v.is_array() { v[0].clone() } else { v };
+    assert_eq!(v["Id"].as_str().unwrap(), id);
+    assert_eq!(v["Digest"].as_str().unwrap(), manifest);
+    assert_eq!(env.ok(&["run", "--rm", &name]), "round trip\n");
+
+    // Pushed again: every blob is there already. To another repository: mounted.
+    let o = env.run(&["push", &name]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("0 blob(s) uploaded"),
+        "{}",
+        text(&o.stderr)
+    );
+    let other = format!("{}/rt/other:2", reg.host());
+    let o = env.run(&["push", &name, &other]);
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("mounted from another repository") && err.contains("0 blob(s) uploaded"),
+        "{err}"
+    );
+    assert_eq!(skopeo_digest(&env, &other), manifest);
+
+    // podman pulls and runs what strata pushed (its own storage and config: runc, rlimits
+    // it may set, as tests/podman.rs does).
+    let podman_root = env.path("podman");
+    std::fs::create_dir_all(&podman_root).unwrap();
+    let conf = podman_root.join("containers.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
+             events_logger = \"file\"\ntmp_dir = \"{}\"\n",
+            podman_root.join("tmp").display()
+        ),
+    )
+    .unwrap();
+    let podman = |args: &[&str]| {
+        let mut c = std::process::Command::new("podman");
+        c.args(["--root", podman_root.join("graph").to_str().unwrap()])
+            .args(["--runroot", podman_root.join("run").to_str().unwrap()])
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", &conf)
+            .env_remove("CONTAINERS_STORAGE_CONF");
+        let o = common::cli::run_deadline(
+            c,
+            &format!("podman {args:?}"),
+            common::cli::COMMAND_DEADLINE,
+            None,
+        );
+        assert!(o.status.success(), "podman {args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    podman(&["pull", "-q", "--tls-verify=false", &other]);
+    assert_eq!(
+        podman(&["run", "--rm", "--net=none", &other]),
+        "round trip\n"
+    );
+    podman(&["rmi", "-a", "-f"]);
+    drop(reg);
+}
+
+#[test]
+fn push_falls_back_to_a_monolithic_upload() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    build_app(&env, "whole");
+    let proxy = FaultProxy::start(reg.port, Fault::RefusePatch);
+    let name = format!("{}/mono:1", proxy.host());
+    let o = env.run(&["push", "app:1", &name]);
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("refused chunks; uploading it whole"), "{err}");
+    assert_eq!(
+        skopeo_digest(&env, &format!("{}/mono:1", reg.host())),
+        text(&o.stdout).trim()
+    );
+    ok2(&env, &["pull", "-q", &format!("{}/mono:1", reg.host())]);
+    assert_eq!(
+        ok2(&env, &["run", "--rm", &format!("{}/mono:1", reg.host())]),
+        "whole\n"
+    );
+    // A name that is not in the store, a destination the registry cannot take.
+    let err = env.fails(&["push", "nosuch:1", &name]);
+    assert!(err.contains("no such image"), "{err}");
+    let err = env.fails(&["push", "app:1", "Bad/Dest"]);
+    assert!(err.contains("invalid reference"), "{err}");
+}

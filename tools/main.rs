@@ -37,6 +37,9 @@ enum Command {
     /// Pull an image from a registry (docker's reference grammar: alpine,
     /// localhost:5000/app:1, name@sha256:...); prints its digest.
     Pull(registry::PullArgs),
+    /// Push an image of the store to a registry (to its own name or to DESTINATION); prints
+    /// the manifest digest.
+    Push(registry::PushArgs),
 }
 
 fn main() {
@@ -70,6 +73,7 @@ fn main() {
         Command::Containers(c) => containers::run(&root, c),
         Command::Images(c) => images::run(&root, c),
         Command::Pull(a) => registry::pull(&root, a),
+        Command::Push(a) => registry::push(&root, a),
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {

@@ -103,7 +103,7 @@ impl Progress for Shown {
     fn start(&self, blob: &Digest, size: u64, resumed: u64) {
         match self {
             Shown::Quiet => {}
-            Shown::Lines => eprintln!("{}: downloading {size} bytes", blob.short()),
+            Shown::Lines => eprintln!("{}: transferring {size} bytes", blob.short()),
             Shown::Bars { multi, bars } => {
                 let bar = multi.add(ProgressBar::new(size));
                 bar.set_style(
@@ -180,5 +180,51 @@ pub fn pull(root: &Path, a: PullArgs) -> Result<i32> {
         pulled.image.id.short()
     ));
     println!("{}", pulled.digest);
+    Ok(0)
+}
+
+/// `strata push` flags.
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// Print nothing but the digest.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Blobs to upload at once.
+    #[arg(long, default_value_t = 3)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The image in the store: NAME[:TAG] or an ID.
+    pub image: String,
+    /// Where to push it: [HOST[:PORT]/]NAME[:TAG] [default: the image's own name].
+    pub destination: Option<String>,
+}
+
+/// `strata push`: prints the manifest digest on stdout.
+pub fn push(root: &Path, a: PushArgs) -> Result<i32> {
+    let (store, _userns) = open_store(root)?;
+    // Pinned: an `rmi` meanwhile cannot free what is being uploaded.
+    let image = store.resolve_pinned(&a.image)?;
+    let dest =
+        Reference::parse(a.destination.as_deref().unwrap_or(&a.image)).with_context(|| {
+            if a.destination.is_none() {
+                format!(
+                    "{}: name a destination (strata push IMAGE HOST/NAME[:TAG])",
+                    a.image
+                )
+            } else {
+                "destination".into()
+            }
+        })?;
+    let opts = strata::registry::push::PushOptions {
+        jobs: a.jobs,
+        client: a.connect.options(),
+    };
+    let shown = Shown::new(a.quiet);
+    shown.say(&format!("Pushing {} to {dest}", image.display_name()));
+    let pushed = strata::registry::push::push(&store, &image, &dest, &opts, &shown)
+        .with_context(|| format!("push {dest}"))?;
+    shown.say(&format!("{dest}: {} blob(s) uploaded", pushed.uploaded));
+    println!("{}", pushed.digest);
     Ok(0)
 }

@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod reference;
 
 pub use reference::Reference;

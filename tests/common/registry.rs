@@ -234,6 +234,9 @@ pub enum Fault {
     DropBlob(String, usize),
     /// Change the bytes of every manifest served (its digest no longer matches).
     BadManifest,
+    /// Answer every `PATCH` (a chunk of an upload) 405, as registries without chunked
+    /// uploads do.
+    RefusePatch,
 }
 
 /// An HTTP/1.1 proxy (one request per connection) in front of a registry.
@@ -369,18 +372,23 @@ fn serve(client: TcpStream, upstream: u16, fault: &Mutex<Fault>, ranges: &Mutex<
     if let (true, Some(_), Some(r)) = (is_get, &blob, req.get("range")) {
         ranges.lock().unwrap().push(r.to_string());
     }
+    if req.first.starts_with("PATCH ") && *fault.lock().unwrap() == Fault::RefusePatch {
+        let _ = cw.write_all(
+            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return;
+    }
     let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
     };
     up.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut uw = up.try_clone().unwrap();
+    // The client's Host is kept: the registry makes upload locations from it, which then
+    // lead back through the proxy.
     req.write(
         &mut uw,
-        &["connection", "host"],
-        &[
-            ("Host".into(), format!("127.0.0.1:{upstream}")),
-            ("Connection".into(), "close".into()),
-        ],
+        &["connection"],
+        &[("Connection".into(), "close".into())],
     );
     let _ = uw.write_all(&body);
     let mut ur = BufReader::new(up);
