@@ -553,3 +553,157 @@ fn push_falls_back_to_a_monolithic_upload() {
     let err = env.fails(&["push", "app:1", "Bad/Dest"]);
     assert!(err.contains("invalid reference"), "{err}");
 }
+
+#[test]
+fn login_tls_and_credentials_files() {
+    use common::registry::RegistryConfig;
+    use std::os::unix::fs::PermissionsExt;
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start_with(
+        env.dir.path(),
+        &RegistryConfig {
+            auth: Some(("alice".into(), "s3cret".into())),
+            tls: true,
+        },
+    );
+    let ca = reg.ca_dir.clone().unwrap();
+    let ca = ca.to_str().unwrap();
+    build_app(&env, "secured");
+    let runtime = env.path("xdg");
+    let home = env.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let envs = [
+        ("XDG_RUNTIME_DIR", runtime.to_str().unwrap()),
+        ("HOME", home.to_str().unwrap()),
+        ("REGISTRY_AUTH_FILE", ""),
+        ("DOCKER_CONFIG", ""),
+    ];
+    let run = |args: &[&str], stdin: Option<&str>| env.run_with(args, &envs, stdin);
+    let host = reg.host();
+    let name = format!("{host}/sec/app:1");
+
+    // Not logged in: the registry's refusal, and how to fix it.
+    let o = run(&["push", "--cert-dir", ca, "app:1", &name], None);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("authentication required (strata login"),
+        "{}",
+        text(&o.stderr)
+    );
+    // Wrong password: refused, nothing recorded.
+    let o = run(
+        &[
+            "login",
+            "--cert-dir",
+            ca,
+            "-u",
+            "alice",
+            "--password-stdin",
+            &host,
+        ],
+        Some("nope\n"),
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("refused the credentials"),
+        "{}",
+        text(&o.stderr)
+    );
+    let auth = runtime.join("containers/auth.json");
+    assert!(!auth.exists());
+    // The CA is not trusted without --cert-dir: a TLS error, not a fallback to HTTP.
+    let o = run(
+        &["login", "-u", "alice", "--password-stdin", &host],
+        Some("s3cret\n"),
+    );
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("https://") && (err.contains("certificate") || err.contains("issuer")),
+        "{err}"
+    );
+    // Right: recorded in podman's file, 0600, which skopeo then uses.
+    let o = run(
+        &[
+            "login",
+            "--cert-dir",
+            ca,
+            "-u",
+            "alice",
+            "--password-stdin",
+            &host,
+        ],
+        Some("s3cret\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "Login Succeeded!\n");
+    let mode = std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let o = run(&["push", "-q", "--cert-dir", ca, "app:1", &name], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let digest = text(&o.stdout).trim().to_string();
+    let v: Value = serde_json::from_str(&env.tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--authfile",
+            auth.to_str().unwrap(),
+            "--cert-dir",
+            ca,
+            &format!("docker://{name}"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(v["Digest"].as_str().unwrap(), digest);
+    // --tls-verify=false accepts the unknown CA.
+    let o = run(&["pull", "-q", "--tls-verify=false", &name], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), digest);
+
+    // Logged out: refused again; logging out twice says so.
+    let o = run(&["logout", &host], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = run(&["pull", "--cert-dir", ca, &name], None);
+    assert!(!o.status.success());
+    let o = run(&["logout", &host], None);
+    assert!(
+        text(&o.stderr).contains("not logged in"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // A docker login is a strata login: ~/.docker/config.json, with "auths"...
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    std::fs::write(
+        home.join(".docker/config.json"),
+        format!(r#"{{"auths": {{"https://{host}": {{"auth": "YWxpY2U6czNjcmV0"}}}}}}"#),
+    )
+    .unwrap();
+    let o = run(&["pull", "-q", "--cert-dir", ca, &name], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // ... or a credential helper.
+    let bin = env.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-strata-test");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\nread host\n[ \"$1\" = get ] && echo \"{\\\"ServerURL\\\":\\\"$host\\\",\\\"Username\\\":\\\"alice\\\",\\\"Secret\\\":\\\"s3cret\\\"}\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        home.join(".docker/config.json"),
+        format!(r#"{{"credHelpers": {{"{host}": "strata-test"}}}}"#),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut envs2 = envs.to_vec();
+    envs2.push(("PATH", &path));
+    let o = env.run_with(&["pull", "-q", "--cert-dir", ca, &name], &envs2, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), digest);
+}

@@ -40,6 +40,11 @@ enum Command {
     /// Push an image of the store to a registry (to its own name or to DESTINATION); prints
     /// the manifest digest.
     Push(registry::PushArgs),
+    /// Log in to a registry: the credentials go to $XDG_RUNTIME_DIR/containers/auth.json
+    /// (podman's and skopeo's file; $REGISTRY_AUTH_FILE overrides it).
+    Login(registry::LoginArgs),
+    /// Log out of a registry (remove its credentials from the auth file).
+    Logout(registry::LogoutArgs),
 }
 
 fn main() {
@@ -60,7 +65,7 @@ fn main() {
     // Every verb that uses the store first makes sure it is private (and closes a store an
     // older version made world-readable).
     let secured = match &cli.command {
-        Command::Bench(_) => Ok(()),
+        Command::Bench(_) | Command::Login(_) | Command::Logout(_) => Ok(()),
         _ => strata::image::private::secure(&root),
     };
     if let Err(e) = secured {
@@ -74,6 +79,8 @@ fn main() {
         Command::Images(c) => images::run(&root, c),
         Command::Pull(a) => registry::pull(&root, a),
         Command::Push(a) => registry::push(&root, a),
+        Command::Login(a) => registry::login(a),
+        Command::Logout(a) => registry::logout(a),
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {

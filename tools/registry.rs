@@ -228,3 +228,117 @@ pub fn push(root: &Path, a: PushArgs) -> Result<i32> {
     println!("{}", pushed.digest);
     Ok(0)
 }
+
+/// `strata login` flags.
+#[derive(clap::Args)]
+pub struct LoginArgs {
+    /// User name [default: asked on the terminal].
+    #[arg(short = 'u', long = "username")]
+    pub username: Option<String>,
+    /// Password (visible to other users in the process list: prefer --password-stdin).
+    #[arg(short = 'p', long = "password")]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long = "password-stdin")]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The registry: HOST[:PORT] [default: docker.io].
+    pub registry: Option<String>,
+}
+
+/// `strata logout` flags.
+#[derive(clap::Args)]
+pub struct LogoutArgs {
+    /// The registry: HOST[:PORT] [default: docker.io].
+    pub registry: Option<String>,
+}
+
+/// Ask on the terminal; the answer without its newline.
+fn ask(prompt: &str, hidden: bool) -> Result<String> {
+    use std::io::Write;
+    let stdin = std::io::stdin();
+    anyhow::ensure!(
+        stdin.is_terminal(),
+        "no terminal to ask for the {}: give -u and --password-stdin",
+        prompt.trim_end_matches([':', ' ']).to_lowercase()
+    );
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let saved = if hidden {
+        let t = rustix::termios::tcgetattr(&stdin)?;
+        let mut quiet = t.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet)?;
+        Some(t)
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if let Some(t) = saved {
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t)?;
+        eprintln!();
+    }
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// `strata login`: check the credentials with the registry, then record them.
+pub fn login(a: LoginArgs) -> Result<i32> {
+    use std::io::Read;
+    use strata::registry::credentials::{self, Credentials};
+    let registry = strata::registry::reference::registry_host(
+        a.registry
+            .as_deref()
+            .unwrap_or(strata::registry::reference::DOCKER_HUB),
+    )?;
+    let username = match a.username {
+        Some(u) => u,
+        None => ask("Username: ", false)?,
+    };
+    anyhow::ensure!(!username.is_empty(), "a user name is needed");
+    let password = match (a.password, a.password_stdin) {
+        (Some(_), true) => anyhow::bail!("--password and --password-stdin are exclusive"),
+        (Some(p), false) => p,
+        (None, true) => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => ask("Password: ", true)?,
+    };
+    anyhow::ensure!(!password.is_empty(), "a password is needed");
+    let creds = Credentials { username, password };
+    let mut opts = a.connect.options();
+    opts.credentials = Some(creds.clone());
+    let api_host = if registry == strata::registry::reference::DOCKER_HUB {
+        "registry-1.docker.io"
+    } else {
+        &registry
+    };
+    let client = strata::registry::client::Client::connect(&registry, api_host, &opts)
+        .with_context(|| format!("log in to {registry}"))?;
+    client.check_login()?;
+    let file = credentials::store(&registry, &creds)?;
+    tracing::info!(file = %file.display(), "credentials stored");
+    println!("Login Succeeded!");
+    Ok(0)
+}
+
+/// `strata logout`: forget the credentials of a registry.
+pub fn logout(a: LogoutArgs) -> Result<i32> {
+    let registry = strata::registry::reference::registry_host(
+        a.registry
+            .as_deref()
+            .unwrap_or(strata::registry::reference::DOCKER_HUB),
+    )?;
+    if !strata::registry::credentials::erase(&registry)? {
+        anyhow::bail!(
+            "not logged in to {registry} (in {})",
+            strata::registry::credentials::auth_file().display()
+        );
+    }
+    println!("Removed login credentials for {registry}");
+    Ok(0)
+}

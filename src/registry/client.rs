@@ -201,6 +201,9 @@ impl Client {
                             .get("www-authenticate")
                             .and_then(|v| v.to_str().ok())
                             .and_then(challenge::parse),
+                        // An HTTPS server answering our plain HTTP fallback: its HTTPS
+                        // failure is the one to tell.
+                        _ if last_err.is_some() => break,
                         _ => {
                             let body = resp
                                 .body_mut()
