@@ -707,3 +707,102 @@ fn login_tls_and_credentials_files() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).trim(), digest);
 }
+
+#[test]
+fn bearer_tokens_are_fetched_once_and_reused() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    build_app(&env, "token");
+    let proxy = FaultProxy::start(reg.port, Fault::Bearer);
+    let name = format!("{}/tok/app:1", proxy.host());
+    let o = env.run(&["push", "-q", "app:1", &name]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (issued, refused) = *proxy.tokens.lock().unwrap();
+    // One token for the push scope, asked after the ping's challenge; every blob and the
+    // manifest reuse it.
+    assert_eq!(issued, 1, "tokens issued");
+    assert_eq!(refused, 1, "only the ping goes without a token");
+    assert_eq!(
+        ok2(&env, &["pull", "-q", &name]).trim(),
+        text(&o.stdout).trim()
+    );
+    assert_eq!(ok2(&env, &["run", "--rm", &name]), "token\n");
+    let (issued, _) = *proxy.tokens.lock().unwrap();
+    assert_eq!(issued, 2, "one more for the pull scope");
+}
+
+#[test]
+fn a_huge_manifest_and_a_hostile_layer_are_refused() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    let (_p, via, _) = faulty(&env, &reg, |_| Fault::HugeManifest);
+    let err = fails2(&env, &["pull", &via]);
+    assert!(err.contains("larger than 4 MiB"), "{err}");
+    assert_store_clean(&env);
+
+    // A layer whose tar climbs out of its root: the store's extraction rules apply.
+    let layout = env.path("evil");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    let data = b"pwned\n";
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.as_mut_bytes()[..16].copy_from_slice(b"../../escaped\0\0\0");
+    h.set_cksum();
+    b.append(&h, &data[..]).unwrap();
+    let layer = b.into_inner().unwrap();
+    let (layer_d, layer_n) = put(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer_d]},
+    });
+    let (config_d, config_n) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d, "size": config_n},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_d, "size": layer_n}],
+    });
+    let (m_d, m_n) = put(&serde_json::to_vec(&manifest).unwrap());
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m_d, "size": m_n,
+            "annotations": {"org.opencontainers.image.ref.name": "evil"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    let evil = format!("{}/evil:1", reg.host());
+    env.tool(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:evil", layout.display()),
+            &format!("docker://{evil}"),
+        ],
+    );
+    let err = fails2(&env, &["pull", &evil]);
+    assert!(
+        err.contains("refusing entry") && err.contains("escaped"),
+        "{err}"
+    );
+    assert_store_clean(&env);
+    assert!(!env.path("escaped").exists() && !store2(&env).join("escaped").exists());
+}

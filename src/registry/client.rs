@@ -54,6 +54,9 @@ struct Inner {
     creds: Option<Credentials>,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, Token>>,
+    /// Held while a token is fetched, so parallel transfers wait for one token instead of
+    /// each asking for its own.
+    fetching: Mutex<()>,
 }
 
 /// Whether `host` (with its port) is this machine, where docker allows plain HTTP.
@@ -227,6 +230,7 @@ impl Client {
                             creds,
                             challenge: Mutex::new(challenge),
                             tokens: Mutex::new(HashMap::new()),
+                            fetching: Mutex::new(()),
                         }),
                     });
                 }
@@ -350,11 +354,27 @@ impl Client {
                 scope: asked,
             }) => {
                 let key = scope.to_string();
-                if !fresh {
+                let cached = || {
                     let tokens = self.inner.tokens.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(t) = tokens.get(&key).filter(|t| t.until > Instant::now()) {
-                        return Ok(Some(format!("Bearer {}", t.value)));
+                    tokens
+                        .get(&key)
+                        .filter(|t| t.until > Instant::now())
+                        .map(|t| t.value.clone())
+                };
+                let stale = if fresh { cached() } else { None };
+                if !fresh {
+                    if let Some(t) = cached() {
+                        return Ok(Some(format!("Bearer {t}")));
                     }
+                }
+                let _one = self
+                    .inner
+                    .fetching
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                // Another thread may have fetched it (or, after a 401, a newer one) meanwhile.
+                if let Some(t) = cached().filter(|t| Some(t) != stale.as_ref()) {
+                    return Ok(Some(format!("Bearer {t}")));
                 }
                 let mut scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
                 if let Some(a) = asked.as_deref() {

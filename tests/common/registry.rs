@@ -237,12 +237,20 @@ pub enum Fault {
     /// Answer every `PATCH` (a chunk of an upload) 405, as registries without chunked
     /// uploads do.
     RefusePatch,
+    /// Serve every manifest padded past 4 MiB.
+    HugeManifest,
+    /// Demand a Bearer token from the proxy's own token endpoint (`/token`), which answers
+    /// any request with a fresh token valid for 300 s; the registry behind needs none.
+    Bearer,
 }
 
 /// An HTTP/1.1 proxy (one request per connection) in front of a registry.
 pub struct FaultProxy {
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// With [`Fault::Bearer`]: the tokens handed out and the requests refused for the lack
+    /// of a valid one.
+    pub tokens: Arc<Mutex<(usize, usize)>>,
     stop: Arc<AtomicBool>,
     /// The `Range` headers of the blob requests it saw.
     pub ranges: Arc<Mutex<Vec<String>>>,
@@ -310,14 +318,15 @@ impl FaultProxy {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let ranges = Arc::new(Mutex::new(Vec::new()));
+        let tokens = Arc::new(Mutex::new((0, 0)));
         let fault = Arc::new(Mutex::new(fault));
-        let (s2, r2) = (stop.clone(), ranges.clone());
+        let (s2, r2, t2) = (stop.clone(), ranges.clone(), tokens.clone());
         let thread = std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((c, _)) => {
-                        let (f, r) = (fault.clone(), r2.clone());
-                        std::thread::spawn(move || serve(c, upstream, &f, &r));
+                        let (f, r, t) = (fault.clone(), r2.clone(), t2.clone());
+                        std::thread::spawn(move || serve(c, port, upstream, &f, &r, &t));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -325,6 +334,7 @@ impl FaultProxy {
         });
         FaultProxy {
             port,
+            tokens,
             stop,
             ranges,
             thread: Some(thread),
@@ -346,7 +356,14 @@ impl Drop for FaultProxy {
     }
 }
 
-fn serve(client: TcpStream, upstream: u16, fault: &Mutex<Fault>, ranges: &Mutex<Vec<String>>) {
+fn serve(
+    client: TcpStream,
+    port: u16,
+    upstream: u16,
+    fault: &Mutex<Fault>,
+    ranges: &Mutex<Vec<String>>,
+    tokens: &Mutex<(usize, usize)>,
+) {
     client.set_nonblocking(false).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -371,6 +388,39 @@ fn serve(client: TcpStream, upstream: u16, fault: &Mutex<Fault>, ranges: &Mutex<
     let blob = path.rsplit_once("/blobs/").map(|(_, d)| d.to_string());
     if let (true, Some(_), Some(r)) = (is_get, &blob, req.get("range")) {
         ranges.lock().unwrap().push(r.to_string());
+    }
+    if *fault.lock().unwrap() == Fault::Bearer {
+        if path.starts_with("/token") {
+            let n = {
+                let mut t = tokens.lock().unwrap();
+                t.0 += 1;
+                t.0
+            };
+            let body = format!(r#"{{"token":"tok-{n}","expires_in":300}}"#);
+            let _ = cw.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            return;
+        }
+        let good = req
+            .get("authorization")
+            .is_some_and(|a| a.starts_with("Bearer tok-"));
+        if !good {
+            tokens.lock().unwrap().1 += 1;
+            let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}"#;
+            let _ = cw.write_all(
+                format!(
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test\"\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            return;
+        }
     }
     if req.first.starts_with("PATCH ") && *fault.lock().unwrap() == Fault::RefusePatch {
         let _ = cw.write_all(
@@ -440,6 +490,9 @@ fn serve(client: TcpStream, upstream: u16, fault: &Mutex<Fault>, ranges: &Mutex<
         }
         Fault::BadManifest if is_get && ok && path.contains("/manifests/") => {
             rbody.push(b'\n');
+        }
+        Fault::HugeManifest if is_get && ok && path.contains("/manifests/") => {
+            rbody.resize(rbody.len() + (5 << 20), b' ');
         }
         _ => {}
     }
