@@ -806,3 +806,72 @@ fn a_huge_manifest_and_a_hostile_layer_are_refused() {
     assert_store_clean(&env);
     assert!(!env.path("escaped").exists() && !store2(&env).join("escaped").exists());
 }
+
+#[test]
+fn run_create_and_build_pull_what_the_store_lacks() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    build_app(&env, "v1");
+    let name = format!("{}/auto/app:1", reg.host());
+    env.ok(&["push", "-q", "app:1", &name]);
+
+    // --pull=never: the store must have it.
+    let err = fails2(&env, &["run", "--rm", "--pull=never", &name]);
+    assert!(err.contains("no such image"), "{err}");
+    // Missing (the default): pulled, then run.
+    let o = strata2(&env, &["run", "--rm", &name]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "v1\n");
+    assert!(
+        text(&o.stderr).contains("Unable to find image"),
+        "{}",
+        text(&o.stderr)
+    );
+    // Present: not pulled again.
+    let o = strata2(&env, &["create", &name]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!text(&o.stderr).contains("Pulling"), "{}", text(&o.stderr));
+    ok2(&env, &["rm", text(&o.stdout).trim()]);
+
+    // The tag moves in the registry: only --pull=always follows it.
+    let ctx = env.path("ctx-v2");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM app:1\nRUN echo v2 > /greeting\n",
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", "app:2", ctx.to_str().unwrap()]);
+    env.ok(&["push", "-q", "app:2", &name]);
+    assert_eq!(ok2(&env, &["run", "--rm", &name]), "v1\n");
+    assert_eq!(ok2(&env, &["run", "--rm", "--pull=always", &name]), "v2\n");
+
+    // build: FROM a registry image the store lacks.
+    let ctx = env.path("ctx-from");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let other = format!("{}/auto/base:1", reg.host());
+    env.ok(&["push", "-q", "app:1", &other]);
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {other}\nRUN cat /greeting > /copy\nCMD [\"cat\", \"/copy\"]\n"),
+    )
+    .unwrap();
+    let err = fails2(
+        &env,
+        &[
+            "build",
+            "--pull=never",
+            "-t",
+            "derived:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("no such image"), "{err}");
+    ok2(
+        &env,
+        &["build", "-q", "-t", "derived:1", ctx.to_str().unwrap()],
+    );
+    assert_eq!(ok2(&env, &["run", "--rm", "derived:1"]), "v1\n");
+    drop(reg);
+    env.assert_no_leaks();
+}

@@ -342,3 +342,50 @@ pub fn logout(a: LogoutArgs) -> Result<i32> {
     println!("Removed login credentials for {registry}");
     Ok(0)
 }
+
+/// `--pull` of run, create and build: when an image is fetched from its registry.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullWhen {
+    /// Only if the store does not have it.
+    #[default]
+    Missing,
+    /// Every time (a moved tag is followed).
+    Always,
+    /// Never.
+    Never,
+}
+
+impl From<PullWhen> for strata::build::PullPolicy {
+    fn from(p: PullWhen) -> Self {
+        match p {
+            PullWhen::Missing => strata::build::PullPolicy::Missing,
+            PullWhen::Always => strata::build::PullPolicy::Always,
+            PullWhen::Never => strata::build::PullPolicy::Never,
+        }
+    }
+}
+
+/// Pull `reference` into the store at `root` for a verb that needs it (run, create, build),
+/// progress on stderr; the image ID.
+pub fn pull_for(root: &Path, reference: &str, connect: &ConnectArgs) -> Result<String> {
+    let r = Reference::parse(reference)?;
+    let store = Store::open(root)?;
+    let shown = Shown::new(false);
+    shown.say(&format!("Pulling {r}"));
+    let opts = PullOptions {
+        platform: None,
+        jobs: 3,
+        client: connect.options(),
+    };
+    let pulled = pull::pull(&store, &r, &opts, &shown).with_context(|| format!("pull {r}"))?;
+    shown.say(&format!("Digest: {}", pulled.digest));
+    Ok(pulled.image.id.to_string())
+}
+
+/// The build's way to pull `FROM` images.
+pub fn puller(root: &Path, connect: &ConnectArgs) -> strata::build::Puller {
+    let (root, connect) = (root.to_path_buf(), connect.clone());
+    strata::build::Puller(std::sync::Arc::new(move |reference: &str| {
+        pull_for(&root, reference, &connect).map_err(|e| format!("{e:#}"))
+    }))
+}
