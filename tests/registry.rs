@@ -875,3 +875,28 @@ fn run_create_and_build_pull_what_the_store_lacks() {
     drop(reg);
     env.assert_no_leaks();
 }
+
+#[test]
+fn rootless_pull_and_run() {
+    let mut env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    build_app(&env, "rootless");
+    let name = format!("{}/user/app:1", reg.host());
+    env.ok(&["push", "-q", "app:1", &name]);
+    let user = env.rootless();
+    let store = env.path("user-store");
+    let run = |args: &[&str]| {
+        let o = env.run_in(&store, Some(user), args, &[("XDG_RUNTIME_DIR", "")], None);
+        assert!(o.status.success(), "strata {args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let digest = run(&["pull", "-q", &name]);
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert_eq!(run(&["run", "--rm", &name]), "rootless\n");
+    // The partial-download directory, like the rest of the store, is the user's alone.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(store.join("partial")).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (user.0, 0o700));
+    drop(reg);
+    env.assert_no_leaks();
+}
