@@ -161,8 +161,103 @@ fn pull_runs_and_agrees_with_skopeo() {
     assert_ne!(expected_v2, expected);
     assert_eq!(ok2(&env, &["pull", "-q", &v2]).trim(), expected_v2);
     assert_eq!(ok2(&env, &["run", "--rm", &v2]), "hello\n");
+
+    // zstd and uncompressed layers: the image recompressed into an OCI layout, loaded and
+    // pushed by strata as it is, pulled into the other store, verified, extracted, run.
+    let layout = mixed_compression_layout(&env, "app:1");
+    env.ok(&["load", "-i", layout.to_str().unwrap()]);
+    let mixed = format!("{}/app:mixed", reg.host());
+    env.ok(&["push", "-q", "mixed:1", &mixed]);
+    let raw: Value = serde_json::from_str(&env.tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{mixed}"),
+        ],
+    ))
+    .unwrap();
+    let types: Vec<&str> = raw["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.iter().any(|t| t.ends_with("+zstd")) && types.iter().any(|t| t.ends_with(".tar")),
+        "{types:?}"
+    );
+    assert_eq!(
+        ok2(&env, &["pull", "-q", &mixed]).trim(),
+        skopeo_digest(&env, &mixed)
+    );
+    assert_eq!(ok2(&env, &["run", "--rm", &mixed]), "hello\n");
     drop(reg);
     env.assert_no_leaks();
+}
+
+/// An OCI layout holding the image `name` of the store with its layers recompressed: zstd,
+/// then none, then zstd again, and so on; tagged `mixed:1`.
+fn mixed_compression_layout(env: &StrataEnv, name: &str) -> PathBuf {
+    use std::io::Read;
+    let store = env.store();
+    let v: Value = serde_json::from_str(&env.ok(&["inspect", name])).unwrap();
+    let v = if v.is_array() { v[0].clone() } else { v };
+    let mut manifest = v["Manifest"].clone();
+    let layout = env.path("mixed");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let put = |bytes: &[u8]| -> String {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    };
+    let blob = |d: &str| std::fs::read(store.join("blobs/sha256").join(&d[7..])).unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    put(&blob(&config));
+    for (i, l) in manifest["layers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        let gz = blob(l["digest"].as_str().unwrap());
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        let (bytes, media_type) = if i % 2 == 0 {
+            (
+                zstd::stream::encode_all(&tar[..], 3).unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            )
+        } else {
+            (tar, "application/vnd.oci.image.layer.v1.tar")
+        };
+        l["digest"] = Value::from(put(&bytes));
+        l["size"] = Value::from(bytes.len());
+        l["mediaType"] = Value::from(media_type);
+    }
+    let mbytes = serde_json::to_vec(&manifest).unwrap();
+    let md = put(&mbytes);
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+            "size": mbytes.len(), "annotations": {"org.opencontainers.image.ref.name": "mixed:1"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    layout
 }
 
 /// An OCI layout holding an index of the app (this machine's platform) and another image
@@ -284,6 +379,41 @@ fn pull_picks_the_platform_from_an_index() {
     ok2(&env, &["pull", "-q", "--platform", other, &o2]);
     // Same busybox binary, so it runs here whatever the label says.
     assert_eq!(ok2(&env, &["run", "--rm", &o2]), "other\n");
+
+    // The same as a Docker manifest list of schema 2 manifests.
+    let list = format!("{}/multi:list", reg.host());
+    env.tool(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--format",
+            "v2s2",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{name}"),
+            &format!("docker://{list}"),
+        ],
+    );
+    let raw: Value = serde_json::from_str(&env.tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{list}"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        raw["mediaType"].as_str().unwrap(),
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    assert_eq!(
+        ok2(&env, &["pull", "-q", &list]).trim(),
+        skopeo_digest(&env, &list)
+    );
+    assert_eq!(ok2(&env, &["run", "--rm", &list]), "native\n");
 
     let err = fails2(&env, &["pull", "--platform", "linux/s390x", &name]);
     assert!(err.contains("no image for platform linux/s390x"), "{err}");

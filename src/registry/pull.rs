@@ -121,12 +121,6 @@ pub fn pull_with(
     let mut layers = Vec::new();
     for (l, d) in parsed.layers().iter().zip(diff_ids) {
         let media_type = l.media_type().to_string();
-        if media_type.contains("zstd") {
-            return Err(Error::Invalid(format!(
-                "{r}: layer {} is zstd-compressed ({media_type}), which strata cannot extract yet",
-                l.digest()
-            )));
-        }
         layers.push(LayerDesc {
             digest: parse_digest(r, l.digest().as_ref())?,
             diff_id: parse_digest(r, d)?,
