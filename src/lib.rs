@@ -9,5 +9,6 @@ pub mod container;
 pub mod explore;
 pub mod image;
 pub mod overlay;
+pub mod registry;
 pub mod sys;
 pub mod union;
