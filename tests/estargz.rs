@@ -286,6 +286,35 @@ fn convert_keeps_every_file_annotates_the_layer_and_runs() {
         ix.lookup_path("usr/lib/big.link")
     );
 
+    // Through the store's chunk cache (private, shared, verified on every read): every
+    // chunk read once is kept; one damaged on disk is dropped and fetched again.
+    let cache = store.chunk_cache().unwrap();
+    let cache_dir = e.store().join("chunks/sha256");
+    for d in [e.store().join("chunks"), cache_dir.clone()] {
+        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o700, "{d:?}");
+    }
+    let mut want_chunks = std::collections::BTreeSet::new();
+    for c in &big.chunks {
+        assert_eq!(r.read_chunk_cached(&cache, c).unwrap(), r.read_chunk(c).unwrap());
+        want_chunks.insert(c.digest.hex().to_string());
+    }
+    let on_disk: std::collections::BTreeSet<String> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(on_disk, want_chunks);
+    let victim = &big.chunks[1];
+    let path = cache_dir.join(victim.digest.hex());
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let reopened = store.chunk_cache().unwrap();
+    assert_eq!(reopened.get(&victim.digest).unwrap(), None);
+    let good = r.read_chunk_cached(&reopened, victim).unwrap();
+    assert_eq!(Sha256Digest::of(&good), victim.digest);
+    assert_eq!(std::fs::read(&path).unwrap(), good);
+
     // The converted image runs, and shows no eStargz bookkeeping.
     let out = e.ok(&["run", "--rm", "lazy:1", "cat", "/etc/greeting"]);
     assert_eq!(out, "hello lazy\n");

@@ -8,6 +8,7 @@
 //! used. This module is a leaf (like `overlay`): it knows the format, not images or FUSE.
 //! Format reference: stargz-snapshotter's `docs/estargz.md`.
 
+pub mod cache;
 pub mod digest;
 pub mod footer;
 pub mod index;

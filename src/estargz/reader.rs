@@ -6,6 +6,7 @@ use std::io::{self, Read};
 
 use flate2::read::GzDecoder;
 
+use super::cache::ChunkCache;
 use super::footer::{self, FOOTER_SIZE};
 use super::index::{Chunk, Index};
 use super::source::BlobSource;
@@ -166,6 +167,11 @@ impl<S: BlobSource> Reader<S> {
             )))?;
         decode_chunk(&member, chunk)
     }
+
+    /// The verified bytes of `chunk`, from `cache` when it has them, else fetched and cached.
+    pub fn read_chunk_cached(&self, cache: &ChunkCache, chunk: &Chunk) -> Result<Vec<u8>> {
+        cache.get_or_fetch(&chunk.digest, || self.read_chunk(chunk))
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +185,81 @@ mod tests {
         let mut out = Vec::new();
         let w = convert(|| Ok(&tar[..]), &mut out, &Options::default()).unwrap();
         (out, w.toc_digest)
+    }
+
+    /// A source that counts the bytes read from it.
+    struct Counting(MemSource, std::sync::atomic::AtomicU64);
+
+    impl crate::estargz::BlobSource for Counting {
+        fn size(&self) -> io::Result<u64> {
+            self.0.size()
+        }
+        fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+            self.1.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            self.0.read_range(offset, len)
+        }
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    #[test]
+    fn the_cache_is_shared_by_layers_with_the_same_chunks() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(t.path()).unwrap();
+        let (b, toc) = blob();
+        let r1 = Reader::open(
+            Counting(MemSource(b.clone()), Default::default()),
+            Some(&toc),
+        )
+        .unwrap();
+        // Another layer holding the same big file under another name and chunking.
+        let mut other = tar::Builder::new(Vec::new());
+        let big = {
+            let ix = r1.index();
+            let n = ix.node(ix.lookup_path("usr/lib/big.so").unwrap());
+            let mut v = Vec::new();
+            for c in &n.chunks {
+                v.extend(r1.read_chunk(c).unwrap());
+            }
+            v
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_size(big.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        other
+            .append_data(&mut h, "elsewhere/big.so", &big[..])
+            .unwrap();
+        let other = other.into_inner().unwrap();
+        let mut b2 = Vec::new();
+        let w2 = convert(|| Ok(&other[..]), &mut b2, &Options::default()).unwrap();
+        let r2 = Reader::open(
+            Counting(MemSource(b2), Default::default()),
+            Some(&w2.toc_digest),
+        )
+        .unwrap();
+        let n2 = r2
+            .index()
+            .node(r2.index().lookup_path("elsewhere/big.so").unwrap());
+        assert_eq!(n2.chunks.len(), 1);
+        let before = r2.source().1.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(r2.read_chunk_cached(&cache, &n2.chunks[0]).unwrap(), big);
+        let fetched = r2.source().1.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(fetched > 0);
+        // The first layer's reader with the default chunking has the same single chunk.
+        let ix = r1.index();
+        let n1 = ix.node(ix.lookup_path("usr/lib/big.so").unwrap());
+        assert_eq!(n1.chunks[0].digest, n2.chunks[0].digest);
+        let before = r1.source().1.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(r1.read_chunk_cached(&cache, &n1.chunks[0]).unwrap(), big);
+        assert_eq!(
+            r1.source().1.load(std::sync::atomic::Ordering::Relaxed),
+            before
+        );
+        assert_eq!(cache.usage().unwrap().chunks, 1);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub const DIRS: &[&str] = &[
     "volumes",
     "runtime",
     "userns",
+    "chunks",
+    "chunks/sha256",
 ];
 
 /// Create the directory `dir` with mode 0700 (missing parents get the usual modes), or make an

@@ -172,6 +172,18 @@ impl Store {
         Ok(store)
     }
 
+    /// The store's cache of verified eStargz chunks (`chunks/sha256`, private), shared by
+    /// every lazy layer.
+    pub fn chunk_cache(&self) -> Result<crate::estargz::cache::ChunkCache> {
+        let dir = self.root.join("chunks/sha256");
+        private::create(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        private::create(&self.root.join("chunks")).map_err(io_err("create the chunk cache"))?;
+        crate::estargz::cache::ChunkCache::open(&dir).map_err(|source| Error::Estargz {
+            what: "chunk cache".into(),
+            source,
+        })
+    }
+
     /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root
