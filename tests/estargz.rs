@@ -291,11 +291,18 @@ fn convert_keeps_every_file_annotates_the_layer_and_runs() {
     let cache = store.chunk_cache().unwrap();
     let cache_dir = e.store().join("chunks/sha256");
     for d in [e.store().join("chunks"), cache_dir.clone()] {
-        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o700, "{d:?}");
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().mode() & 0o777,
+            0o700,
+            "{d:?}"
+        );
     }
     let mut want_chunks = std::collections::BTreeSet::new();
     for c in &big.chunks {
-        assert_eq!(r.read_chunk_cached(&cache, c).unwrap(), r.read_chunk(c).unwrap());
+        assert_eq!(
+            r.read_chunk_cached(&cache, c).unwrap(),
+            r.read_chunk(c).unwrap()
+        );
         want_chunks.insert(c.digest.hex().to_string());
     }
     let on_disk: std::collections::BTreeSet<String> = std::fs::read_dir(&cache_dir)

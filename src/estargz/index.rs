@@ -249,7 +249,14 @@ impl Index {
                     node.size = e.link_name.len() as u64;
                     NodeKind::Symlink(OsString::from(&e.link_name))
                 }
-                "char" if e.dev_major == 0 && e.dev_minor == 0 => NodeKind::Whiteout,
+                // The overlay whiteout form has no place in an OCI layer (whose whiteouts are
+                // `.wh.` entries): refused, as extraction refuses it.
+                "char" if e.dev_major == 0 && e.dev_minor == 0 => {
+                    return Err(Error::BadToc(format!(
+                        "{:?}: a 0/0 device (overlay whiteout) in an OCI layer",
+                        e.name
+                    )))
+                }
                 "char" => NodeKind::Char(e.dev_major, e.dev_minor),
                 "block" => NodeKind::Block(e.dev_major, e.dev_minor),
                 "fifo" => NodeKind::Fifo,
@@ -754,6 +761,7 @@ mod tests {
         a.chunk_digest = "sha256:../../x".into();
         refused(vec![a], "malformed digest");
         refused(vec![entry("x", "socket")], "unknown type");
+        refused(vec![entry("x", "char")], "overlay whiteout");
     }
 
     #[test]
@@ -762,7 +770,6 @@ mod tests {
             entry("d", "dir"),
             reg("d/.wh..wh..opq", 0, 0),
             reg(".wh.gone", 0, 0),
-            entry("e", "char"),
             reg("kept", 3, 100),
             reg(".wh.kept", 0, 0),
             TocEntry {
@@ -782,7 +789,6 @@ mod tests {
         assert!(opaque("d") && opaque("x"));
         let kind = |p: &str| ix.node(ix.lookup_path(p).unwrap()).kind.clone();
         assert_eq!(kind("gone"), NodeKind::Whiteout);
-        assert_eq!(kind("e"), NodeKind::Whiteout);
         assert_eq!(kind("kept"), NodeKind::Reg);
         assert!(ix.lookup_path(PREFETCH_LANDMARK).is_none());
         assert_eq!(ix.prefetch_end, Some(50));

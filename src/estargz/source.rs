@@ -51,3 +51,15 @@ impl BlobSource for FileSource {
         self.path.display().to_string()
     }
 }
+
+impl<S: BlobSource + ?Sized> BlobSource for Box<S> {
+    fn size(&self) -> io::Result<u64> {
+        (**self).size()
+    }
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        (**self).read_range(offset, len)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}

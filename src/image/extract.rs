@@ -393,6 +393,9 @@ impl Unpacker<'_> {
                     }
                     Err(e) => return Err(self.io(&raw, "mknod", e)),
                 }
+                // mknod's mode passed through the umask: set the entry's own.
+                rfs::chmodat(p, &name, Mode::from_raw_mode(mode), rfs::AtFlags::empty())
+                    .map_err(|e| self.io(&raw, "chmod", e))?;
                 self.owner_and_times_at(p, &name, (uid, gid), mtime, &raw)?;
             }
             other => {

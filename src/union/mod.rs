@@ -14,6 +14,7 @@ pub mod handle;
 pub mod hardlink;
 pub mod idmap;
 pub mod idmapped;
+pub mod indexed;
 pub mod inode;
 pub mod layer;
 pub mod namespace;
