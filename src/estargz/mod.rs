@@ -14,6 +14,7 @@ pub mod footer;
 pub mod index;
 pub mod reader;
 pub mod source;
+pub mod spec;
 pub mod toc;
 pub mod writer;
 
@@ -21,6 +22,7 @@ pub use digest::Sha256Digest;
 pub use index::{Chunk, Index, Node, NodeKind};
 pub use reader::Reader;
 pub use source::{BlobSource, FileSource};
+pub use spec::LazySpec;
 
 /// Name of the TOC's tar entry.
 pub const TOC_NAME: &str = "stargz.index.json";

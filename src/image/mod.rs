@@ -11,6 +11,7 @@ pub mod estargz;
 pub mod extract;
 pub mod import;
 pub mod layout;
+pub mod lazy;
 pub mod lock;
 pub mod pack;
 pub mod pins;
