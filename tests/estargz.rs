@@ -80,6 +80,47 @@ fn tree(root: &Path, skip: &[&str]) -> Tree {
     out
 }
 
+/// A read-only stratafs mount of one lazy layer, unmounted (and its daemon killed) on drop.
+struct LazyMount {
+    mnt: PathBuf,
+    child: std::process::Child,
+}
+
+impl LazyMount {
+    fn new(dir: &Path, spec: &Path, mnt: &Path) -> LazyMount {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_stratafs"))
+            .arg("-f")
+            .arg("-o")
+            .arg(format!(
+                "lowerdir={},lazy={}",
+                dir.display(),
+                spec.display()
+            ))
+            .arg(mnt)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = LazyMount {
+            mnt: mnt.to_path_buf(),
+            child,
+        };
+        let start = std::time::Instant::now();
+        while !common::mounted_type(mnt).is_some_and(|t| t.starts_with("fuse")) {
+            assert!(start.elapsed().as_secs() < 30, "stratafs did not mount");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        m
+    }
+}
+
+impl Drop for LazyMount {
+    fn drop(&mut self) {
+        common::unmount(&self.mnt);
+        common::kill_pid(self.child.id(), rustix::process::Signal::KILL);
+        let _ = self.child.wait();
+    }
+}
+
 /// A test's store with a source tree to import.
 struct Env {
     cli: StrataEnv,
@@ -321,6 +362,32 @@ fn convert_keeps_every_file_annotates_the_layer_and_runs() {
     let good = r.read_chunk_cached(&reopened, victim).unwrap();
     assert_eq!(Sha256Digest::of(&good), victim.digest);
     assert_eq!(std::fs::read(&path).unwrap(), good);
+
+    // The store's lazy layer: made from the TOC alone, mounted by stratafs (lazy=SPEC),
+    // it shows the extracted layer's tree, filling files as they are read.
+    let spec_path = strata::image::lazy::prepare(&store, &layer).unwrap();
+    let spec = estargz::LazySpec::read(&spec_path).unwrap();
+    assert!(spec.dir.starts_with(e.store().join("lazy")));
+    assert_eq!(spec.toc, toc);
+    assert_eq!(
+        strata::image::lazy::prepare(&store, &layer).unwrap(),
+        spec_path,
+        "made once"
+    );
+    let before = std::fs::read_dir(&cache_dir).unwrap().count();
+    assert_eq!(before, 3, "only the chunks read above");
+    {
+        let mnt = e.path("lazy-mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let _m = LazyMount::new(&spec.dir, &spec_path, &mnt);
+        assert_eq!(
+            std::fs::read(mnt.join("etc/greeting")).unwrap(),
+            b"hello lazy\n"
+        );
+        assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), before + 1);
+        assert_eq!(tree(&mnt, &[]), tree(&plain_dir, &[]));
+    }
+    assert!(common::mounted_type(&e.path("lazy-mnt")).is_none());
 
     // The converted image runs, and shows no eStargz bookkeeping.
     let out = e.ok(&["run", "--rm", "lazy:1", "cat", "/etc/greeting"]);

@@ -36,6 +36,7 @@ pub const DIRS: &[&str] = &[
     "userns",
     "chunks",
     "chunks/sha256",
+    "lazy",
 ];
 
 /// Create the directory `dir` with mode 0700 (missing parents get the usual modes), or make an
