@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod build;
 pub mod container;
+pub mod estargz;
 pub mod explore;
 pub mod image;
 pub mod overlay;

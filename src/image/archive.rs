@@ -535,6 +535,7 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<Found>> {
                     .and_then(|d| d.parse().ok())
                     .unwrap_or_else(|| digest.clone()),
                 digest,
+                annotations: Default::default(),
             });
         }
         let (manifest_digest, _) =

@@ -2,7 +2,7 @@
 //! layers extracted once each, by diff ID, under `layers/sha256/`, which are the lowerdirs of
 //! every container of every image that shares them.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,18 @@ pub struct LayerDesc {
     pub size: u64,
     /// Blob media type.
     pub media_type: String,
+    /// Annotations of the layer's descriptor (e.g. an eStargz layer's TOC digest).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl LayerDesc {
+    /// The digest of the layer's eStargz TOC, if its descriptor names one.
+    pub fn toc_digest(&self) -> Option<&str> {
+        self.annotations
+            .get(crate::estargz::TOC_DIGEST_ANNOTATION)
+            .map(String::as_str)
+    }
 }
 
 /// An image read from the store.
@@ -80,6 +92,11 @@ impl Image {
                     diff_id: d.parse()?,
                     size: l.size(),
                     media_type: l.media_type().to_string(),
+                    annotations: l
+                        .annotations()
+                        .as_ref()
+                        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
                 })
             })
             .collect()
@@ -153,6 +170,18 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// The store's cache of verified eStargz chunks (`chunks/sha256`, private), shared by
+    /// every lazy layer.
+    pub fn chunk_cache(&self) -> Result<crate::estargz::cache::ChunkCache> {
+        let dir = self.root.join("chunks/sha256");
+        private::create(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        private::create(&self.root.join("chunks")).map_err(io_err("create the chunk cache"))?;
+        crate::estargz::cache::ChunkCache::open(&dir).map_err(|source| Error::Estargz {
+            what: "chunk cache".into(),
+            source,
+        })
     }
 
     /// The store's directory.
@@ -386,6 +415,7 @@ impl Store {
             diff_id,
             size,
             media_type: LAYER_GZIP.to_string(),
+            annotations: BTreeMap::new(),
         })
     }
 
@@ -414,7 +444,13 @@ impl Store {
     ) -> Result<(Digest, ImageManifest)> {
         let descs = layers
             .iter()
-            .map(|l| descriptor(&l.media_type, l.size, &l.digest))
+            .map(|l| {
+                let mut d = descriptor(&l.media_type, l.size, &l.digest)?;
+                if !l.annotations.is_empty() {
+                    d.set_annotations(Some(l.annotations.clone().into_iter().collect()));
+                }
+                Ok(d)
+            })
             .collect::<Result<Vec<_>>>()?;
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
@@ -483,7 +519,10 @@ impl Store {
                 &mut tar,
                 guard.path(),
                 &what,
-                UnpackOptions::for_current_user(),
+                UnpackOptions {
+                    estargz: layer.toc_digest().is_some(),
+                    ..UnpackOptions::for_current_user()
+                },
             )?;
             // Read to the end so both digests cover the whole blob.
             io::copy(&mut tar, &mut io::sink()).map_err(|e| Error::Tar {

@@ -126,6 +126,12 @@ pub fn pull_with(
             diff_id: parse_digest(r, d)?,
             size: l.size(),
             media_type,
+            // Kept as the registry served them (the eStargz TOC digest among them).
+            annotations: l
+                .annotations()
+                .as_ref()
+                .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
         });
     }
 

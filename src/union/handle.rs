@@ -142,6 +142,7 @@ impl Union {
             oflags |= OFlags::TRUNC;
         }
         let fd = self.with_name(node, Some(top), |dir, name| {
+            self.ensure_data_at(top, dir, name)?;
             rfs::openat(dir, name, oflags, rfs::Mode::empty())
         })?;
         Ok(FileHandle {
