@@ -22,6 +22,13 @@ use common::cli::StrataEnv;
 struct Net {
     cli: StrataEnv,
     rootless: bool,
+    _guard: Guard,
+}
+
+/// A hold on [`ROOTLESS_ALONE`].
+enum Guard {
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
 }
 
 impl std::ops::Deref for Net {
@@ -31,8 +38,18 @@ impl std::ops::Deref for Net {
     }
 }
 
+/// Rootless tests run alone: the pause process of a rootless store makes a mount namespace
+/// that copies every mount of the host at that moment, a rootful test's container root
+/// included, whose stratafs then outlives its unmount until the pause process exits.
+static ROOTLESS_ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 impl Net {
     fn new(rootless: bool) -> Net {
+        let guard = if rootless {
+            Guard::Alone(ROOTLESS_ALONE.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Guard::Shared(ROOTLESS_ALONE.read().unwrap_or_else(|e| e.into_inner()))
+        };
         let mut cli = StrataEnv::new("strata-net-");
         let ctx = cli.busybox_context("ctx");
         std::fs::create_dir_all(ctx.join("www")).unwrap();
@@ -49,7 +66,11 @@ impl Net {
         if rootless {
             cli.rootless();
         }
-        Net { cli, rootless }
+        Net {
+            cli,
+            rootless,
+            _guard: guard,
+        }
     }
 
     fn fails(&self, args: &[&str]) -> String {

@@ -60,6 +60,14 @@ pub struct Container {
     removed: bool,
 }
 
+/// The result of a scoped thread: its own, or an error if it panicked.
+fn joined<T>(r: std::thread::Result<network::Result<T>>) -> Result<T> {
+    match r {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::State("a network thread panicked".into())),
+    }
+}
+
 fn new_id() -> Result<String> {
     let mut b = [0u8; 32];
     File::open("/dev/urandom")
@@ -240,12 +248,38 @@ impl Container {
         )
     }
 
-    /// Release everything a stopped process held: runtime state, network and the mount.
+    /// Release everything a stopped process held: runtime state, network and the mount (the
+    /// last two at once: neither waits for the other).
     fn release(&mut self) -> Result<()> {
         let rt = self.runtime()?;
         rt.delete(&self.state.id)?;
-        let net = self.detach_network();
-        mount::unmount_rootfs(&self.paths.rootfs())?;
+        let Some(a) = self.state.net.clone() else {
+            return mount::unmount_rootfs(&self.paths.rootfs());
+        };
+        let (id, name, root) = (
+            self.state.id.clone(),
+            self.state.name.clone(),
+            self.store_root.clone(),
+        );
+        let dir = self.paths.dir.clone();
+        let rootfs = self.paths.rootfs();
+        let (net, unmounted) = std::thread::scope(|s| {
+            let net = s.spawn(|| {
+                let ep = network::Endpoint {
+                    id: &id,
+                    name: &name,
+                    dir: &dir,
+                    store_root: &root,
+                };
+                network::detach(&ep, &a)
+            });
+            let unmounted = mount::unmount_rootfs(&rootfs);
+            (joined(net.join()), unmounted)
+        });
+        if net.is_ok() {
+            self.state.net = None;
+        }
+        unmounted?;
         net
     }
 
@@ -266,8 +300,9 @@ impl Container {
         Ok(())
     }
 
-    /// Set up the network for a start (recorded in the state before it is set up).
-    fn attach_network(&mut self) -> Result<()> {
+    /// Mount the rootfs and set up the network, at once (the network is recorded in the state
+    /// before it is set up); on error neither is left.
+    fn mount_and_attach(&mut self) -> Result<()> {
         self.detach_network()?;
         let (id, name) = (self.state.id.clone(), self.state.name.clone());
         let dir = self.paths.dir.clone();
@@ -278,27 +313,41 @@ impl Container {
             dir: &dir,
             store_root: &root,
         };
-        let Some(plan) = network::plan(&ep, &self.state.network)? else {
-            return Ok(());
-        };
-        self.state.net = Some(plan.attachment.clone());
-        if let Err(e) = self.state.save(&self.paths) {
-            drop(plan);
-            let _ = self.detach_network();
-            return Err(e);
+        let plan = network::plan(&ep, &self.state.network)?;
+        if let Some(p) = &plan {
+            self.state.net = Some(p.attachment.clone());
+            if let Err(e) = self.state.save(&self.paths) {
+                drop(plan);
+                let _ = self.detach_network();
+                return Err(e);
+            }
         }
         let settings = self.state.network.clone();
-        match plan.activate(&ep, &settings) {
-            Ok(a) => {
-                self.state.net = Some(a);
-                self.state.save(&self.paths)
-            }
-            Err(e) => {
+        let this = &*self;
+        let (mounted, attached) = std::thread::scope(|s| {
+            let attached = plan.map(|p| s.spawn(|| p.activate(&ep, &settings)));
+            let mounted = this.mount();
+            (mounted, attached.map(|h| joined(h.join())))
+        });
+        match attached {
+            Some(Ok(a)) => self.state.net = Some(a),
+            // Activation undid what it reserved.
+            Some(Err(e)) => {
                 self.state.net = None;
                 self.state.save(&self.paths)?;
-                Err(e.into())
+                if mounted.is_ok() {
+                    let _ = mount::unmount_rootfs(&self.paths.rootfs());
+                }
+                return Err(e);
             }
+            None => {}
         }
+        if let Err(e) = mounted {
+            let _ = self.detach_network();
+            self.state.save(&self.paths)?;
+            return Err(e);
+        }
+        self.state.save(&self.paths)
     }
 
     /// The published ports of the current run (host ports assigned).
@@ -437,11 +486,7 @@ impl Container {
         }
         let rt = self.runtime()?;
         rt.delete(&self.state.id)?;
-        self.mount()?;
-        if let Err(e) = self.attach_network() {
-            let _ = mount::unmount_rootfs(&self.paths.rootfs());
-            return Err(e);
-        }
+        self.mount_and_attach()?;
         Ok(rt)
     }
 
