@@ -119,10 +119,12 @@ median_ms() {
 # gbit_once PORT: one iperf3 transfer through 127.0.0.1:PORT (retried until the server
 # answers), in Gbit/s.
 gbit_once() {
-    local port=$1 i out
+    local port=$1 i out g
     for ((i = 0; i < 50; i++)); do
-        if out=$(iperf3 -c 127.0.0.1 -p "$port" -n "$SIZE" -J 2>/dev/null); then
-            echo "$out" | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+        # A refused or reset first connection (the server still starting) is retried.
+        out=$(iperf3 -c 127.0.0.1 -p "$port" -n "$SIZE" -J 2>/dev/null || true)
+        if g=$(echo "$out" | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' 2>/dev/null); then
+            echo "$g"
             return
         fi
         sleep 0.2
