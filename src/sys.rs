@@ -58,6 +58,15 @@ pub fn unshare_user_and_mount() -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// Move the calling thread into a new network namespace (a container's, which is then kept
+/// by a bind mount of `/proc/thread-self/ns/net`; see `container::network::netns`).
+pub fn unshare_network() -> io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    // SAFETY: the only hazard of unshare is `CLONE_FILES`, which would leave other threads
+    // with a file table they no longer share; this flag is not it.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) }.map_err(io::Error::from)
+}
+
 /// Change the flags and propagation of the detached mount `mount` (an `open_tree` clone):
 /// `set` and `clear` are `MOUNT_ATTR_*` bits, `propagation` an `MS_*` type or 0 for none.
 pub fn mount_setattr_detached(

@@ -27,6 +27,10 @@ pub struct BuildArgs {
     /// OCI runtime for RUN (runc, crun or a path).
     #[arg(long)]
     runtime: Option<String>,
+    /// Network of RUN steps: host (the default: outbound access, no set-up), bridge (a
+    /// private network with outbound access) or none.
+    #[arg(long)]
+    network: Option<String>,
     /// Print only the image ID.
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -73,6 +77,11 @@ pub fn run(root: &Path, a: BuildArgs) -> Result<i32> {
         runtime: a.runtime.clone(),
         pull: a.pull.into(),
         puller: Some(crate::registry::puller(root, &a.connect)),
+        network: a
+            .network
+            .as_deref()
+            .map(strata::container::network::Mode::parse)
+            .transpose()?,
     };
     let mut log: Box<dyn std::io::Write> = if a.quiet {
         Box::new(std::io::sink())

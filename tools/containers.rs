@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use strata::container::{volume, Container, ImageSpec, RunOptions, Status};
+use strata::container::{network, volume, Container, ImageSpec, RunOptions, Status};
 use strata::image::Store;
 
 /// Options shared by `run` and `create`.
@@ -35,9 +35,18 @@ pub struct CreateArgs {
     /// Hostname.
     #[arg(long)]
     hostname: Option<String>,
-    /// Network: none (default, loopback only) or host.
-    #[arg(long, default_value = "none")]
-    network: String,
+    /// Network: bridge (the default: a private network with outbound access and published
+    /// ports; rootless it needs subordinate ids, else the default is none), none (loopback
+    /// only) or host (the host's network).
+    #[arg(long)]
+    network: Option<String>,
+    /// Publish a container port on the host: [IP:][HOST:]CTR[/tcp|udp], ports or equal
+    /// ranges (HOST omitted: a random free port).
+    #[arg(short = 'p', long = "publish", value_name = "[IP:][HOST:]CTR[/PROTO]")]
+    publish: Vec<String>,
+    /// Publish every port the image exposes (EXPOSE) on a random host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
     /// Override the image entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
@@ -126,6 +135,12 @@ pub enum Cmd {
         /// Show all, not only running.
         #[arg(short = 'a', long)]
         all: bool,
+    },
+    /// List a running container's published ports (`CTR/PROTO -> HOST_IP:HOST_PORT`).
+    Port {
+        container: String,
+        /// Only this container port (PORT or PORT/PROTO).
+        port: Option<String>,
     },
     /// Print the output of a detached container.
     Logs {
@@ -244,10 +259,9 @@ fn options(
     a: &CreateArgs,
     auto_remove: bool,
 ) -> Result<(RunOptions, ImageSpec, Option<Store>)> {
-    let network_host = match a.network.as_str() {
-        "host" => true,
-        "none" => false,
-        n => bail!("unsupported --network {n:?}: none or host"),
+    let network = match &a.network {
+        Some(n) => network::Mode::parse(n)?,
+        None => network::default_mode(),
     };
     let mut env = Vec::new();
     for f in &a.env_file {
@@ -269,7 +283,9 @@ fn options(
         volumes: a.volume.clone(),
         read_only: a.read_only,
         hostname: a.hostname.clone(),
-        network_host,
+        network,
+        publish: a.publish.clone(),
+        publish_all: a.publish_all,
         entrypoint: a.entrypoint.clone(),
         cmd: a.cmd.clone(),
         tty: a.tty,
@@ -333,8 +349,8 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
         Cmd::Rm { force, containers } => each(root, &containers, |c| Ok(c.remove(force)?)),
         Cmd::Ps { all } => {
             println!(
-                "{:<14}{:<12}{:<28}{:<20}NAMES",
-                "CONTAINER ID", "STATUS", "COMMAND", "IMAGE"
+                "{:<14}{:<12}{:<28}{:<20}{:<28}NAMES",
+                "CONTAINER ID", "STATUS", "COMMAND", "IMAGE", "PORTS"
             );
             for c in Container::list(root)? {
                 if !all && c.state.status != Status::Running {
@@ -358,14 +374,55 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
                     s.image_name.clone()
                 };
                 image.truncate(18);
+                let ports: Vec<String> = c.ports().iter().map(|p| p.to_string()).collect();
                 println!(
-                    "{:<14}{:<12}{:<28}{:<20}{}",
+                    "{:<14}{:<12}{:<28}{:<20}{:<28}{}",
                     &s.id[..12],
                     status,
                     command,
                     image,
+                    ports.join(", ") + " ",
                     s.name
                 );
+            }
+            Ok(0)
+        }
+        Cmd::Port { container, port } => {
+            let mut c = Container::open(root, &container)?;
+            c.refresh()?;
+            let want = match port.as_deref() {
+                None => None,
+                Some(p) => {
+                    let (n, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                    let n: u16 = n
+                        .parse()
+                        .with_context(|| format!("invalid port {p:?}: PORT[/tcp|udp]"))?;
+                    Some((n, proto.to_ascii_lowercase()))
+                }
+            };
+            let mut found = false;
+            for m in c.ports() {
+                match &want {
+                    Some((n, proto)) if *n != m.container_port || proto != m.protocol.as_str() => {}
+                    Some(_) => {
+                        println!("{}", m.host());
+                        found = true;
+                    }
+                    None => {
+                        println!(
+                            "{}/{} -> {}",
+                            m.container_port,
+                            m.protocol.as_str(),
+                            m.host()
+                        );
+                        found = true;
+                    }
+                }
+            }
+            if !found {
+                if let Some(p) = port {
+                    bail!("no public port {p} published for {container}");
+                }
             }
             Ok(0)
         }

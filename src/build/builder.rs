@@ -99,6 +99,9 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// OCI runtime for `RUN`.
     pub runtime: Option<String>,
+    /// The network of `RUN` steps (`None`: the host's, so they have outbound access without
+    /// any set-up; bridge gives each step a private network with outbound access).
+    pub network: Option<container::network::Mode>,
 }
 
 /// A stage's state while it is built, and its result.
@@ -998,7 +1001,7 @@ impl Builder<'_> {
         let opts = RunOptions {
             name: Some(format!("strata-build-{:016x}", fastrand::u64(..))),
             env,
-            network_host: true,
+            network: self.opts.network.unwrap_or(container::network::Mode::Host),
             cmd: argv,
             runtime: self.opts.runtime.clone(),
             ..Default::default()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::runtime::Runtime;
 use super::state::{self, ContainerState, Keeper, Paths, Status};
-use super::{diff, io_err, monitor, mount, spec, volume, Error, ImageSpec, Result};
+use super::{diff, io_err, monitor, mount, network, spec, volume, Error, ImageSpec, Result};
 
 /// The options of `strata create`/`run` (docker's meaning).
 #[derive(Debug, Clone, Default)]
@@ -30,8 +30,13 @@ pub struct RunOptions {
     pub read_only: bool,
     /// `--hostname`.
     pub hostname: Option<String>,
-    /// `--network host` (else a private network namespace with only loopback).
-    pub network_host: bool,
+    /// `--network` (the default of this struct is none; the CLI's is
+    /// [`network::default_mode`]).
+    pub network: network::Mode,
+    /// `-p [IP:][HOST:]CTR[/PROTO]`.
+    pub publish: Vec<String>,
+    /// `-P`: publish every exposed port on a random host port.
+    pub publish_all: bool,
     /// `--entrypoint`.
     pub entrypoint: Option<String>,
     /// Command and arguments after the image.
@@ -53,6 +58,14 @@ pub struct Container {
     pub state: ContainerState,
     /// The container was removed (by `--rm` on exit) while this handle was open.
     removed: bool,
+}
+
+/// The result of a scoped thread: its own, or an error if it panicked.
+fn joined<T>(r: std::thread::Result<network::Result<T>>) -> Result<T> {
+    match r {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::State("a network thread panicked".into())),
+    }
 }
 
 fn new_id() -> Result<String> {
@@ -78,12 +91,39 @@ impl Container {
                 "the container name {name:?} is already in use"
             )));
         }
-        let mounts = opts
+        let mut mounts = opts
             .volumes
             .iter()
             .map(|v| volume::parse(store_root, v))
             .collect::<Result<Vec<_>>>()?;
+        let cfg = image.config.config().clone().unwrap_or_default();
+        let hostname = opts
+            .hostname
+            .clone()
+            .unwrap_or_else(|| spec::HOSTNAME.into());
+        let net = network::Settings::new(
+            opts.network,
+            &opts.publish,
+            opts.publish_all,
+            cfg.exposed_ports().as_deref().unwrap_or_default(),
+            &hostname,
+        )?;
         let paths = Paths::new(store_root, &id);
+        let netns = (net.mode == network::Mode::Bridge).then(|| network::netns_path(&paths.dir));
+        if netns.is_some() {
+            // Written when the network is set up, before each start.
+            for (src, dst) in [
+                (network::resolv_path(&paths.dir), "/etc/resolv.conf"),
+                (network::hosts_path(&paths.dir), "/etc/hosts"),
+            ] {
+                mounts.push(volume::ResolvedMount {
+                    source: src,
+                    target: dst.into(),
+                    read_only: false,
+                    volume: None,
+                });
+            }
+        }
         // Private: the upper will hold whatever the container writes, set-uid files included.
         // The upper itself keeps an ordinary mode: it is the container's `/`.
         for d in [store_root.join("containers"), paths.dir.clone()] {
@@ -113,12 +153,15 @@ impl Container {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
                 keeper: None,
+                network: net,
+                net: None,
             },
         };
-        let result = spec::build(image, opts, &paths.rootfs(), &mounts).and_then(|s| {
-            s.save(paths.config())?;
-            Ok(s)
-        });
+        let result =
+            spec::build(image, opts, &paths.rootfs(), &mounts, netns.as_deref()).and_then(|s| {
+                s.save(paths.config())?;
+                Ok(s)
+            });
         match result {
             Ok(s) => {
                 let mut c = c;
@@ -205,11 +248,114 @@ impl Container {
         )
     }
 
-    /// Release everything a stopped process held: runtime state and the mount.
+    /// Release everything a stopped process held: runtime state, network and the mount (the
+    /// last two at once: neither waits for the other).
     fn release(&mut self) -> Result<()> {
         let rt = self.runtime()?;
         rt.delete(&self.state.id)?;
-        mount::unmount_rootfs(&self.paths.rootfs())
+        let Some(a) = self.state.net.clone() else {
+            return mount::unmount_rootfs(&self.paths.rootfs());
+        };
+        let (id, name, root) = (
+            self.state.id.clone(),
+            self.state.name.clone(),
+            self.store_root.clone(),
+        );
+        let dir = self.paths.dir.clone();
+        let rootfs = self.paths.rootfs();
+        let (net, unmounted) = std::thread::scope(|s| {
+            let net = s.spawn(|| {
+                let ep = network::Endpoint {
+                    id: &id,
+                    name: &name,
+                    dir: &dir,
+                    store_root: &root,
+                };
+                network::detach(&ep, &a)
+            });
+            let unmounted = mount::unmount_rootfs(&rootfs);
+            (joined(net.join()), unmounted)
+        });
+        if net.is_ok() {
+            self.state.net = None;
+        }
+        unmounted?;
+        net
+    }
+
+    /// Tear down the network of the last run, if any is recorded; the record is cleared only
+    /// once it is gone (the caller saves the state).
+    fn detach_network(&mut self) -> Result<()> {
+        if let Some(a) = self.state.net.clone() {
+            let (id, name) = (self.state.id.clone(), self.state.name.clone());
+            let ep = network::Endpoint {
+                id: &id,
+                name: &name,
+                dir: &self.paths.dir,
+                store_root: &self.store_root,
+            };
+            network::detach(&ep, &a)?;
+            self.state.net = None;
+        }
+        Ok(())
+    }
+
+    /// Mount the rootfs and set up the network, at once (the network is recorded in the state
+    /// before it is set up); on error neither is left.
+    fn mount_and_attach(&mut self) -> Result<()> {
+        self.detach_network()?;
+        let (id, name) = (self.state.id.clone(), self.state.name.clone());
+        let dir = self.paths.dir.clone();
+        let root = self.store_root.clone();
+        let ep = network::Endpoint {
+            id: &id,
+            name: &name,
+            dir: &dir,
+            store_root: &root,
+        };
+        let plan = network::plan(&ep, &self.state.network)?;
+        if let Some(p) = &plan {
+            self.state.net = Some(p.attachment.clone());
+            if let Err(e) = self.state.save(&self.paths) {
+                drop(plan);
+                let _ = self.detach_network();
+                return Err(e);
+            }
+        }
+        let settings = self.state.network.clone();
+        let this = &*self;
+        let (mounted, attached) = std::thread::scope(|s| {
+            let attached = plan.map(|p| s.spawn(|| p.activate(&ep, &settings)));
+            let mounted = this.mount();
+            (mounted, attached.map(|h| joined(h.join())))
+        });
+        match attached {
+            Some(Ok(a)) => self.state.net = Some(a),
+            // Activation undid what it reserved.
+            Some(Err(e)) => {
+                self.state.net = None;
+                self.state.save(&self.paths)?;
+                if mounted.is_ok() {
+                    let _ = mount::unmount_rootfs(&self.paths.rootfs());
+                }
+                return Err(e);
+            }
+            None => {}
+        }
+        if let Err(e) = mounted {
+            let _ = self.detach_network();
+            self.state.save(&self.paths)?;
+            return Err(e);
+        }
+        self.state.save(&self.paths)
+    }
+
+    /// The published ports of the current run (host ports assigned).
+    pub fn ports(&self) -> &[network::PortMapping] {
+        match (&self.state.net, self.state.status) {
+            (Some(a), Status::Running) => &a.ports,
+            _ => &[],
+        }
     }
 
     /// Check the recorded status against the runtime. When the process has exited, its
@@ -340,7 +486,7 @@ impl Container {
         }
         let rt = self.runtime()?;
         rt.delete(&self.state.id)?;
-        self.mount()?;
+        self.mount_and_attach()?;
         Ok(rt)
     }
 

@@ -9,6 +9,7 @@ pub mod diff;
 pub mod lifecycle;
 pub mod monitor;
 pub mod mount;
+pub mod network;
 pub mod runtime;
 pub mod spec;
 pub mod state;
@@ -74,6 +75,9 @@ pub enum Error {
         /// The underlying error.
         source: serde_json::Error,
     },
+    /// The container's network.
+    #[error(transparent)]
+    Network(#[from] network::Error),
     /// Building the runtime spec failed.
     #[error("spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),

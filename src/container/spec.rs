@@ -13,12 +13,16 @@ use super::lifecycle::RunOptions;
 use super::volume::ResolvedMount;
 use super::{Error, ImageSpec, Result};
 
+/// The hostname of a container without `--hostname`.
+pub const HOSTNAME: &str = "strata";
+
 /// Build the runtime spec for `image` run with `opts`, root file system at `rootfs`.
 pub fn build(
     image: &ImageSpec,
     opts: &RunOptions,
     rootfs: &Path,
     mounts: &[ResolvedMount],
+    netns: Option<&Path>,
 ) -> Result<Spec> {
     let cfg = image.config.config().clone().unwrap_or_default();
     let mut spec = Spec::default();
@@ -75,7 +79,7 @@ pub fn build(
     root.set_readonly(Some(opts.read_only));
     spec.set_root(Some(root));
     spec.set_hostname(Some(
-        opts.hostname.clone().unwrap_or_else(|| "strata".into()),
+        opts.hostname.clone().unwrap_or_else(|| HOSTNAME.into()),
     ));
 
     // In the store's rootless namespace (see `userns`) strata is root there but the
@@ -109,8 +113,17 @@ pub fn build(
         .into_iter()
         .filter(|n| {
             let t = n.typ();
-            !(opts.network_host && t == LinuxNamespaceType::Network)
+            (opts.network.private_namespace() || t != LinuxNamespaceType::Network)
                 && t != LinuxNamespaceType::Cgroup
+        })
+        .map(|n| match netns {
+            // The bridge network's namespace, made and kept by strata, joined by path.
+            Some(p) if n.typ() == LinuxNamespaceType::Network => {
+                let mut n = n;
+                n.set_path(Some(p.to_path_buf()));
+                n
+            }
+            _ => n,
         })
         .collect();
     let mut ns = ns;

@@ -50,6 +50,13 @@ pub struct ContainerState {
     /// of a detached container, strata itself for an attached run); absent in older states.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keeper: Option<Keeper>,
+    /// The network it asked for (none in states older than networking).
+    #[serde(default)]
+    pub network: super::network::Settings,
+    /// The network set up for its current run: recorded before it is set up, cleared once
+    /// torn down, so whoever finds the container ended can tear it down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<super::network::Attachment>,
 }
 
 /// A process identified by pid and start time, so a reused pid is not mistaken for it.

@@ -12,7 +12,8 @@ use super::{mounts, tempdir, unmount, with_timeout};
 pub const USER: &str = "strata-rootless";
 const STRATAFS: &str = env!("CARGO_BIN_EXE_stratafs");
 
-/// Creates the test user (with subordinate id ranges) and makes /dev/fuse usable by it;
+/// Creates the test user (with subordinate id ranges) and makes /dev/fuse and /dev/net/tun
+/// usable by it;
 /// returns its uid and gid.
 pub fn setup_user() -> (u32, u32) {
     static ONCE: Once = Once::new();
@@ -35,10 +36,17 @@ pub fn setup_user() -> (u32, u32) {
                 fs::write(f, format!("{text}{USER}:400000:65536\n")).unwrap();
             }
         }
-        let dev = Path::new("/dev/fuse");
-        let mode = fs::metadata(dev).expect("/dev/fuse").permissions().mode();
-        if mode & 0o006 != 0o006 {
-            fs::set_permissions(dev, fs::Permissions::from_mode(0o666)).unwrap();
+        // Debian's modes (some hosts restrict them): FUSE, and the tap device of rootless
+        // networking (slirp4netns).
+        for dev in ["/dev/fuse", "/dev/net/tun"] {
+            let dev = Path::new(dev);
+            let mode = fs::metadata(dev)
+                .unwrap_or_else(|e| panic!("{}: {e}", dev.display()))
+                .permissions()
+                .mode();
+            if mode & 0o006 != 0o006 {
+                fs::set_permissions(dev, fs::Permissions::from_mode(0o666)).unwrap();
+            }
         }
     });
     let id = |flag: &str| -> u32 {
