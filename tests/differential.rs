@@ -516,13 +516,22 @@ fn get_xattr_raw(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
 /// Applies `ops` operations to both roots in lockstep; the first difference is an error.
 fn run_ops(seed: u64, ops: usize, kernel: &Path, strata: &Path) -> Result<(), String> {
     let mut rng = Rng::with_seed(seed ^ 0x5eed);
+    let drop_caches = std::env::var_os("STRATA_DIFF_DROP_CACHES").is_some();
     for i in 0..ops {
         let op = gen_op(&mut rng, i);
         if std::env::var_os("STRATA_DIFF_VERBOSE").is_some() {
             eprintln!("seed {seed} op {i}: {}", op.text);
         }
+        if drop_caches {
+            // Memory pressure: the kernel forgets every unused inode, so the daemon must
+            // answer later requests from what it keeps beyond the kernel's references.
+            let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+        }
         let k = (op.run)(kernel);
         let s = (op.run)(strata);
+        if std::env::var_os("STRATA_DIFF_VERBOSE").is_some() {
+            eprintln!("    -> {k:?}");
+        }
         if k != s {
             return Err(format!(
                 "seed {seed}, op {i}: `{}`\n  kernel:   {k:?}\n  stratafs: {s:?}\n\

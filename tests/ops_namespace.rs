@@ -7,7 +7,7 @@ mod common;
 use std::fs::{self, DirBuilder};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, CWD};
@@ -15,6 +15,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, CWD};
 use common::*;
 
 both_backends!(
+    link_counts_survive_the_kernel_forgetting_the_inode,
     rename_exchange_keeps_a_long_listing_whole,
     mkdir_applies_mode_exactly,
     mkdir_0555_then_create_inside_as_root,
@@ -1062,5 +1063,39 @@ fn rename_exchange_keeps_a_long_listing_whole(b: Backend) {
         want.sort();
         assert_eq!(names.len(), want.len(), "every name once");
         assert_eq!(names, want);
+    });
+}
+
+/// A lower hard link's count as the union shows it (names removed through the mount, names
+/// linked at copy-up) is kept by the daemon, not on disk: it must not change when memory
+/// pressure makes the kernel forget the inode and look it up again.
+fn link_counts_survive_the_kernel_forgetting_the_inode(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("d/a", b"data");
+    fx.lower(0).hardlink("d/a", "d/b");
+    fx.lower(0).hardlink("d/a", "d/c");
+    fx.lower(0).file("e/x", b"x");
+    fx.lower(0).hardlink("e/x", "e/y");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let nlink = |p: &str| fs::symlink_metadata(r.join(p)).unwrap().nlink();
+        // A lower name removed: 3 names left of 3... then 2.
+        fs::remove_file(r.join("d/c")).unwrap();
+        assert_eq!(nlink("d/a"), 2);
+        // A copy-up of a lower link whose other name is gone.
+        fs::remove_file(r.join("e/y")).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("e/x"))
+            .unwrap()
+            .write_all_at(b"!", 4)
+            .unwrap();
+        assert_eq!(nlink("e/x"), 1);
+        for _ in 0..3 {
+            fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+            assert_eq!(nlink("d/a"), 2, "d/a after the kernel forgot it");
+            assert_eq!(nlink("d/b"), 2, "d/b after the kernel forgot it");
+            assert_eq!(nlink("e/x"), 1, "e/x after the kernel forgot it");
+        }
     });
 }

@@ -343,6 +343,10 @@ pub struct NodeTable {
     /// file's upper object maps to its origin's id, so inode numbers survive copy-up.
     ids: Mutex<IdMaps>,
     next_allocated: AtomicU64,
+    /// Link-count corrections (`Node::nlink_adjust`) of hard links the kernel has forgotten,
+    /// by node id: the next node made for that id (the same object, looked up again after
+    /// memory pressure) must report the same count. Retired with the id.
+    nlink_corrections: Mutex<HashMap<u64, i64>>,
 }
 
 impl NodeTable {
@@ -356,6 +360,7 @@ impl NodeTable {
             nodes: RwLock::new(nodes),
             ids: Mutex::new(IdMaps::default()),
             next_allocated: AtomicU64::new(ALLOCATED_BASE),
+            nlink_corrections: Mutex::new(HashMap::new()),
         }
     }
 
@@ -394,6 +399,7 @@ impl NodeTable {
     /// Forget every identity of the gone node `id`, so an object that reuses one of its
     /// inode numbers gets a fresh id and is never confused with it.
     pub fn retire(&self, id: u64) {
+        self.nlink_corrections.lock().remove(&id);
         let mut ids = self.ids.lock();
         if let Some(keys) = ids.by_id.remove(&id) {
             for key in keys {
@@ -434,6 +440,9 @@ impl NodeTable {
         }
         let node = Arc::new(make(id));
         node.lookups.store(1, Ordering::Relaxed);
+        if let Some(adjust) = self.nlink_corrections.lock().remove(&id) {
+            node.nlink_adjust.store(adjust, Ordering::Relaxed);
+        }
         nodes.insert(id, node.clone());
         node
     }
@@ -454,6 +463,10 @@ impl NodeTable {
             node.lookups
                 .store(before.saturating_sub(n), Ordering::Relaxed);
             if before <= n {
+                let adjust = node.nlink_adjust.load(Ordering::Relaxed);
+                if adjust != 0 && !node.is_unlinked() {
+                    self.nlink_corrections.lock().insert(id, adjust);
+                }
                 nodes.remove(&id);
             }
         }
