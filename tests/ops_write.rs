@@ -36,6 +36,7 @@ both_backends!(
     o_directory_on_file_is_enotdir,
     concurrent_creates_in_one_dir,
     open_fd_survives_rename_of_its_file,
+    attributes_of_an_open_unlinked_file_change,
 );
 
 every_mode!(truncating_open_of_a_running_program_is_busy_and_harmless);
@@ -701,4 +702,47 @@ fn o_tmpfile_creates_an_anonymous_file(b: Backend) {
         f.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"anon");
     });
+}
+
+/// ftruncate, fchmod, fchown and futimens of a file whose last name is gone work on the open
+/// file, as on any filesystem (iperf3 makes its buffer this way: open, unlink, ftruncate).
+fn attributes_of_an_open_unlinked_file_change(b: Backend) {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("lower", b"lower data");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        for name in ["new", "lower"] {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(r.join(name))
+                .unwrap();
+            fs::remove_file(r.join(name)).unwrap();
+            f.write_all_at(b"hello", 0).unwrap();
+            f.set_len(2).unwrap();
+            assert_eq!(f.metadata().unwrap().len(), 2, "{name}: ftruncate");
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))
+                .unwrap();
+            assert_eq!(
+                f.metadata().unwrap().mode() & 0o7777,
+                0o640,
+                "{name}: fchmod"
+            );
+            std::os::unix::fs::fchown(&f, Some(1000), Some(1000)).unwrap();
+            assert_eq!(f.metadata().unwrap().uid(), 1000, "{name}: fchown");
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+            f.set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+            assert_eq!(f.metadata().unwrap().mtime(), 1_000_000, "{name}: futimens");
+            let mut back = Vec::new();
+            (&f).seek(SeekFrom::Start(0)).unwrap();
+            (&f).read_to_end(&mut back).unwrap();
+            assert_eq!(back, b"he", "{name}");
+            assert!(!r.join(name).exists());
+        }
+    });
+    drop(m);
+    assert_eq!(read(&fx.lowers[0].join("lower")), b"lower data");
 }

@@ -103,6 +103,9 @@ impl Union {
     pub fn setattr(&self, id: u64, changes: &AttrChanges) -> Result<rfs::Stat, Errno> {
         self.check_writable()?;
         let node = self.node(id)?;
+        if node.is_unlinked() {
+            return self.setattr_unlinked(&node, changes);
+        }
         if changes.is_kill_only() {
             let st = self.getattr(id)?;
             let regular = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile;
@@ -128,6 +131,25 @@ impl Union {
         self.getattr(id)
     }
 
+    /// `setattr` of a file whose last name is gone but which is still open (ftruncate,
+    /// fchmod, fchown, futimens of an unlinked file): the change goes to the open file, as
+    /// the kernel's does. An unlinked file is always an upper one (its unlink copied nothing
+    /// up only when it was in a lower layer, and then it is gone from the union: `ENOENT`).
+    fn setattr_unlinked(
+        &self,
+        node: &super::inode::Node,
+        changes: &AttrChanges,
+    ) -> Result<rfs::Stat, Errno> {
+        let h = changes
+            .fh
+            .and_then(|fh| self.handles.file(fh).ok())
+            .or_else(|| self.handles.any_file_of(node.id))
+            .filter(|h| !h.lower)
+            .ok_or(Errno::NOENT)?;
+        self.apply(Target::Open(h.fd.as_fd()), changes)?;
+        Ok(self.client_stat(node, rfs::fstat(&h.fd)?))
+    }
+
     /// Apply `changes` to `name` in `dir` (an upper-layer directory fd).
     fn apply_changes(
         &self,
@@ -136,26 +158,37 @@ impl Union {
         is_dir: bool,
         changes: &AttrChanges,
     ) -> Result<(), Errno> {
-        if let Some(size) = changes.size {
-            if is_dir {
-                return Err(Errno::ISDIR);
+        if changes.size.is_some() && is_dir {
+            return Err(Errno::ISDIR);
+        }
+        let via_handle = changes
+            .fh
+            .and_then(|fh| self.handles.file(fh).ok())
+            .filter(|h| !h.lower);
+        match (changes.size, via_handle) {
+            (Some(size), Some(h)) => rfs::ftruncate(&h.fd, size)?,
+            (Some(size), None) => {
+                let fd = rfs::openat(
+                    dir,
+                    name,
+                    OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                rfs::ftruncate(&fd, size)?;
             }
-            let via_handle = changes
-                .fh
-                .and_then(|fh| self.handles.file(fh).ok())
-                .filter(|h| !h.lower);
-            match via_handle {
-                Some(h) => rfs::ftruncate(&h.fd, size)?,
-                None => {
-                    let fd = rfs::openat(
-                        dir,
-                        name,
-                        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )?;
-                    rfs::ftruncate(&fd, size)?;
-                }
-            }
+            (None, _) => {}
+        }
+        let changes = AttrChanges {
+            size: None,
+            ..changes.clone()
+        };
+        self.apply(Target::Named { dir, name, is_dir }, &changes)
+    }
+
+    /// Apply `changes` (size included) to `target`.
+    fn apply(&self, target: Target<'_>, changes: &AttrChanges) -> Result<(), Errno> {
+        if let (Some(size), Target::Open(fd)) = (changes.size, &target) {
+            rfs::ftruncate(fd, size)?;
         }
         if changes.uid.is_some() || changes.gid.is_some() {
             let uid = changes
@@ -168,33 +201,78 @@ impl Union {
                 .map(|g| self.ids.gid_to_host(g))
                 .transpose()?
                 .map(rfs::Gid::from_raw);
-            rfs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+            target.chown(uid, gid)?;
         }
-        if changes.kill_suidgid && !is_dir && changes.mode.is_none() {
+        if changes.kill_suidgid && !target.is_dir() && changes.mode.is_none() {
             // Our own truncate keeps set-id bits (we have CAP_FSETID); our chown already
             // cleared them, as every chown does.
-            let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            let st = target.stat()?;
             let regular = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile;
             if let Some(mode) = killed_mode(st.st_mode).filter(|_| regular) {
-                rfs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())?;
+                target.chmod(mode)?;
             }
         }
         if let Some(mode) = changes.mode {
-            rfs::chmodat(
-                dir,
-                name,
-                Mode::from_raw_mode(mode & 0o7777),
-                AtFlags::empty(),
-            )?;
+            target.chmod(mode & 0o7777)?;
         }
         if changes.atime.is_some() || changes.mtime.is_some() {
-            let times = Timestamps {
+            target.set_times(&Timestamps {
                 last_access: timespec(changes.atime),
                 last_modification: timespec(changes.mtime),
-            };
-            rfs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            })?;
         }
         Ok(())
+    }
+}
+
+/// What a change of attributes applies to: a name in an upper directory, or an open file.
+enum Target<'a> {
+    /// `name` in directory `dir` (never followed if it is a symlink).
+    Named {
+        dir: BorrowedFd<'a>,
+        name: &'a OsStr,
+        is_dir: bool,
+    },
+    /// An open file with no name left.
+    Open(BorrowedFd<'a>),
+}
+
+impl Target<'_> {
+    fn is_dir(&self) -> bool {
+        matches!(self, Target::Named { is_dir: true, .. })
+    }
+
+    fn chown(&self, uid: Option<rfs::Uid>, gid: Option<rfs::Gid>) -> Result<(), Errno> {
+        match self {
+            Target::Named { dir, name, .. } => {
+                rfs::chownat(dir, *name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+            }
+            Target::Open(fd) => rfs::fchown(fd, uid, gid),
+        }
+    }
+
+    fn stat(&self) -> Result<rfs::Stat, Errno> {
+        match self {
+            Target::Named { dir, name, .. } => rfs::statat(dir, *name, AtFlags::SYMLINK_NOFOLLOW),
+            Target::Open(fd) => rfs::fstat(fd),
+        }
+    }
+
+    fn chmod(&self, mode: u32) -> Result<(), Errno> {
+        let mode = Mode::from_raw_mode(mode);
+        match self {
+            Target::Named { dir, name, .. } => rfs::chmodat(dir, *name, mode, AtFlags::empty()),
+            Target::Open(fd) => rfs::fchmod(fd, mode),
+        }
+    }
+
+    fn set_times(&self, times: &Timestamps) -> Result<(), Errno> {
+        match self {
+            Target::Named { dir, name, .. } => {
+                rfs::utimensat(dir, *name, times, AtFlags::SYMLINK_NOFOLLOW)
+            }
+            Target::Open(fd) => rfs::futimens(fd, times),
+        }
     }
 }
 
