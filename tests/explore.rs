@@ -333,6 +333,14 @@ fn every_source_form_gives_the_same_stack() {
     let tar = env.path("waste.tar");
     env.ok(&["save", "-o", tar.to_str().unwrap(), "waste"]);
     assert_eq!(figures(&[tar.to_str().unwrap()]), want);
+    // The same archive unpacked: an OCI layout directory.
+    let layout = env.path("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    env.tool(
+        "tar",
+        &["-xf", tar.to_str().unwrap(), "-C", layout.to_str().unwrap()],
+    );
+    assert_eq!(figures(&[layout.to_str().unwrap()]), want);
     // The raw layer directories, top first as lowerdir= takes them.
     let inspect = json(&env.ok(&["inspect", "waste"]));
     let inspect = if inspect.is_array() {

@@ -15,7 +15,9 @@ pub enum Cmd {
     /// Explore the layers of an image, container, archive or overlay stack in a terminal UI;
     /// or, with --ci, check its efficiency as dive does.
     Explore(ExploreArgs),
-    /// List the files of an image as seen at a layer: IMAGE[:/PATH].
+    /// List the files of an image as seen at a layer: IMAGE[:/PATH]. Columns: mode,
+    /// uid:gid, bytes (of everything beneath, for a directory), the layer that provides it,
+    /// path (-> link target).
     Ls {
         /// Seen from this layer (0 is the bottom) [default: the top].
         #[arg(long)]
@@ -37,7 +39,8 @@ pub enum Cmd {
         image: String,
         path: String,
     },
-    /// Show which layer provides a path, and the versions it shadows or that removed it.
+    /// Show which layer provides a path, and the versions it shadows or that removed it
+    /// (exit 1 when no version of it is visible at that layer).
     Which {
         /// Seen from this layer (0 is the bottom) [default: the top].
         #[arg(long)]

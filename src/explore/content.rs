@@ -298,4 +298,40 @@ mod tests {
             .iter()
             .all(|l| matches!(l, DiffLine::Same(_))));
     }
+
+    #[test]
+    fn extract_a_directory_as_the_view_shows_it() {
+        use crate::explore::stack::Layer;
+        let d = tempfile::tempdir().unwrap();
+        let (l0, l1) = (d.path().join("l0"), d.path().join("l1"));
+        std::fs::create_dir_all(l0.join("d/sub")).unwrap();
+        std::fs::write(l0.join("d/a"), "1").unwrap();
+        std::fs::write(l0.join("d/gone"), "x").unwrap();
+        std::fs::write(l0.join("d/sub/s"), "s").unwrap();
+        std::os::unix::fs::symlink("/etc", l0.join("d/link")).unwrap();
+        std::fs::create_dir_all(l1.join("d")).unwrap();
+        std::fs::write(l1.join("d/.wh.gone"), "").unwrap();
+        std::fs::write(l1.join("d/a"), "2").unwrap();
+        let layers = vec![Layer::open(&l0).unwrap(), Layer::open(&l1).unwrap()];
+        let stack = Stack::read("t".into(), layers).unwrap();
+        let view = stack.tree.view(1);
+        let node = stack.tree.lookup("/d").unwrap();
+        let dest = d.path().join("out");
+        assert_eq!(extract(&stack, &view, node, &dest).unwrap(), 0);
+        assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "2");
+        assert_eq!(std::fs::read_to_string(dest.join("sub/s")).unwrap(), "s");
+        assert!(!dest.join("gone").exists());
+        // The image's symlink is written as a symlink, never followed.
+        assert_eq!(
+            std::fs::read_link(dest.join("link")).unwrap(),
+            Path::new("/etc")
+        );
+        // Nothing is written over what exists.
+        assert!(extract(&stack, &view, node, &dest).is_err());
+        // Seen from layer 0 the old versions come out.
+        let dest0 = d.path().join("out0");
+        extract(&stack, &stack.tree.view(0), node, &dest0).unwrap();
+        assert_eq!(std::fs::read_to_string(dest0.join("gone")).unwrap(), "x");
+        assert_eq!(std::fs::read_to_string(dest0.join("a")).unwrap(), "1");
+    }
 }

@@ -33,7 +33,8 @@ pub fn scan_layer(tree: &mut Tree, layer: u16, root: BorrowedFd<'_>, what: &str)
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         )
         .map_err(|e| errno(format!("{what}: open {}", shown(tree)))(e))?;
-        let mut names: Vec<Vec<u8>> = Vec::new();
+        // A `.wh.NAME` is kept as NAME (flagged), so entries merge into the tree in name order.
+        let mut items: Vec<(Vec<u8>, bool)> = Vec::new();
         let mut opaque = format::has_opaque_xattr(dir.as_fd());
         let dir_entries = rfs::Dir::read_from(&dir)
             .map_err(|e| errno(format!("{what}: read {}", shown(tree)))(e))?;
@@ -47,17 +48,12 @@ pub fn scan_layer(tree: &mut Tree, layer: u16, root: BorrowedFd<'_>, what: &str)
                 opaque = true;
                 continue;
             }
-            names.push(n.to_vec());
-        }
-        // A `.wh.NAME` sorts by NAME, so entries are merged into the tree in name order.
-        let mut items: Vec<(Vec<u8>, bool)> = names
-            .into_iter()
-            .map(|n| match format::oci_whiteout_target(&n) {
+            items.push(match format::oci_whiteout_target(n) {
                 Some(t) => (t.to_vec(), true),
-                None => (n, false),
-            })
-            .collect();
-        items.sort();
+                None => (n.to_vec(), false),
+            });
+        }
+        items.sort_unstable();
         items.dedup_by(|a, b| a.0 == b.0);
         {
             let v = tree.nodes[dir_id as usize]
@@ -69,17 +65,19 @@ pub fn scan_layer(tree: &mut Tree, layer: u16, root: BorrowedFd<'_>, what: &str)
         }
         let mut hint = 0;
         for (name, oci_whiteout) in items {
-            let on_disk: Vec<u8> = if oci_whiteout {
-                [format::WHITEOUT_PREFIX, &name].concat()
+            let wh;
+            let on_disk: &[u8] = if oci_whiteout {
+                wh = [format::WHITEOUT_PREFIX, &name].concat();
+                &wh
             } else {
-                name.clone()
+                &name
             };
-            let st = rfs::statat(&dir, OsStr::from_bytes(&on_disk), AtFlags::SYMLINK_NOFOLLOW)
+            let st = rfs::statat(&dir, OsStr::from_bytes(on_disk), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| {
                     errno(format!(
                         "{what}: stat {}/{}",
                         shown(tree).trim_end_matches('/'),
-                        String::from_utf8_lossy(&on_disk)
+                        String::from_utf8_lossy(on_disk)
                     ))(e)
                 })?;
             let kind = if oci_whiteout || format::is_device_whiteout(&st) {

@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 
 use crate::explore::content::{self, DiffLine};
 use crate::explore::stack::Stack;
-use crate::explore::tree::{Entry, Kind, NodeId, Role, View, HIDDEN};
+use crate::explore::tree::{CutReason, Entry, Kind, NodeId, Role, View, HIDDEN};
 
 /// Bytes of a file shown per page.
 pub const PAGE: usize = 16 * 1024;
@@ -89,12 +89,16 @@ pub fn lines(stack: &Stack, view: &View, node: NodeId, mode: Mode) -> Vec<Line<'
         ]));
     }
     if let Some(c) = &prov.cut {
+        let why = match c.why {
+            CutReason::Opaque => "made opaque",
+            CutReason::Whiteout => "deleted",
+            CutReason::Replaced => "replaced by a non-directory",
+        };
         out.push(Line::from(Span::styled(
             format!(
-                "below L{}: cut off by {} ({:?} in L{})",
+                "below L{}: nothing shows through, {} {why} in L{}",
                 prov.floor.min(upto as u16 + 1),
                 tree.path(c.at),
-                c.why,
                 c.layer
             ),
             Style::default().fg(Color::DarkGray),
