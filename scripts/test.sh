@@ -12,7 +12,8 @@ fi
 
 packages=(fuse3 fuse-overlayfs unionfs-fuse attr acl busybox-static uidmap
           runc crun podman skopeo fio e2fsprogs util-linux procps psmisc
-          python3 netavark iptables slirp4netns)
+          python3 tmux docker-registry openssl apache2-utils time
+          netavark iptables slirp4netns)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,7 +6,10 @@
 pub mod bench;
 pub mod build;
 pub mod container;
+pub mod estargz;
+pub mod explore;
 pub mod image;
 pub mod overlay;
+pub mod registry;
 pub mod sys;
 pub mod union;

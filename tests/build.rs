@@ -47,7 +47,8 @@ fn build_in(
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
         std::fs::write(f, c).unwrap();
     }
-    let out = env.run(&["build", "-t", dir, ctx.to_str().unwrap()]);
+    // Never from a registry: these tests name only images of the store (or none).
+    let out = env.run(&["build", "--pull=never", "-t", dir, ctx.to_str().unwrap()]);
     (ctx, out)
 }
 

@@ -38,6 +38,104 @@ both_backends!(
     open_fd_survives_rename_of_its_file,
 );
 
+every_mode!(truncating_open_of_a_running_program_is_busy_and_harmless);
+
+/// `open(O_RDONLY|O_TRUNC)` of a program that is running: the kernel answers ETXTBSY and the
+/// file is untouched. With `FUSE_ATOMIC_O_TRUNC` the kernel checks only after OPEN, so a daemon
+/// that truncates in OPEN would destroy the running program's text (it then dies of SIGBUS)
+/// while the caller still sees ETXTBSY. Write access modes are checked by the kernel first.
+fn truncating_open_of_a_running_program_is_busy_and_harmless(mode: common::modes::Mode) {
+    let program = fs::read("/usr/bin/sleep").unwrap();
+    let fx = Fixture::new(1);
+    fx.lower(0).file("lower-prog", &program);
+    fs::set_permissions(
+        fx.lowers[0].join("lower-prog"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let m = mode.mount(&fx);
+    let expected = program.clone();
+    m.with_timeout(DEADLINE, move |r| {
+        let program = expected;
+        fs::copy(r.join("lower-prog"), r.join("upper-prog")).unwrap();
+        for name in ["lower-prog", "upper-prog"] {
+            let path = r.join(name);
+            let mut child = std::process::Command::new(&path).arg("60").spawn().unwrap();
+            wait_until_executing(child.id(), name);
+            for flags in [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR] {
+                let open = OpenOptions::new()
+                    .read(flags != libc::O_WRONLY)
+                    .write(flags != libc::O_RDONLY)
+                    .custom_flags(libc::O_TRUNC)
+                    .open(&path);
+                assert_errno(
+                    &format!("{name}: O_TRUNC open ({flags})"),
+                    open,
+                    libc::ETXTBSY,
+                );
+            }
+            let now = read(&path);
+            if mode == common::modes::Mode::Kernel && name == "lower-prog" {
+                // Kernel overlayfs copies the file up without its data for the O_TRUNC open
+                // before the VFS refuses it: the program runs on (it maps the lower file) but
+                // the merged file is now empty. stratafs keeps it whole.
+                assert!(
+                    now.is_empty(),
+                    "{name}: kernel overlayfs kept {} bytes",
+                    now.len()
+                );
+            } else {
+                assert!(
+                    now == program,
+                    "{name}: {} bytes after the refused opens, not the program's {}",
+                    now.len(),
+                    program.len()
+                );
+            }
+            assert_eq!(
+                child.try_wait().unwrap(),
+                None,
+                "{name}: the program still runs"
+            );
+            child.kill().unwrap();
+            child.wait().unwrap();
+            // Once it has ended the same open truncates (the kernel releases the program's
+            // file a moment after it exits).
+            let mut tries = 0;
+            let truncated = loop {
+                match OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_TRUNC)
+                    .open(&path)
+                {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => break other,
+                }
+            };
+            truncated.unwrap_or_else(|e| panic!("{name}: O_RDONLY|O_TRUNC after exit: {e}"));
+            assert_eq!(fs::metadata(&path).unwrap().len(), 0, "{name}");
+        }
+    });
+    drop(m);
+    assert_eq!(read(&fx.lowers[0].join("lower-prog")), program);
+}
+
+/// Waits until process `pid` runs the program named `name` (its exec is done).
+fn wait_until_executing(pid: u32, name: &str) {
+    for _ in 0..500 {
+        if fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|exe| exe.file_name().is_some_and(|f| f == name))
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("process {pid} did not exec {name}");
+}
+
 fn create_new_file_in_root_and_in_lower_dir(b: Backend) {
     let fx = Fixture::new(1);
     fx.lower(0).file("deep/er/existing", b"e");

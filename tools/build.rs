@@ -34,6 +34,11 @@ pub struct BuildArgs {
     /// Print only the image ID.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// When FROM pulls its image from a registry.
+    #[arg(long, value_enum, default_value_t = crate::registry::PullWhen::Missing, num_args = 0..=1, require_equals = true, default_missing_value = "always")]
+    pull: crate::registry::PullWhen,
+    #[command(flatten)]
+    connect: crate::registry::ConnectArgs,
     /// The build context directory.
     context: PathBuf,
 }
@@ -70,6 +75,8 @@ pub fn run(root: &Path, a: BuildArgs) -> Result<i32> {
         no_cache: a.no_cache,
         target: a.target.clone(),
         runtime: a.runtime.clone(),
+        pull: a.pull.into(),
+        puller: Some(crate::registry::puller(root, &a.connect)),
         network: a
             .network
             .as_deref()

@@ -59,6 +59,11 @@ pub struct CreateArgs {
     /// OCI runtime (runc, crun or a path).
     #[arg(long)]
     runtime: Option<String>,
+    /// When the image is pulled from its registry.
+    #[arg(long, value_enum, default_value_t = crate::registry::PullWhen::Missing)]
+    pull: crate::registry::PullWhen,
+    #[command(flatten)]
+    connect: crate::registry::ConnectArgs,
     /// Image: a name, tag or ID from the store; or a root file system directory, or
     /// DIR,DIR,... layer directories bottom first (a path with a `/`).
     image: String,
@@ -167,8 +172,14 @@ pub enum Cmd {
         /// NAME[:TAG] of the new image.
         name: Option<String>,
     },
-    /// Show what the writable layer added (A), changed (C), deleted (D).
-    Diff { container: String },
+    /// Show what a container's writable layer added (A), changed (C), deleted (D); or, given
+    /// two images, what the second adds, changes and deletes relative to the first.
+    Diff {
+        /// A container; or the first of two images.
+        container: String,
+        /// The second image.
+        image: Option<String>,
+    },
     /// Named volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
@@ -215,12 +226,25 @@ fn local_image(arg: &str) -> Result<ImageSpec> {
 ///
 /// For a store image the returned store pins its layers, so `rmi` cannot free them before the
 /// container that lists them as lowerdirs exists: keep it until then.
-fn image_spec(root: &Path, arg: &str) -> Result<(ImageSpec, Option<Store>)> {
+fn image_spec(root: &Path, a: &CreateArgs) -> Result<(ImageSpec, Option<Store>)> {
+    use crate::registry::PullWhen;
+    let arg = a.image.as_str();
     if arg.contains('/') && Path::new(arg.split(',').next().unwrap_or(arg)).is_dir() {
         return Ok((local_image(arg)?, None));
     }
     let store = Store::open(root)?;
-    let img = store.resolve_pinned(arg)?;
+    let img = match (a.pull, store.resolve_pinned(arg)) {
+        (PullWhen::Always, _) => {
+            let id = crate::registry::pull_for(root, arg, &a.connect)?;
+            store.resolve_pinned(&id)?
+        }
+        (PullWhen::Missing, Err(strata::image::Error::NoSuchImage(_))) => {
+            eprintln!("Unable to find image '{arg}' in the store");
+            let id = crate::registry::pull_for(root, arg, &a.connect)?;
+            store.resolve_pinned(&id)?
+        }
+        (_, r) => r?,
+    };
     let spec = ImageSpec {
         id: img.id.to_string(),
         name: arg.to_string(),
@@ -268,7 +292,7 @@ fn options(
         auto_remove,
         runtime: a.runtime.clone(),
     };
-    let (image, lock) = image_spec(root, &a.image)?;
+    let (image, lock) = image_spec(root, a)?;
     Ok((opts, image, lock))
 }
 
@@ -434,7 +458,14 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             println!("{}", img.id);
             Ok(0)
         }
-        Cmd::Diff { container } => {
+        Cmd::Diff {
+            container: a,
+            image: Some(b),
+        } => crate::explore::diff_images(root, &a, &b),
+        Cmd::Diff {
+            container,
+            image: None,
+        } => {
             for ch in Container::open(root, &container)?.diff()? {
                 println!("{} {}", ch.kind, ch.path);
             }

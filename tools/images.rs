@@ -1,4 +1,4 @@
-//! Image verbs: images, tag, rmi, history, import, save, load (and image `inspect`, which
+//! Image verbs: images, tag, rmi, history, import, save, load, convert (and image `inspect`, which
 //! `containers` falls back to when no container has the name).
 
 use std::path::{Path, PathBuf};
@@ -49,6 +49,24 @@ pub enum Cmd {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Make a copy of an image whose layers are eStargz (lazily pullable, still valid gzip
+    /// tars for every other client). The layers' diff IDs change: each gains a TOC entry.
+    Convert {
+        /// Write eStargz layers (the only target format, and required).
+        #[arg(long)]
+        estargz: bool,
+        /// Put this file (an absolute path in the image) before the prefetch landmark, to be
+        /// fetched at mount time; repeat for more.
+        #[arg(long = "prefetch", value_name = "PATH")]
+        prefetch: Vec<String>,
+        /// Largest chunk of a file in one gzip member, in bytes.
+        #[arg(long, default_value_t = strata::estargz::CHUNK_SIZE, value_parser = clap::value_parser!(u64).range(4096..=256 << 20))]
+        chunk_size: u64,
+        /// The image to convert.
+        image: String,
+        /// NAME[:TAG] of the new image.
+        new: String,
+    },
     /// Load images from an OCI archive, a docker save archive or an OCI layout directory.
     Load {
         /// Input archive or OCI layout directory.
@@ -90,6 +108,28 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
                 list.push((img, tag));
             }
             archive::save(&store, &list, &output)?;
+        }
+        Cmd::Convert {
+            estargz,
+            prefetch,
+            chunk_size,
+            image,
+            new,
+        } => {
+            if !estargz {
+                bail!("convert: say which format to write: --estargz");
+            }
+            let tag = reference::parse_tag(&new)?;
+            let src = store.resolve_pinned(&image)?;
+            let opts = strata::estargz::writer::Options {
+                chunk_size,
+                prefetch,
+                ..Default::default()
+            };
+            let img = image::estargz::convert_image(&store, &src, &opts)
+                .with_context(|| format!("convert {image}"))?;
+            store.tag(&img, &tag)?;
+            println!("{}", img.id);
         }
         Cmd::Load { input } => {
             let loaded = archive::load(&store, &input)

@@ -4,7 +4,9 @@
 mod bench;
 mod build;
 mod containers;
+mod explore;
 mod images;
+mod registry;
 
 use clap::{ArgAction, Parser, Subcommand};
 
@@ -33,6 +35,19 @@ enum Command {
     Containers(containers::Cmd),
     #[command(flatten)]
     Images(images::Cmd),
+    #[command(flatten)]
+    Explore(explore::Cmd),
+    /// Pull an image from a registry (docker's reference grammar: alpine,
+    /// localhost:5000/app:1, name@sha256:...); prints its digest.
+    Pull(registry::PullArgs),
+    /// Push an image of the store to a registry (to its own name or to DESTINATION); prints
+    /// the manifest digest.
+    Push(registry::PushArgs),
+    /// Log in to a registry: the credentials go to $XDG_RUNTIME_DIR/containers/auth.json
+    /// (podman's and skopeo's file; $REGISTRY_AUTH_FILE overrides it).
+    Login(registry::LoginArgs),
+    /// Log out of a registry (remove its credentials from the auth file).
+    Logout(registry::LogoutArgs),
 }
 
 fn main() {
@@ -53,7 +68,7 @@ fn main() {
     // Every verb that uses the store first makes sure it is private (and closes a store an
     // older version made world-readable).
     let secured = match &cli.command {
-        Command::Bench(_) => Ok(()),
+        Command::Bench(_) | Command::Login(_) | Command::Logout(_) => Ok(()),
         _ => strata::image::private::secure(&root),
     };
     if let Err(e) = secured {
@@ -65,6 +80,11 @@ fn main() {
         Command::Build(args) => build::run(&root, args),
         Command::Containers(c) => containers::run(&root, c),
         Command::Images(c) => images::run(&root, c),
+        Command::Explore(c) => explore::run(&root, c),
+        Command::Pull(a) => registry::pull(&root, a),
+        Command::Push(a) => registry::push(&root, a),
+        Command::Login(a) => registry::login(a),
+        Command::Logout(a) => registry::logout(a),
     };
     // One line, docker's convention: 125 when strata itself failed, else the process's code.
     std::process::exit(result.unwrap_or_else(|e| {

@@ -51,9 +51,40 @@ fn check_interrupted() -> Result<()> {
 /// Docker's default `SHELL`.
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 
+/// When `FROM` fetches its image from a registry (docker's `--pull`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Only when the store does not have it (docker's default).
+    #[default]
+    Missing,
+    /// Every time, so a moved tag is followed.
+    Always,
+    /// Never: the store must have it.
+    Never,
+}
+
+/// The function behind a [`Puller`].
+pub type PullFn = dyn Fn(&str) -> std::result::Result<String, String> + Send + Sync;
+
+/// Fetches an image into the store (a registry pull, which the caller supplies: the build
+/// knows nothing of registries). Given the reference as the Dockerfile writes it, returns the
+/// pulled image's ID.
+#[derive(Clone)]
+pub struct Puller(pub std::sync::Arc<PullFn>);
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Puller")
+    }
+}
+
 /// What to build.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
+    /// When `FROM` pulls its image.
+    pub pull: PullPolicy,
+    /// How (none: never).
+    pub puller: Option<Puller>,
     /// The build context directory.
     pub context: PathBuf,
     /// The Dockerfile (default `CONTEXT/Dockerfile`).
@@ -395,10 +426,7 @@ impl Builder<'_> {
             archive::from_layout_dir(self.store, Path::new(path), tag)
                 .map_err(|e| self.at(line, format!("FROM {base}: {e}")))?
         } else {
-            self.store.resolve_pinned(base).map_err(|e| match e {
-                crate::image::Error::NoSuchImage(_) => self.at(line, format!("FROM {base}: no such image in the store (strata does not pull from registries here: load or import it first)")),
-                e => self.at(line, format!("FROM {base}: {e}")),
-            })?
+            self.resolve_base(base, line)?
         };
         let layers = image.layers()?;
         // Images come with their own config history; later steps append to it.
@@ -407,6 +435,34 @@ impl Builder<'_> {
             layers,
             cache::key(image.id.as_str(), &[]),
         ))
+    }
+
+    /// The store image `FROM base` names, pulled first as the pull policy says.
+    fn resolve_base(&mut self, base: &str, line: usize) -> Result<Image> {
+        let puller = match (&self.opts.puller, self.opts.pull) {
+            (Some(p), policy) if policy != PullPolicy::Never => Some((p.clone(), policy)),
+            _ => None,
+        };
+        let pull = |this: &mut Self| -> Result<Image> {
+            let (p, _) = puller.clone().expect("checked");
+            let _ = writeln!(this.log, "pulling {base}");
+            let id = (p.0)(base).map_err(|e| this.at(line, format!("FROM {base}: {e}")))?;
+            this.store
+                .resolve_pinned(&id)
+                .map_err(|e| this.at(line, format!("FROM {base}: {e}")))
+        };
+        if matches!(puller, Some((_, PullPolicy::Always))) {
+            return pull(self);
+        }
+        match self.store.resolve_pinned(base) {
+            Ok(img) => Ok(img),
+            Err(crate::image::Error::NoSuchImage(_)) if puller.is_some() => pull(self),
+            Err(crate::image::Error::NoSuchImage(_)) => Err(self.at(
+                line,
+                format!("FROM {base}: no such image in the store (and --pull=never)"),
+            )),
+            Err(e) => Err(self.at(line, format!("FROM {base}: {e}"))),
+        }
     }
 
     fn expand_word(&self, st: &StageState, word: &str, line: usize) -> Result<String> {

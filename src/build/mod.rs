@@ -10,7 +10,7 @@ pub mod dockerignore;
 pub mod expand;
 pub mod instruction;
 
-pub use builder::{build, BuildOptions};
+pub use builder::{build, BuildOptions, PullPolicy, Puller};
 
 /// Errors of a build.
 #[derive(Debug, thiserror::Error)]

@@ -211,6 +211,17 @@ pub fn load(store: &Store, input: &Path) -> Result<Loaded> {
     Ok(out)
 }
 
+/// The images of the archive or OCI layout directory at `input`, their blobs copied into the
+/// store (and pinned for this process) but not tagged: what `strata explore ARCHIVE` reads.
+pub fn images_in(store: &Store, input: &Path) -> Result<Vec<Image>> {
+    let found = if input.is_dir() {
+        layout_dir_images(store, input, None)?
+    } else {
+        archive_images(store, input)?
+    };
+    Ok(found.into_iter().map(|f| f.image).collect())
+}
+
 /// Copy the image `tag` (or the only one) of the OCI layout at `dir` into the store's blobs
 /// without tagging it: what `FROM oci:PATH[:TAG]` uses.
 pub fn from_layout_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Image> {
@@ -524,6 +535,7 @@ fn archive_images(store: &Store, input: &Path) -> Result<Vec<Found>> {
                     .and_then(|d| d.parse().ok())
                     .unwrap_or_else(|| digest.clone()),
                 digest,
+                annotations: Default::default(),
             });
         }
         let (manifest_digest, _) =

@@ -6,8 +6,9 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
 use super::digest::{Digest, DigestReader, DigestWriter};
+use super::lock::Lock;
 use super::pins::{Pins, TEMP_PREFIX};
-use super::{io_err, Error, Result};
+use super::{io_err, private, Error, Result};
 
 /// The blob directory of a store.
 #[derive(Debug, Clone)]
@@ -149,6 +150,84 @@ impl Blobs {
             }
             _ => Ok(()),
         }
+    }
+}
+
+impl Blobs {
+    /// The store's directory of partly downloaded blobs (`partial/`, beside `blobs/`): kept
+    /// across processes so an interrupted download resumes where it stopped.
+    fn partial_dir(&self) -> PathBuf {
+        let root = self
+            .dir
+            .parent()
+            .and_then(|p| p.parent())
+            .unwrap_or(&self.dir);
+        root.join("partial")
+    }
+
+    /// The partly downloaded blob `d`, created empty if there is none, locked for this process
+    /// (a second download of the same blob waits here for the first, then finds it present).
+    pub fn partial(&self, d: &Digest) -> Result<Partial> {
+        let dir = self.partial_dir();
+        private::create(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let path = dir.join(d.hex());
+        let lock = Lock::exclusive(&path)?;
+        Ok(Partial { path, lock })
+    }
+
+    /// Make the finished partial download `p`, whose content the caller verified to hash to
+    /// `d`, the blob `d` (fsynced, renamed into place, pinned).
+    pub fn commit_partial(&self, p: Partial, d: &Digest) -> Result<()> {
+        p.lock
+            .file()
+            .sync_all()
+            .map_err(io_err(format!("fsync {}", p.path.display())))?;
+        let dest = self.path(d);
+        self.pins.locked(|pin| {
+            fs::rename(&p.path, &dest).map_err(io_err(format!("rename to {}", dest.display())))?;
+            pin.blob(d)
+        })
+    }
+}
+
+/// A blob being downloaded, kept under `partial/` between attempts; its file is locked while
+/// this value lives.
+#[derive(Debug)]
+pub struct Partial {
+    path: PathBuf,
+    lock: Lock,
+}
+
+impl Partial {
+    /// The file (opened for reading and writing).
+    pub fn file(&self) -> &File {
+        self.lock.file()
+    }
+
+    /// How many bytes it has.
+    pub fn len(&self) -> Result<u64> {
+        Ok(self
+            .file()
+            .metadata()
+            .map_err(io_err(format!("stat {}", self.path.display())))?
+            .len())
+    }
+
+    /// Whether it has no bytes yet.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Drop what it holds: its bytes were bad, or the server will not resume.
+    pub fn truncate(&self) -> Result<()> {
+        self.file()
+            .set_len(0)
+            .map_err(io_err(format!("truncate {}", self.path.display())))
+    }
+
+    /// Remove it (its content was bad).
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 

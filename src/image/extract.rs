@@ -34,6 +34,9 @@ pub struct UnpackOptions {
     /// Turn OCI whiteout entries into overlay whiteouts (layers); `false` writes them as the
     /// plain files they are (`ADD` of a tar).
     pub whiteouts: bool,
+    /// Skip the eStargz bookkeeping entries at the root (the TOC and the landmarks): the
+    /// layer is an eStargz blob, whose lazy view does not show them either.
+    pub estargz: bool,
 }
 
 impl UnpackOptions {
@@ -48,6 +51,7 @@ impl UnpackOptions {
                 XattrNamespace::User
             },
             whiteouts: true,
+            estargz: false,
         }
     }
 }
@@ -235,6 +239,9 @@ impl Unpacker<'_> {
         let Some(name) = comps.pop() else {
             return Ok(()); // the root itself: its metadata belongs to the lower layers
         };
+        if self.opts.estargz && comps.is_empty() && crate::estargz::writer::is_format_entry(&raw) {
+            return Ok(());
+        }
         self.stats.entries += 1;
         let header = entry.header().clone();
         let mode = header
@@ -386,6 +393,9 @@ impl Unpacker<'_> {
                     }
                     Err(e) => return Err(self.io(&raw, "mknod", e)),
                 }
+                // mknod's mode passed through the umask: set the entry's own.
+                rfs::chmodat(p, &name, Mode::from_raw_mode(mode), rfs::AtFlags::empty())
+                    .map_err(|e| self.io(&raw, "chmod", e))?;
                 self.owner_and_times_at(p, &name, (uid, gid), mtime, &raw)?;
             }
             other => {

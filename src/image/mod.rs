@@ -7,9 +7,11 @@ pub mod archive;
 pub mod blobs;
 pub mod config;
 pub mod digest;
+pub mod estargz;
 pub mod extract;
 pub mod import;
 pub mod layout;
+pub mod lazy;
 pub mod lock;
 pub mod pack;
 pub mod pins;
@@ -81,6 +83,14 @@ pub enum Error {
         what: String,
         /// The underlying error.
         source: serde_json::Error,
+    },
+    /// An eStargz layer could not be written or read.
+    #[error("{what}: {source}")]
+    Estargz {
+        /// Which layer.
+        what: String,
+        /// The underlying error.
+        source: crate::estargz::Error,
     },
     /// Anything else the user asked that cannot be done.
     #[error("{0}")]

@@ -34,6 +34,9 @@ pub const DIRS: &[&str] = &[
     "volumes",
     "runtime",
     "userns",
+    "chunks",
+    "chunks/sha256",
+    "lazy",
 ];
 
 /// Create the directory `dir` with mode 0700 (missing parents get the usual modes), or make an

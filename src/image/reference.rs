@@ -86,7 +86,7 @@ pub fn split_tagged(r: &str) -> (&str, &str) {
 
 /// Docker's repository-name grammar: lower-case path components of `[a-z0-9]` joined by `.`,
 /// `_`, `__` or `-`, separated by `/`; the first component may be a registry host with a port.
-fn validate_name(name: &str) -> std::result::Result<(), String> {
+pub fn validate_name(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() || name.len() > 255 {
         return Err("the name must have 1 to 255 characters".into());
     }

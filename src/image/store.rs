@@ -2,7 +2,7 @@
 //! layers extracted once each, by diff ID, under `layers/sha256/`, which are the lowerdirs of
 //! every container of every image that shares them.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,18 @@ pub struct LayerDesc {
     pub size: u64,
     /// Blob media type.
     pub media_type: String,
+    /// Annotations of the layer's descriptor (e.g. an eStargz layer's TOC digest).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl LayerDesc {
+    /// The digest of the layer's eStargz TOC, if its descriptor names one.
+    pub fn toc_digest(&self) -> Option<&str> {
+        self.annotations
+            .get(crate::estargz::TOC_DIGEST_ANNOTATION)
+            .map(String::as_str)
+    }
 }
 
 /// An image read from the store.
@@ -80,6 +92,11 @@ impl Image {
                     diff_id: d.parse()?,
                     size: l.size(),
                     media_type: l.media_type().to_string(),
+                    annotations: l
+                        .annotations()
+                        .as_ref()
+                        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
                 })
             })
             .collect()
@@ -153,6 +170,18 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// The store's cache of verified eStargz chunks (`chunks/sha256`, private), shared by
+    /// every lazy layer.
+    pub fn chunk_cache(&self) -> Result<crate::estargz::cache::ChunkCache> {
+        let dir = self.root.join("chunks/sha256");
+        private::create(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        private::create(&self.root.join("chunks")).map_err(io_err("create the chunk cache"))?;
+        crate::estargz::cache::ChunkCache::open(&dir).map_err(|source| Error::Estargz {
+            what: "chunk cache".into(),
+            source,
+        })
     }
 
     /// The store's directory.
@@ -386,6 +415,7 @@ impl Store {
             diff_id,
             size,
             media_type: LAYER_GZIP.to_string(),
+            annotations: BTreeMap::new(),
         })
     }
 
@@ -414,7 +444,13 @@ impl Store {
     ) -> Result<(Digest, ImageManifest)> {
         let descs = layers
             .iter()
-            .map(|l| descriptor(&l.media_type, l.size, &l.digest))
+            .map(|l| {
+                let mut d = descriptor(&l.media_type, l.size, &l.digest)?;
+                if !l.annotations.is_empty() {
+                    d.set_annotations(Some(l.annotations.clone().into_iter().collect()));
+                }
+                Ok(d)
+            })
             .collect::<Result<Vec<_>>>()?;
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
@@ -430,32 +466,63 @@ impl Store {
     /// The directory holding `layer` extracted in overlay format, extracting it first if
     /// needed (verifying the blob digest and the diff ID on the way); pinned for this process.
     pub fn extracted(&self, layer: &LayerDesc) -> Result<PathBuf> {
-        let dest = self.root.join("layers/sha256").join(layer.diff_id.hex());
-        let present = self.pins.locked(|p| {
-            if !dest.is_dir() {
-                return Ok(false);
-            }
-            p.layer(&layer.diff_id)?;
-            Ok(true)
-        })?;
-        if present {
+        if let Some(dest) = self.pin_extracted(layer)? {
             return Ok(dest);
         }
+        let blob = self.blobs.open_blob(&layer.digest)?;
+        // A corrupt blob mostly shows as a broken gzip or tar stream long before its end,
+        // where the digest is checked: the stream below names the real cause.
+        self.extract_stream(layer, blob, |_| Ok(())).map_err(|e| {
+            match self.blobs.verify(&layer.digest) {
+                Err(mismatch @ Error::DigestMismatch { .. }) => mismatch,
+                _ => e,
+            }
+        })
+    }
+
+    /// The extracted directory of `layer` if it is present, pinned for this process.
+    pub fn pin_extracted(&self, layer: &LayerDesc) -> Result<Option<PathBuf>> {
+        let dest = self.root.join("layers/sha256").join(layer.diff_id.hex());
+        self.pins.locked(|p| {
+            if !dest.is_dir() {
+                return Ok(None);
+            }
+            p.layer(&layer.diff_id)?;
+            Ok(Some(dest.clone()))
+        })
+    }
+
+    /// Extract `layer` from `blob`, its raw (compressed) bytes as they come, in one pass: the
+    /// blob's digest and the diff ID are checked as it streams, and `verified` (given the
+    /// blob's digest) runs once both matched, before the layer is renamed into place (a pull
+    /// commits the blob it wrote alongside there). Nothing is left behind on error. A stream
+    /// whose bytes do not match the blob digest fails with [`Error::DigestMismatch`], even
+    /// when its corruption broke the gzip or tar stream first.
+    pub fn extract_stream(
+        &self,
+        layer: &LayerDesc,
+        blob: impl Read,
+        verified: impl FnOnce(&Digest) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let dest = self.root.join("layers/sha256").join(layer.diff_id.hex());
         let tmp = self.root.join("layers").join(self.pins.temp_name("layer")?);
         fs::create_dir(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         let guard = TempDir(tmp);
         let what = format!("layer {}", layer.digest);
-        let unpack = || -> Result<Digest> {
-            let blob = self.blobs.verifying_reader(&layer.digest)?;
+        let mut raw = DigestReader::new(blob);
+        let unpacked = (|| -> Result<Digest> {
             let mut tar = DigestReader::new(decompressed(
-                BufReader::with_capacity(1 << 20, blob),
+                BufReader::with_capacity(1 << 20, &mut raw),
                 &what,
             )?);
             extract::unpack(
                 &mut tar,
                 guard.path(),
                 &what,
-                UnpackOptions::for_current_user(),
+                UnpackOptions {
+                    estargz: layer.toc_digest().is_some(),
+                    ..UnpackOptions::for_current_user()
+                },
             )?;
             // Read to the end so both digests cover the whole blob.
             io::copy(&mut tar, &mut io::sink()).map_err(|e| Error::Tar {
@@ -463,13 +530,36 @@ impl Store {
                 source: e,
             })?;
             Ok(tar.finish().0)
+        })();
+        // Whatever happened, the blob's digest is over all of it (the decoder may stop early).
+        let drained = io::copy(&mut raw, &mut io::sink());
+        let (blob_digest, _) = raw.finish();
+        let mismatch = || Error::DigestMismatch {
+            what: what.clone(),
+            expected: layer.digest.clone(),
+            found: blob_digest.clone(),
         };
-        // A corrupt blob mostly shows as a broken gzip or tar stream long before its end,
-        // where the digest is checked: name the real cause.
-        let found = unpack().map_err(|e| match self.blobs.verify(&layer.digest) {
-            Err(mismatch @ Error::DigestMismatch { .. }) => mismatch,
-            _ => e,
-        })?;
+        let found = match (unpacked, drained) {
+            // An unreadable stream (a dropped connection) is the cause, not the digest.
+            (Err(e), Err(_)) => return Err(e),
+            (Err(e), Ok(_)) => {
+                return Err(if blob_digest != layer.digest {
+                    mismatch()
+                } else {
+                    e
+                })
+            }
+            (Ok(_), Err(e)) => {
+                return Err(Error::Tar {
+                    what: format!("read {what}"),
+                    source: e,
+                })
+            }
+            (Ok(found), Ok(_)) => found,
+        };
+        if blob_digest != layer.digest {
+            return Err(mismatch());
+        }
         if found != layer.diff_id {
             return Err(Error::DigestMismatch {
                 what: format!("uncompressed {what}"),
@@ -484,6 +574,7 @@ impl Store {
         )
         .map_err(|e| io_err("open layer")(e.into()))?;
         rustix::fs::syncfs(&d).map_err(|e| io_err("sync layer")(e.into()))?;
+        verified(&blob_digest)?;
         let renamed = self.pins.locked(|p| {
             let renamed = match fs::rename(guard.path(), &dest) {
                 Ok(()) => true,
@@ -661,15 +752,17 @@ impl Drop for TempDir {
     }
 }
 
-/// `input` decompressed if it is gzip; zstd and other formats are refused by name.
+/// `input` decompressed if it is gzip or zstd (the layer compressions of the OCI spec, told by
+/// their magic numbers); bzip2 and xz are refused by name.
 pub fn decompressed<'a, R: BufRead + 'a>(mut input: R, what: &str) -> Result<Box<dyn Read + 'a>> {
     let head = input.fill_buf().map_err(io_err(format!("read {what}")))?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(input)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(Error::Invalid(format!(
-            "{what}: zstd-compressed layers are not supported"
-        )))
+        Ok(Box::new(
+            zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(io_err(format!("read {what}")))?,
+        ))
     } else if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {
         Err(Error::Invalid(format!(
             "{what}: bzip2/xz-compressed tars are not supported; use gzip or none"

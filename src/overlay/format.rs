@@ -58,6 +58,33 @@ impl XattrNamespace {
             XattrNamespace::User => USER_OPAQUE,
         }
     }
+    /// Name of the mark of a lazy layer's file whose bytes are not here yet (its value is
+    /// the file's path in the layer's TOC).
+    pub const fn lazy(self) -> &'static str {
+        match self {
+            XattrNamespace::Trusted => "trusted.overlay.strata.lazy",
+            XattrNamespace::User => "user.overlay.strata.lazy",
+        }
+    }
+}
+
+/// File capabilities: dropped by the kernel on any write, so kept aside around one.
+pub const FILE_CAPS: &str = "security.capability";
+
+/// Run `write` on `fd` and put back the file capabilities it had (a write drops them).
+pub fn keeping_caps<T>(
+    fd: BorrowedFd<'_>,
+    write: impl FnOnce() -> Result<T, Errno>,
+) -> Result<T, Errno> {
+    let mut buf = vec![0u8; 256];
+    let caps = rfs::fgetxattr(fd, FILE_CAPS, &mut buf[..])
+        .ok()
+        .map(|n| buf[..n].to_vec());
+    let out = write()?;
+    if let Some(caps) = caps {
+        rfs::fsetxattr(fd, FILE_CAPS, &caps, rfs::XattrFlags::empty())?;
+    }
+    Ok(out)
 }
 
 /// What one raw directory entry of a layer means to the union.

@@ -140,6 +140,7 @@ impl Union {
             .map(|n| caps[..n].to_vec());
         if with_data {
             let lower_dir = self.dir_fd(parent, data_layer)?;
+            self.ensure_data_at(data_layer, lower_dir.as_fd(), name)?;
             let lower = open_entry(lower_dir.as_fd(), name, OFlags::RDONLY)?;
             let size = rfs::fstat(&lower)?.st_size as u64;
             copy_data(lower.as_fd(), upper.as_fd(), size)?;
@@ -184,6 +185,9 @@ impl Union {
             CopyMode::Meta => DataCopy::Marker,
             CopyMode::Empty => DataCopy::Nothing,
         };
+        if data == DataCopy::Bytes && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+            self.ensure_data_at(src, src_dir.as_fd(), name)?;
+        }
         let result = self.make_copy(src_dir.as_fd(), name, &st, work.as_fd(), &tmp, data);
         if let Err(e) = result {
             let _ = remove_any(work.as_fd(), &tmp);

@@ -269,6 +269,23 @@ impl StrataFs {
         busy()
     }
 
+    /// Whether a process executes node `node` through the mount. The kernel denies writes to
+    /// such an inode, but checks an `O_RDONLY|O_TRUNC` open only after OPEN has truncated the
+    /// file (`FUSE_ATOMIC_O_TRUNC`), so that case is ours to refuse.
+    fn executing(&self, node: u64) -> bool {
+        let Ok(node) = self.union.node(node) else {
+            return false;
+        };
+        // The kernel sends RELEASE of an exited program's file after it is gone: a moment.
+        for _ in 0..RELEASE_GRACE_STEPS {
+            if !node.is_executing() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        node.is_executing()
+    }
+
     /// Open flags for a handle served without passthrough.
     fn plain_open_flags(&self, handle: &UnionFile) -> FopenFlags {
         NO_FLUSH | self.cache_flags(handle)
@@ -610,6 +627,9 @@ impl Filesystem for StrataFs {
         refuse_own!(self, req, reply);
         self.stats.count(Op::Open);
         if wants_write(flags.0) && self.lower_busy(ino.0) {
+            return reply.error(FErrno::from_i32(libc::ETXTBSY));
+        }
+        if truncates_read_only(flags.0) && self.executing(ino.0) {
             return reply.error(FErrno::from_i32(libc::ETXTBSY));
         }
         let (fh, handle) = match self.union.open(ino.0, flags.0) {
@@ -957,6 +977,7 @@ impl Filesystem for StrataFs {
             node,
             lower: false,
             copied: std::sync::OnceLock::new(),
+            exec: false,
         });
         let attr = file_attr(&st);
         let backing = if keeps_setid(&handle) {
@@ -1087,4 +1108,10 @@ fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, Errno>) {
         Ok(v) => reply.data(&v),
         Err(e) => reply.error(ferr(e)),
     }
+}
+
+/// Whether open flags truncate without asking for write access (`O_RDONLY|O_TRUNC`): the
+/// kernel has then not checked for a running program before OPEN.
+fn truncates_read_only(flags: i32) -> bool {
+    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC != 0
 }

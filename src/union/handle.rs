@@ -28,7 +28,20 @@ pub struct FileHandle {
     /// For a lower file copied up while open: the upper copy, which reads then come from
     /// (overlayfs shows copy-ups to files opened before them).
     pub copied: std::sync::OnceLock<OwnedFd>,
+    /// Opened to execute the file (`__FMODE_EXEC`): counted on the node while open.
+    pub exec: bool,
 }
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        if self.exec {
+            self.node.count_exec_open(false);
+        }
+    }
+}
+
+/// The kernel's `__FMODE_EXEC` open flag, which FUSE passes on for an `execve` of the file.
+const FMODE_EXEC: i32 = 0x20;
 
 /// One entry returned by readdir.
 #[derive(Debug, Clone)]
@@ -129,6 +142,7 @@ impl Union {
             oflags |= OFlags::TRUNC;
         }
         let fd = self.with_name(node, Some(top), |dir, name| {
+            self.ensure_data_at(top, dir, name)?;
             rfs::openat(dir, name, oflags, rfs::Mode::empty())
         })?;
         Ok(FileHandle {
@@ -136,6 +150,13 @@ impl Union {
             node: node.clone(),
             lower: !self.is_upper(top),
             copied: std::sync::OnceLock::new(),
+            exec: {
+                let exec = flags & FMODE_EXEC != 0;
+                if exec {
+                    node.count_exec_open(true);
+                }
+                exec
+            },
         })
     }
 

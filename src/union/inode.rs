@@ -91,6 +91,10 @@ pub struct Node {
     /// Clients stat files in a directory below this one: its other subdirectories, the
     /// siblings and cousins of that one, are likely walked the same way.
     pub stat_walk_below: AtomicBool,
+    /// Open files of this node opened to execute it (`__FMODE_EXEC`): while there are any, the
+    /// kernel denies writes to the inode, but an `O_RDONLY|O_TRUNC` open reaches us (with
+    /// `FUSE_ATOMIC_O_TRUNC`) before the kernel checks, so the union must refuse it itself.
+    executing: AtomicU64,
 }
 
 impl Node {
@@ -122,7 +126,22 @@ impl Node {
             stat_walk: AtomicBool::new(false),
             stat_walk_below: AtomicBool::new(false),
             nlink_adjust: std::sync::atomic::AtomicI64::new(0),
+            executing: AtomicU64::new(0),
         }
+    }
+
+    /// Count an open of this node for execution (`exec` true) or end one (false).
+    pub fn count_exec_open(&self, exec: bool) {
+        if exec {
+            self.executing.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.executing.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a process executes this file through the mount (an exec open is not released).
+    pub fn is_executing(&self) -> bool {
+        self.executing.load(Ordering::Relaxed) > 0
     }
 
     /// Every name of this node the union knows, the main one first.

@@ -25,6 +25,8 @@ pub struct Layer {
     /// Whether `root` is a detached clone of the layer's mount, which shows no submounts
     /// (see [`super::detach`]).
     pub detached: bool,
+    /// For a lazy layer, what fills its files on first open (see [`super::lazy`]).
+    pub lazy: Option<std::sync::Arc<super::lazy::LazyLayer>>,
 }
 
 impl Layer {
@@ -43,6 +45,7 @@ impl Layer {
             path: path.to_path_buf(),
             fs_index,
             detached: false,
+            lazy: None,
         })
     }
 

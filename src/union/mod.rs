@@ -14,8 +14,10 @@ pub mod handle;
 pub mod hardlink;
 pub mod idmap;
 pub mod idmapped;
+pub mod indexed;
 pub mod inode;
 pub mod layer;
+pub mod lazy;
 pub mod namespace;
 pub mod options;
 pub mod overlap;
@@ -135,6 +137,20 @@ impl Union {
         // any daemonizing fork.
         let pid = self.temp_pid.get_or_init(std::process::id);
         OsString::from(format!("#strata-{pid}-{n}"))
+    }
+
+    /// Make sure the bytes of file `name` in directory `dir` of `layer` are here: a no-op but
+    /// for lazy layers, whose files are filled on first use.
+    pub fn ensure_data_at(
+        &self,
+        layer: LayerIndex,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<(), Errno> {
+        match &self.layer(layer).lazy {
+            None => Ok(()),
+            Some(lazy) => lazy.ensure_at(dir, name),
+        }
     }
 
     /// The work directory fd (only for writable mounts).

@@ -35,6 +35,10 @@ pub enum UringMode {
 pub struct MountOptions {
     /// Lower layers, top first (leftmost in `lowerdir=`). Never empty for a valid mount.
     pub lowerdirs: Vec<PathBuf>,
+    /// Spec files of lazy lower layers (`lazy=SPEC[:SPEC…]`, see [`super::lazy::LazySpec`]):
+    /// each names one of the `lowerdir=` directories, whose files are filled from an
+    /// eStargz blob on first open. Empty for ordinary mounts.
+    pub lazy: Vec<PathBuf>,
     /// The writable layer; `None` makes the mount read-only.
     pub upperdir: Option<PathBuf>,
     /// Scratch directory on the upper's filesystem for atomic copy-up.
@@ -104,6 +108,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             lowerdirs: Vec::new(),
+            lazy: Vec::new(),
             upperdir: None,
             workdir: None,
             metacopy: false,
@@ -250,6 +255,14 @@ impl MountOptions {
                 if self.lowerdirs.is_empty() {
                     return Err(OptionError::MissingValue(name.into()));
                 }
+            }
+            "lazy" => {
+                let v = need(value)?;
+                self.lazy = split_lowerdirs(&v)
+                    .into_iter()
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect();
             }
             "upperdir" => self.upperdir = Some(PathBuf::from(need(value)?)),
             "workdir" => self.workdir = Some(PathBuf::from(need(value)?)),

@@ -31,6 +31,14 @@ const FD_CACHE_SHARE: f64 = 0.5;
 /// Why a union cannot be set up; each names the directory at fault.
 #[derive(Debug, Error)]
 pub enum SetupError {
+    /// A `lazy=` spec that cannot be used.
+    #[error("lazy layer '{spec}': {reason}")]
+    Lazy {
+        /// The spec file.
+        spec: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A layer directory is missing or unreadable.
     #[error("{role} '{path}': {errno}")]
     Open {
@@ -110,6 +118,13 @@ pub enum SetupError {
 }
 
 impl SetupError {
+    fn lazy(spec: &Path, reason: impl Into<String>) -> SetupError {
+        SetupError::Lazy {
+            spec: spec.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
     /// The errno that kernel overlayfs (or the system) gives for the same mistake.
     pub fn errno(&self) -> Errno {
         match self {
@@ -119,6 +134,7 @@ impl SetupError {
             | SetupError::Nested { .. }
             | SetupError::DifferentMounts { .. } => Errno::INVAL,
             SetupError::Overlap { .. } | SetupError::MountInsideLayer { .. } => Errno::LOOP,
+            SetupError::Lazy { .. } => Errno::INVAL,
         }
     }
 }
@@ -136,6 +152,31 @@ fn check_dir(role: &'static str, path: &Path) -> Result<(), SetupError> {
             errno: super::errno_of(&e),
         }),
     }
+}
+
+/// Give the lower layers named by the `lazy=` specs their lazy part.
+fn attach_lazy(specs: &[PathBuf], layers: &mut [Layer], has_upper: bool) -> Result<(), SetupError> {
+    let lowers = if has_upper { &mut layers[1..] } else { layers };
+    for path in specs {
+        let spec = crate::estargz::LazySpec::read(path).map_err(|e| SetupError::lazy(path, e))?;
+        let st = rustix::fs::stat(&spec.dir)
+            .map_err(|e| SetupError::lazy(path, format!("{}: {e}", spec.dir.display())))?;
+        let lower = lowers
+            .iter_mut()
+            .find(|l| {
+                rustix::fs::fstat(&l.root)
+                    .is_ok_and(|r| (r.st_dev, r.st_ino) == (st.st_dev, st.st_ino))
+            })
+            .ok_or_else(|| {
+                SetupError::lazy(
+                    path,
+                    format!("{} is not one of the lowerdirs", spec.dir.display()),
+                )
+            })?;
+        let lazy = super::lazy::LazyLayer::open(&spec).map_err(|e| SetupError::lazy(path, e))?;
+        lower.lazy = Some(std::sync::Arc::new(lazy));
+    }
+    Ok(())
 }
 
 fn open_layer(role: &'static str, path: &Path, fs_index: u64) -> Result<Layer, SetupError> {
@@ -215,6 +256,7 @@ impl Union {
             lower.fs_index = fs_index(lower.dev);
             layers.push(lower);
         }
+        attach_lazy(&options.lazy, &mut layers, has_upper)?;
         // Before anything is written: a lower layer that is the work directory would be
         // emptied by `prepare_work`.
         check_overlaps(&layers, has_upper, work_root.as_ref())?;

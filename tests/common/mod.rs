@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod modes;
+pub mod registry;
 pub mod unprivileged;
 
 use std::collections::BTreeMap;
