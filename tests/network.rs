@@ -562,6 +562,22 @@ fn dns_files(rootless: bool) {
     assert!(e.contains("--network bridge"), "{e}");
     let e = n.fails(&["run", "--rm", "--network", "overlay", "web", "true"]);
     assert!(e.contains("unsupported --network"), "{e}");
+    if !rootless {
+        // A missing netavark is explained, and the failed start leaves nothing.
+        let o = n.run_with(
+            &["run", "--rm", "-p", "5229:80", "web", "true"],
+            &[("STRATA_NETAVARK", "/nonexistent/netavark")],
+            None,
+        );
+        let e = text(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            e.contains("netavark is not installed") && e.contains("apt-get install"),
+            "{e}"
+        );
+        assert!(n.containers().is_empty());
+        n.assert_network_gone("", &[(5229, "tcp")]);
+    }
 }
 
 #[test]

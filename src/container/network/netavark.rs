@@ -33,23 +33,23 @@ const PLACES: &[&str] = &[
     "/usr/local/lib/podman/netavark",
 ];
 
-/// The netavark binary: `$STRATA_NETAVARK`, the usual places, else PATH.
+/// The netavark binary: `$STRATA_NETAVARK` (if set, only it), the usual places, else PATH.
 pub fn binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("STRATA_NETAVARK") {
-        return Ok(PathBuf::from(p));
-    }
-    PLACES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .or_else(|| crate::container::runtime::which("netavark"))
-        .ok_or_else(|| {
-            Error::Missing(
-                "netavark is not installed (rootful --network bridge needs it: \
+    let found = match std::env::var_os("STRATA_NETAVARK") {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
+        None => PLACES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .or_else(|| crate::container::runtime::which("netavark")),
+    };
+    found.ok_or_else(|| {
+        Error::Missing(
+            "netavark is not installed (rootful --network bridge needs it: \
                  `apt-get install netavark iptables`), or use --network none or host"
-                    .into(),
-            )
-        })
+                .into(),
+        )
+    })
 }
 
 /// The firewall tool netavark 1.x drives; it fails obscurely without it.
