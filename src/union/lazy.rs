@@ -72,15 +72,21 @@ impl LazyLayer {
         })
     }
 
-    /// The TOC path of the file open as `fd` if it still waits for its bytes.
-    fn marked(fd: BorrowedFd<'_>) -> Option<String> {
-        let mut buf = vec![0u8; 4096];
+    /// The TOC path of the file open as `fd` if it still waits for its bytes. A mark that
+    /// cannot be read is an error, never taken for "whole": that would serve zeros.
+    fn marked(fd: BorrowedFd<'_>) -> Result<Option<String>, Errno> {
+        let mut buf = vec![0u8; 64 << 10];
         for name in MARKS {
-            if let Ok(n) = rfs::fgetxattr(fd, name, &mut buf[..]) {
-                return String::from_utf8(buf[..n].to_vec()).ok();
+            match rfs::fgetxattr(fd, name, &mut buf[..]) {
+                Ok(n) => return Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned())),
+                Err(Errno::NODATA) | Err(Errno::NOTSUP) => {}
+                Err(e) => {
+                    tracing::warn!("lazy layer: reading the mark of a file: {e}");
+                    return Err(Errno::IO);
+                }
             }
         }
-        None
+        Ok(None)
     }
 
     /// Make sure regular file `name` of directory `dir` has its bytes: fill it from the blob
@@ -97,12 +103,12 @@ impl LazyLayer {
         let fd = open(OFlags::RDONLY)?;
         if rfs::fstat(&fd).map(|st| rfs::FileType::from_raw_mode(st.st_mode))?
             != rfs::FileType::RegularFile
-            || Self::marked(fd.as_fd()).is_none()
+            || Self::marked(fd.as_fd())?.is_none()
         {
             return Ok(());
         }
         let _one = self.filling.lock();
-        let Some(path) = Self::marked(fd.as_fd()) else {
+        let Some(path) = Self::marked(fd.as_fd())? else {
             return Ok(()); // filled while we waited
         };
         let ino = self.layer.index().lookup_path(&path).ok_or_else(|| {
