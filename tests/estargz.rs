@@ -92,7 +92,7 @@ impl LazyMount {
             .arg("-f")
             .arg("-o")
             .arg(format!(
-                "lowerdir={},lazy={}",
+                "lowerdir={},lazy={},lazyfetch=off",
                 dir.display(),
                 spec.display()
             ))

@@ -198,10 +198,15 @@ impl Pair {
         }
     }
 
+    /// Options of the lazy mount; files are filled on first open only, so what a test
+    /// reads is what gets fetched.
     fn lazy_spec(&self) -> MountSpec {
         MountSpec {
             writable: true,
-            extra: vec![format!("lazy={}", self.spec.display())],
+            extra: vec![
+                format!("lazy={}", self.spec.display()),
+                "lazyfetch=off".into(),
+            ],
         }
     }
 
@@ -276,6 +281,36 @@ fn lazy_union_shows_what_the_extracted_union_shows() {
     );
     // The private mark is never shown.
     assert!(common::get_xattr(&ml.path("etc/conf"), MARK).is_err());
+}
+
+#[test]
+fn left_alone_a_lazy_layer_ends_up_whole() {
+    if skip() {
+        return;
+    }
+    let p = Pair::new();
+    let spec = MountSpec {
+        writable: true,
+        extra: vec![format!("lazy={}", p.spec.display())],
+    };
+    let ml = p.lazy.mount_with(Backend::Stratafs, &spec);
+    let mr = p
+        .reference
+        .mount_with(Backend::Stratafs, &MountSpec::default());
+    // Nothing is read through the mount: the daemon fills the files by itself.
+    let start = std::time::Instant::now();
+    while !marked(&p.lazy.lowers[0]).is_empty() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "still marked: {:?}",
+            marked(&p.lazy.lowers[0])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(p.cached(), 5, "every chunk of the layer");
+    // Now the blob can go: everything is local.
+    std::fs::remove_file(&p.blob).unwrap();
+    assert_eq!(tree(&ml.path("")), tree(&mr.path("")));
 }
 
 #[test]

@@ -72,37 +72,78 @@ impl LazyLayer {
         })
     }
 
-    /// The TOC path of the file open as `fd` if it still waits for its bytes.
-    fn marked(fd: BorrowedFd<'_>) -> Option<String> {
-        let mut buf = vec![0u8; 4096];
+    /// The TOC path of the file open as `fd` if it still waits for its bytes. A mark that
+    /// cannot be read is an error, never taken for "whole": that would serve zeros.
+    fn marked(fd: BorrowedFd<'_>) -> Result<Option<String>, Errno> {
+        let mut buf = vec![0u8; 64 << 10];
         for name in MARKS {
-            if let Ok(n) = rfs::fgetxattr(fd, name, &mut buf[..]) {
-                return String::from_utf8(buf[..n].to_vec()).ok();
+            match rfs::fgetxattr(fd, name, &mut buf[..]) {
+                Ok(n) => return Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned())),
+                Err(Errno::NODATA) | Err(Errno::NOTSUP) => {}
+                Err(e) => {
+                    tracing::warn!("lazy layer: reading the mark of a file: {e}");
+                    return Err(Errno::IO);
+                }
             }
         }
-        None
+        Ok(None)
     }
 
     /// Make sure regular file `name` of directory `dir` has its bytes: fill it from the blob
     /// if it is marked. EIO (logged) when the bytes cannot be fetched or verified.
     pub fn ensure_at(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
-        let open = |flags: OFlags| {
-            rfs::openat(
-                dir,
-                name,
-                flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
+        let fd = rfs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        self.fill(fd.as_fd(), name)
+    }
+
+    /// Fill every file still marked, one at a time (client opens go between them): what the
+    /// daemon does in the background, so that a layer left alone ends up whole. Returns how
+    /// many files could not be filled (each logged; they stay marked for a later open).
+    pub fn fill_all(&self) -> usize {
+        let ix = self.layer.index();
+        let mut seen = std::collections::HashSet::new();
+        let mut failed = 0;
+        for (path, ino) in ix.walk_all() {
+            let node = ix.node(ino);
+            if node.kind != crate::estargz::NodeKind::Reg || node.size == 0 || !seen.insert(ino) {
+                continue;
+            }
+            let Ok(path) = path.into_string() else {
+                continue;
+            };
+            let Ok(comps) = crate::estargz::index::components(&path) else {
+                continue;
+            };
+            let comps: Vec<&OsStr> = comps.into_iter().map(OsStr::new).collect();
+            let r = open_beneath(
+                self.root.as_fd(),
+                &comps,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             )
-        };
-        let fd = open(OFlags::RDONLY)?;
-        if rfs::fstat(&fd).map(|st| rfs::FileType::from_raw_mode(st.st_mode))?
+            .and_then(|fd| self.fill(fd.as_fd(), OsStr::new(&path)));
+            if let Err(e) = r {
+                tracing::warn!("lazy layer: background fetch of {path:?}: {e}");
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    /// Fill the file open as `fd` (named `name`, for messages) if it is marked.
+    fn fill(&self, fd: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+        if rfs::fstat(fd).map(|st| rfs::FileType::from_raw_mode(st.st_mode))?
             != rfs::FileType::RegularFile
-            || Self::marked(fd.as_fd()).is_none()
+            || Self::marked(fd)?.is_none()
         {
             return Ok(());
         }
         let _one = self.filling.lock();
-        let Some(path) = Self::marked(fd.as_fd()) else {
+        let Some(path) = Self::marked(fd)? else {
             return Ok(()); // filled while we waited
         };
         let ino = self.layer.index().lookup_path(&path).ok_or_else(|| {

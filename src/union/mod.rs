@@ -153,6 +153,39 @@ impl Union {
         }
     }
 
+    /// Start filling the lazy layers' files in the background (one thread per lazy layer).
+    /// Call once serving: threads must not exist before the daemon forks.
+    pub fn start_lazy_fetch(&self) {
+        if !self.options.lazy_fetch {
+            return;
+        }
+        for layer in &self.layers {
+            let Some(lazy) = layer.lazy.clone() else {
+                continue;
+            };
+            let path = layer.path.clone();
+            let spawned = std::thread::Builder::new()
+                .name("lazy-fetch".into())
+                .spawn(move || {
+                    let failed = lazy.fill_all();
+                    if failed == 0 {
+                        tracing::info!("lazy layer {}: complete", path.display());
+                    } else {
+                        tracing::warn!(
+                            "lazy layer {}: {failed} files not fetched (they are on first open)",
+                            path.display()
+                        );
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(
+                    "lazy layer {}: no background fetch: {e}",
+                    layer.path.display()
+                );
+            }
+        }
+    }
+
     /// The work directory fd (only for writable mounts).
     pub fn work_fd(&self) -> Result<&OwnedFd, Errno> {
         self.work.as_ref().ok_or(Errno::ROFS)

@@ -39,6 +39,10 @@ pub struct MountOptions {
     /// each names one of the `lowerdir=` directories, whose files are filled from an
     /// eStargz blob on first open. Empty for ordinary mounts.
     pub lazy: Vec<PathBuf>,
+    /// Fill the lazy layers' files in the background once mounted (`lazyfetch=on|off`,
+    /// default on), so a layer left alone ends up whole; off, files are filled on first open
+    /// only.
+    pub lazy_fetch: bool,
     /// The writable layer; `None` makes the mount read-only.
     pub upperdir: Option<PathBuf>,
     /// Scratch directory on the upper's filesystem for atomic copy-up.
@@ -109,6 +113,7 @@ impl Default for MountOptions {
         MountOptions {
             lowerdirs: Vec::new(),
             lazy: Vec::new(),
+            lazy_fetch: true,
             upperdir: None,
             workdir: None,
             metacopy: false,
@@ -264,6 +269,7 @@ impl MountOptions {
                     .map(PathBuf::from)
                     .collect();
             }
+            "lazyfetch" => self.lazy_fetch = parse_on_off(name, &need(value)?)?,
             "upperdir" => self.upperdir = Some(PathBuf::from(need(value)?)),
             "workdir" => self.workdir = Some(PathBuf::from(need(value)?)),
             "volatile" => self.volatile = true,
@@ -461,6 +467,21 @@ mod tests {
         assert_eq!(o.upperdir, Some(PathBuf::from("/g/x/diff")));
         assert!(o.volatile);
         assert!(o.writable());
+    }
+
+    #[test]
+    fn lazy_options() {
+        let o = MountOptions::parse(["lowerdir=/l"]).unwrap();
+        assert!(o.lazy.is_empty() && o.lazy_fetch);
+        let o =
+            MountOptions::parse([r"lowerdir=/l,lazy=/a.json:/b\:c.json,lazyfetch=off"]).unwrap();
+        assert_eq!(
+            o.lazy,
+            vec![PathBuf::from("/a.json"), PathBuf::from("/b:c.json")]
+        );
+        assert!(!o.lazy_fetch);
+        assert!(MountOptions::parse(["lowerdir=/l,lazyfetch=maybe"]).is_err());
+        assert!(MountOptions::parse(["lowerdir=/l,lazy="]).is_err());
     }
 
     #[test]
