@@ -1030,3 +1030,57 @@ fn rootless_pull_and_run() {
     drop(reg);
     env.assert_no_leaks();
 }
+
+#[test]
+fn ctrl_c_keeps_the_store_consistent_and_the_next_pull_resumes() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    let (proxy, via, big) = faulty(&env, &reg, Fault::SlowBlob);
+    let mut c = env.command_in(&store2(&env), None, &["pull", &via]);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    // Wait until part of the slow blob is on disk, then Ctrl-C.
+    let partial = store2(&env).join("partial");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let size: u64 = entries(&partial)
+            .iter()
+            .filter_map(|n| std::fs::metadata(partial.join(n)).ok())
+            .map(|m| m.len())
+            .sum();
+        if size > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no partial download");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    common::kill_pid(child.id(), rustix::process::Signal::INT);
+    let out = common::run_with_deadline(30, move || child.wait_with_output().unwrap())
+        .expect("pull ended after Ctrl-C");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_store_clean(&env);
+    // The slow blob's partial download is kept (and any other layer caught half way).
+    let kept = entries(&partial);
+    assert!(kept.contains(&big[7..].to_string()), "{kept:?}");
+
+    *proxy.fault.lock().unwrap() = Fault::None;
+    ok2(&env, &["pull", "-q", &via]);
+    let ranges = proxy.ranges.lock().unwrap().clone();
+    // Each kept download resumed where it stopped (one that was complete needs no request).
+    assert!(
+        !ranges.is_empty() && ranges.len() <= kept.len(),
+        "{ranges:?}"
+    );
+    assert!(
+        ranges.iter().all(|r| !r.starts_with("bytes=0-")),
+        "{ranges:?}"
+    );
+    assert!(entries(&partial).is_empty());
+    assert_eq!(ok2(&env, &["run", "--rm", &via]), "hello\n");
+}

@@ -231,6 +231,15 @@ impl Partial {
     }
 }
 
+impl Drop for Partial {
+    /// An empty partial file is not worth keeping (nothing was fetched before an error).
+    fn drop(&mut self) {
+        if self.lock.file().metadata().is_ok_and(|m| m.len() == 0) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// A blob being written: hashed as it goes, renamed to its digest (and pinned) by
 /// [`BlobWriter::commit`], deleted if dropped uncommitted.
 pub struct BlobWriter {

@@ -237,6 +237,8 @@ pub enum Fault {
     /// Answer every `PATCH` (a chunk of an upload) 405, as registries without chunked
     /// uploads do.
     RefusePatch,
+    /// Send half the blob `DIGEST`, then the rest 4 KiB every 100 ms.
+    SlowBlob(String),
     /// Serve every manifest padded past 4 MiB.
     HugeManifest,
     /// Demand a Bearer token from the proxy's own token endpoint (`/token`), which answers
@@ -254,6 +256,8 @@ pub struct FaultProxy {
     stop: Arc<AtomicBool>,
     /// The `Range` headers of the blob requests it saw.
     pub ranges: Arc<Mutex<Vec<String>>>,
+    /// The fault, which a test may change.
+    pub fault: Arc<Mutex<Fault>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -320,12 +324,12 @@ impl FaultProxy {
         let ranges = Arc::new(Mutex::new(Vec::new()));
         let tokens = Arc::new(Mutex::new((0, 0)));
         let fault = Arc::new(Mutex::new(fault));
-        let (s2, r2, t2) = (stop.clone(), ranges.clone(), tokens.clone());
+        let (s2, r2, t2, f2) = (stop.clone(), ranges.clone(), tokens.clone(), fault.clone());
         let thread = std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((c, _)) => {
-                        let (f, r, t) = (fault.clone(), r2.clone(), t2.clone());
+                        let (f, r, t) = (f2.clone(), r2.clone(), t2.clone());
                         std::thread::spawn(move || serve(c, port, upstream, &f, &r, &t));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -334,6 +338,7 @@ impl FaultProxy {
         });
         FaultProxy {
             port,
+            fault,
             tokens,
             stop,
             ranges,
@@ -486,6 +491,24 @@ fn serve(
             let _ = cw.write_all(&rbody[..rbody.len() / 2]);
             let _ = cw.flush();
             let _ = cw.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        Fault::SlowBlob(d) if this_blob(&d) => {
+            resp.write(
+                &mut cw,
+                &keep,
+                &[("Content-Length".into(), rbody.len().to_string()), close],
+            );
+            let half = rbody.len() / 2;
+            if cw.write_all(&rbody[..half]).is_err() {
+                return;
+            }
+            for chunk in rbody[half..].chunks(4096) {
+                std::thread::sleep(Duration::from_millis(100));
+                if cw.write_all(chunk).is_err() {
+                    return;
+                }
+            }
             return;
         }
         Fault::BadManifest if is_get && ok && path.contains("/manifests/") => {
