@@ -653,6 +653,36 @@ fn push_round_trip_agrees_with_skopeo_and_podman() {
         podman(&["run", "--rm", "--net=none", &other]),
         "round trip\n"
     );
+    // What podman builds and pushes, strata pulls and runs.
+    let pctx = env.path("podman-ctx");
+    std::fs::create_dir_all(&pctx).unwrap();
+    std::fs::write(
+        pctx.join("Containerfile"),
+        format!("FROM {other}\nRUN echo built by podman > /greeting\n"),
+    )
+    .unwrap();
+    podman(&[
+        "build",
+        "-q",
+        "--tls-verify=false",
+        "--network=none",
+        "-t",
+        "localhost/pb:1",
+        pctx.to_str().unwrap(),
+    ]);
+    let from_podman = format!("{}/rt/podman:1", reg.host());
+    podman(&[
+        "push",
+        "-q",
+        "--tls-verify=false",
+        "localhost/pb:1",
+        &format!("docker://{from_podman}"),
+    ]);
+    assert_eq!(
+        env.ok(&["pull", "-q", &from_podman]).trim(),
+        skopeo_digest(&env, &from_podman)
+    );
+    assert_eq!(env.ok(&["run", "--rm", &from_podman]), "built by podman\n");
     podman(&["rmi", "-a", "-f"]);
     drop(reg);
 }
@@ -859,6 +889,30 @@ fn bearer_tokens_are_fetched_once_and_reused() {
     assert_eq!(ok2(&env, &["run", "--rm", &name]), "token\n");
     let (issued, _) = *proxy.tokens.lock().unwrap();
     assert_eq!(issued, 2, "one more for the pull scope");
+}
+
+#[test]
+fn a_refused_token_is_replaced_by_a_fresh_one() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    build_app(&env, "fresh");
+    // Each token is good for 3 requests: a push needs several tokens, each asked for after
+    // a 401.
+    let proxy = FaultProxy::start(reg.port, Fault::BearerUses(3));
+    let name = format!("{}/tok/app:1", proxy.host());
+    let o = env.run(&["push", "-q", "app:1", &name]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (issued, refused) = *proxy.tokens.lock().unwrap();
+    assert!(issued >= 3, "tokens issued: {issued}");
+    // Parallel transfers refused the same token share the fresh one.
+    assert!(
+        issued <= refused,
+        "a token fetched without a refusal: {issued} > {refused}"
+    );
+    assert_eq!(
+        ok2(&env, &["run", "--rm", "--pull=always", &name]),
+        "fresh\n"
+    );
 }
 
 #[test]

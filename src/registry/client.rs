@@ -278,7 +278,7 @@ impl Client {
         scope: &str,
         mut build: impl FnMut(Option<&str>) -> std::result::Result<Response<Body>, ureq::Error>,
     ) -> Result<Response<Body>> {
-        let mut auth = self.authorization(scope, false)?;
+        let mut auth = self.authorization(scope, None)?;
         let mut retried = false;
         loop {
             let resp = build(auth.as_deref()).map_err(|e| transport(what, e))?;
@@ -303,7 +303,7 @@ impl Client {
             } else {
                 return Err(self.unauthorized(what, resp));
             }
-            auth = self.authorization(scope, true)?;
+            auth = self.authorization(scope, Some(auth.as_deref().unwrap_or("")))?;
             retried = true;
         }
     }
@@ -333,8 +333,8 @@ impl Client {
     }
 
     /// The `Authorization` header value for `scope`, fetching a token if the registry wants
-    /// one and none is cached (or `fresh`).
-    fn authorization(&self, scope: &str, fresh: bool) -> Result<Option<String>> {
+    /// one and none is cached, or only the one it `refused` is.
+    fn authorization(&self, scope: &str, refused: Option<&str>) -> Result<Option<String>> {
         let challenge = self
             .inner
             .challenge
@@ -361,8 +361,9 @@ impl Client {
                         .filter(|t| t.until > Instant::now())
                         .map(|t| t.value.clone())
                 };
-                let stale = if fresh { cached() } else { None };
-                if !fresh {
+                let refused = refused.map(|r| r.strip_prefix("Bearer ").unwrap_or(r));
+                let usable = |t: &String| Some(t.as_str()) != refused;
+                if refused.is_none() {
                     if let Some(t) = cached() {
                         return Ok(Some(format!("Bearer {t}")));
                     }
@@ -372,8 +373,8 @@ impl Client {
                     .fetching
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                // Another thread may have fetched it (or, after a 401, a newer one) meanwhile.
-                if let Some(t) = cached().filter(|t| Some(t) != stale.as_ref()) {
+                // Another thread may have fetched one (after the same 401) meanwhile.
+                if let Some(t) = cached().filter(usable) {
                     return Ok(Some(format!("Bearer {t}")));
                 }
                 let mut scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();

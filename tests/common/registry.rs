@@ -244,6 +244,9 @@ pub enum Fault {
     /// Demand a Bearer token from the proxy's own token endpoint (`/token`), which answers
     /// any request with a fresh token valid for 300 s; the registry behind needs none.
     Bearer,
+    /// As [`Fault::Bearer`], but a token is refused after it served this many requests (a
+    /// token that expired early, or was revoked).
+    BearerUses(usize),
 }
 
 /// An HTTP/1.1 proxy (one request per connection) in front of a registry.
@@ -361,6 +364,13 @@ impl Drop for FaultProxy {
     }
 }
 
+/// How many requests each token served, by proxy port and token.
+fn token_uses() -> &'static Mutex<std::collections::HashMap<String, usize>> {
+    static USES: std::sync::OnceLock<Mutex<std::collections::HashMap<String, usize>>> =
+        std::sync::OnceLock::new();
+    USES.get_or_init(|| Mutex::new(std::collections::HashMap::new()))
+}
+
 fn serve(
     client: TcpStream,
     port: u16,
@@ -394,7 +404,12 @@ fn serve(
     if let (true, Some(_), Some(r)) = (is_get, &blob, req.get("range")) {
         ranges.lock().unwrap().push(r.to_string());
     }
-    if *fault.lock().unwrap() == Fault::Bearer {
+    let bearer = match *fault.lock().unwrap() {
+        Fault::Bearer => Some(usize::MAX),
+        Fault::BearerUses(n) => Some(n),
+        _ => None,
+    };
+    if let Some(uses) = bearer {
         if path.starts_with("/token") {
             let n = {
                 let mut t = tokens.lock().unwrap();
@@ -413,7 +428,13 @@ fn serve(
         }
         let good = req
             .get("authorization")
-            .is_some_and(|a| a.starts_with("Bearer tok-"));
+            .and_then(|a| a.strip_prefix("Bearer tok-"))
+            .is_some_and(|t| {
+                let mut used = token_uses().lock().unwrap();
+                let n = used.entry(format!("{port}-{t}")).or_insert(0);
+                *n += 1;
+                *n <= uses
+            });
         if !good {
             tokens.lock().unwrap().1 += 1;
             let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}"#;
