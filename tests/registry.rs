@@ -434,6 +434,12 @@ fn bad_references_unknown_images_and_a_registry_that_is_down() {
         err.contains("NAME_UNKNOWN") || err.contains("MANIFEST_UNKNOWN"),
         "{err}"
     );
+    // An explicit --tls-verify wants HTTPS, even from 127.0.0.1.
+    let err = fails2(
+        &env,
+        &["pull", "--tls-verify", &format!("{}/nosuch:1", reg.host())],
+    );
+    assert!(err.contains("https://"), "{err}");
     let err = fails2(&env, &["pull", "Bad/Name"]);
     assert!(err.contains("invalid reference"), "{err}");
     let err = fails2(&env, &["pull", "a@sha256:12"]);

@@ -24,7 +24,7 @@ use super::{Error, Result};
 pub struct Options {
     /// `Some(false)`: accept any certificate and fall back to plain HTTP (`--tls-verify=false`).
     /// `None`: verify, except that `localhost`/`127.0.0.1` may answer in plain HTTP, as docker
-    /// allows.
+    /// allows. `Some(true)`: verified HTTPS only, localhost included.
     pub tls_verify: Option<bool>,
     /// A directory of extra CA certificates (`*.crt`) to trust, as podman's `--cert-dir`;
     /// default `/etc/containers/certs.d/HOST/` and `/etc/docker/certs.d/HOST/`.
@@ -182,7 +182,8 @@ impl Client {
             tls = tls.root_certs(RootCerts::Specific(Arc::new(extra)));
         }
         let agent = agent(tls.build());
-        let plain_allowed = !verify || is_local(api_host);
+        // An explicit --tls-verify=true wants HTTPS even from localhost.
+        let plain_allowed = !verify || (opts.tls_verify.is_none() && is_local(api_host));
         let creds = match &opts.credentials {
             Some(c) => Some(c.clone()),
             None => credentials::lookup(registry)?,
