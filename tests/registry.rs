@@ -434,6 +434,12 @@ fn bad_references_unknown_images_and_a_registry_that_is_down() {
         err.contains("NAME_UNKNOWN") || err.contains("MANIFEST_UNKNOWN"),
         "{err}"
     );
+    // An explicit --tls-verify wants HTTPS, even from 127.0.0.1.
+    let err = fails2(
+        &env,
+        &["pull", "--tls-verify", &format!("{}/nosuch:1", reg.host())],
+    );
+    assert!(err.contains("https://"), "{err}");
     let err = fails2(&env, &["pull", "Bad/Name"]);
     assert!(err.contains("invalid reference"), "{err}");
     let err = fails2(&env, &["pull", "a@sha256:12"]);
@@ -653,6 +659,36 @@ fn push_round_trip_agrees_with_skopeo_and_podman() {
         podman(&["run", "--rm", "--net=none", &other]),
         "round trip\n"
     );
+    // What podman builds and pushes, strata pulls and runs.
+    let pctx = env.path("podman-ctx");
+    std::fs::create_dir_all(&pctx).unwrap();
+    std::fs::write(
+        pctx.join("Containerfile"),
+        format!("FROM {other}\nRUN echo built by podman > /greeting\n"),
+    )
+    .unwrap();
+    podman(&[
+        "build",
+        "-q",
+        "--tls-verify=false",
+        "--network=none",
+        "-t",
+        "localhost/pb:1",
+        pctx.to_str().unwrap(),
+    ]);
+    let from_podman = format!("{}/rt/podman:1", reg.host());
+    podman(&[
+        "push",
+        "-q",
+        "--tls-verify=false",
+        "localhost/pb:1",
+        &format!("docker://{from_podman}"),
+    ]);
+    assert_eq!(
+        env.ok(&["pull", "-q", &from_podman]).trim(),
+        skopeo_digest(&env, &from_podman)
+    );
+    assert_eq!(env.ok(&["run", "--rm", &from_podman]), "built by podman\n");
     podman(&["rmi", "-a", "-f"]);
     drop(reg);
 }
@@ -862,6 +898,30 @@ fn bearer_tokens_are_fetched_once_and_reused() {
 }
 
 #[test]
+fn a_refused_token_is_replaced_by_a_fresh_one() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    build_app(&env, "fresh");
+    // Each token is good for 3 requests: a push needs several tokens, each asked for after
+    // a 401.
+    let proxy = FaultProxy::start(reg.port, Fault::BearerUses(3));
+    let name = format!("{}/tok/app:1", proxy.host());
+    let o = env.run(&["push", "-q", "app:1", &name]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (issued, refused) = *proxy.tokens.lock().unwrap();
+    assert!(issued >= 3, "tokens issued: {issued}");
+    // Parallel transfers refused the same token share the fresh one.
+    assert!(
+        issued <= refused,
+        "a token fetched without a refusal: {issued} > {refused}"
+    );
+    assert_eq!(
+        ok2(&env, &["run", "--rm", "--pull=always", &name]),
+        "fresh\n"
+    );
+}
+
+#[test]
 fn a_huge_manifest_and_a_hostile_layer_are_refused() {
     let env = StrataEnv::new("strata-reg-");
     let reg = Registry::start(env.dir.path());
@@ -1029,4 +1089,58 @@ fn rootless_pull_and_run() {
     assert_eq!((m.uid(), m.mode() & 0o777), (user.0, 0o700));
     drop(reg);
     env.assert_no_leaks();
+}
+
+#[test]
+fn ctrl_c_keeps_the_store_consistent_and_the_next_pull_resumes() {
+    let env = StrataEnv::new("strata-reg-");
+    let reg = Registry::start(env.dir.path());
+    let (proxy, via, big) = faulty(&env, &reg, Fault::SlowBlob);
+    let mut c = env.command_in(&store2(&env), None, &["pull", &via]);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    // Wait until part of the slow blob is on disk, then Ctrl-C.
+    let partial = store2(&env).join("partial");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let size: u64 = entries(&partial)
+            .iter()
+            .filter_map(|n| std::fs::metadata(partial.join(n)).ok())
+            .map(|m| m.len())
+            .sum();
+        if size > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no partial download");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    common::kill_pid(child.id(), rustix::process::Signal::INT);
+    let out = common::run_with_deadline(30, move || child.wait_with_output().unwrap())
+        .expect("pull ended after Ctrl-C");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_store_clean(&env);
+    // The slow blob's partial download is kept (and any other layer caught half way).
+    let kept = entries(&partial);
+    assert!(kept.contains(&big[7..].to_string()), "{kept:?}");
+
+    *proxy.fault.lock().unwrap() = Fault::None;
+    ok2(&env, &["pull", "-q", &via]);
+    let ranges = proxy.ranges.lock().unwrap().clone();
+    // Each kept download resumed where it stopped (one that was complete needs no request).
+    assert!(
+        !ranges.is_empty() && ranges.len() <= kept.len(),
+        "{ranges:?}"
+    );
+    assert!(
+        ranges.iter().all(|r| !r.starts_with("bytes=0-")),
+        "{ranges:?}"
+    );
+    assert!(entries(&partial).is_empty());
+    assert_eq!(ok2(&env, &["run", "--rm", &via]), "hello\n");
 }

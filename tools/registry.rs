@@ -17,9 +17,10 @@ use strata::registry::Reference;
 /// How to reach a registry: the flags every registry verb shares.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ConnectArgs {
-    /// Require HTTPS with a verified certificate (false: accept any certificate, and plain
-    /// HTTP; localhost and 127.0.0.1 may always answer in plain HTTP).
-    #[arg(long = "tls-verify", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    /// Require HTTPS with a verified certificate, localhost included (false: accept any
+    /// certificate, and plain HTTP) [default: verify, but localhost and 127.0.0.1 may answer
+    /// in plain HTTP].
+    #[arg(long = "tls-verify", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub tls_verify: Option<bool>,
     /// A directory of CA certificates (*.crt) to trust for the registry
     /// [default: /etc/containers/certs.d/HOST and /etc/docker/certs.d/HOST].

@@ -175,6 +175,36 @@ impl Blobs {
         Ok(Partial { path, lock })
     }
 
+    /// Remove the partial downloads that nobody is writing and nobody wrote to for `age`
+    /// (pulls given up on: an interrupted pull resumed within that time keeps its bytes);
+    /// how many.
+    pub fn remove_stale_partials(&self, age: std::time::Duration) -> Result<u64> {
+        let dir = self.partial_dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
+        };
+        let mut removed = 0;
+        for e in rd.flatten() {
+            let stale = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|idle| idle > age);
+            if !stale {
+                continue;
+            }
+            // Held by a pull that is downloading it: not stale, whatever its time says.
+            if let Some(_free) = Lock::try_existing(&e.path())? {
+                let _ = fs::remove_file(e.path());
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Make the finished partial download `p`, whose content the caller verified to hash to
     /// `d`, the blob `d` (fsynced, renamed into place, pinned).
     pub fn commit_partial(&self, p: Partial, d: &Digest) -> Result<()> {
@@ -228,6 +258,15 @@ impl Partial {
     /// Remove it (its content was bad).
     pub fn discard(self) {
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for Partial {
+    /// An empty partial file is not worth keeping (nothing was fetched before an error).
+    fn drop(&mut self) {
+        if self.lock.file().metadata().is_ok_and(|m| m.len() == 0) {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -334,8 +373,8 @@ mod tests {
     #[test]
     fn put_read_and_mismatch() {
         let t = tempfile::tempdir().unwrap();
-        fs::create_dir(t.path().join("sha256")).unwrap();
-        let b = Blobs::new(t.path().join("sha256"), Pins::new(t.path()));
+        fs::create_dir_all(t.path().join("blobs/sha256")).unwrap();
+        let b = Blobs::new(t.path().join("blobs/sha256"), Pins::new(t.path()));
         let d = b.put(b"hello").unwrap();
         assert_eq!(d, Digest::of(b"hello"));
         assert_eq!(b.read(&d).unwrap(), b"hello");
@@ -351,6 +390,44 @@ mod tests {
         assert!(w.commit(Some(&Digest::of(b"y"))).is_err());
         let (blobs, temps) = b.list().unwrap();
         assert_eq!((blobs.len(), temps.len()), (1, 0));
+        // Partial downloads: kept while fresh or held, removed once stale and free.
+        let held = b.partial(&Digest::of(b"held")).unwrap();
+        held.file().write_all(b"part").unwrap();
+        let free = b.partial(&Digest::of(b"free")).unwrap();
+        free.file().write_all(b"part").unwrap();
+        drop(free);
+        let empty = b.partial(&Digest::of(b"empty")).unwrap();
+        drop(empty);
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        let partial = t.path().join("partial");
+        let names = || {
+            let mut v: Vec<String> = fs::read_dir(&partial)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut expected = vec![
+            Digest::of(b"held").hex().to_string(),
+            Digest::of(b"free").hex().to_string(),
+        ];
+        expected.sort();
+        assert_eq!(names(), expected, "an empty partial file is not kept");
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(b.remove_stale_partials(hour).unwrap(), 0, "fresh ones stay");
+        for n in names() {
+            File::options()
+                .write(true)
+                .open(partial.join(n))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        assert_eq!(b.remove_stale_partials(hour).unwrap(), 1);
+        assert_eq!(names(), vec![Digest::of(b"held").hex().to_string()]);
+        drop(held);
         // A dropped writer leaves nothing either.
         let mut w = b.writer().unwrap();
         w.write_all(b"partial").unwrap();

@@ -21,6 +21,10 @@ use super::pins::{self, Pins, TEMP_PREFIX};
 use super::reference::Reference;
 use super::{io_err, private, Error, Result};
 
+/// How long garbage collection keeps a partial download that nobody writes to (an
+/// interrupted pull resumed within that time fetches only what it lacks).
+pub const PARTIAL_MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// OCI media type of a gzip-compressed layer.
 pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// OCI media type of an uncompressed layer.
@@ -607,6 +611,7 @@ impl Store {
     /// processes, never for a build or a load as a whole.
     pub fn gc(&self, keep: impl FnOnce() -> Result<Vec<PathBuf>>) -> Result<GcStats> {
         let mut stats = GcStats::default();
+        self.blobs.remove_stale_partials(PARTIAL_MAX_IDLE)?;
         let layers = self.root.join("layers");
         let doomed = self.pins.locked(|me| {
             // The pins first, then the index and the containers: a process that ends its

@@ -24,7 +24,7 @@ use super::{Error, Result};
 pub struct Options {
     /// `Some(false)`: accept any certificate and fall back to plain HTTP (`--tls-verify=false`).
     /// `None`: verify, except that `localhost`/`127.0.0.1` may answer in plain HTTP, as docker
-    /// allows.
+    /// allows. `Some(true)`: verified HTTPS only, localhost included.
     pub tls_verify: Option<bool>,
     /// A directory of extra CA certificates (`*.crt`) to trust, as podman's `--cert-dir`;
     /// default `/etc/containers/certs.d/HOST/` and `/etc/docker/certs.d/HOST/`.
@@ -182,7 +182,8 @@ impl Client {
             tls = tls.root_certs(RootCerts::Specific(Arc::new(extra)));
         }
         let agent = agent(tls.build());
-        let plain_allowed = !verify || is_local(api_host);
+        // An explicit --tls-verify=true wants HTTPS even from localhost.
+        let plain_allowed = !verify || (opts.tls_verify.is_none() && is_local(api_host));
         let creds = match &opts.credentials {
             Some(c) => Some(c.clone()),
             None => credentials::lookup(registry)?,
@@ -278,7 +279,7 @@ impl Client {
         scope: &str,
         mut build: impl FnMut(Option<&str>) -> std::result::Result<Response<Body>, ureq::Error>,
     ) -> Result<Response<Body>> {
-        let mut auth = self.authorization(scope, false)?;
+        let mut auth = self.authorization(scope, None)?;
         let mut retried = false;
         loop {
             let resp = build(auth.as_deref()).map_err(|e| transport(what, e))?;
@@ -303,7 +304,7 @@ impl Client {
             } else {
                 return Err(self.unauthorized(what, resp));
             }
-            auth = self.authorization(scope, true)?;
+            auth = self.authorization(scope, Some(auth.as_deref().unwrap_or("")))?;
             retried = true;
         }
     }
@@ -333,8 +334,8 @@ impl Client {
     }
 
     /// The `Authorization` header value for `scope`, fetching a token if the registry wants
-    /// one and none is cached (or `fresh`).
-    fn authorization(&self, scope: &str, fresh: bool) -> Result<Option<String>> {
+    /// one and none is cached, or only the one it `refused` is.
+    fn authorization(&self, scope: &str, refused: Option<&str>) -> Result<Option<String>> {
         let challenge = self
             .inner
             .challenge
@@ -361,8 +362,9 @@ impl Client {
                         .filter(|t| t.until > Instant::now())
                         .map(|t| t.value.clone())
                 };
-                let stale = if fresh { cached() } else { None };
-                if !fresh {
+                let refused = refused.map(|r| r.strip_prefix("Bearer ").unwrap_or(r));
+                let usable = |t: &String| Some(t.as_str()) != refused;
+                if refused.is_none() {
                     if let Some(t) = cached() {
                         return Ok(Some(format!("Bearer {t}")));
                     }
@@ -372,8 +374,8 @@ impl Client {
                     .fetching
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                // Another thread may have fetched it (or, after a 401, a newer one) meanwhile.
-                if let Some(t) = cached().filter(|t| Some(t) != stale.as_ref()) {
+                // Another thread may have fetched one (after the same 401) meanwhile.
+                if let Some(t) = cached().filter(usable) {
                     return Ok(Some(format!("Bearer {t}")));
                 }
                 let mut scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();

@@ -88,6 +88,9 @@ pub enum Error {
     /// A credential helper failed.
     #[error("{0}")]
     Credentials(String),
+    /// Ctrl-C (or SIGTERM/SIGHUP) stopped a transfer.
+    #[error("interrupted (what was downloaded is kept: the next pull resumes it)")]
+    Interrupted,
 }
 
 /// Result type of the registry client.

@@ -28,6 +28,26 @@ const MAX_CONFIG: u64 = 16 << 20;
 /// How many times a blob download broken by the network is resumed within one pull.
 const RETRIES: usize = 2;
 
+/// Set by SIGINT/SIGTERM/SIGHUP during a pull: downloads stop at their next read, keep what
+/// they fetched for the next pull, and remove their half-extracted layers.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Let Ctrl-C end a pull cleanly; a second one exits at once.
+fn catch_interrupts() {
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, &INTERRUPTED);
+        let _ = signal_hook::flag::register(signal, &INTERRUPTED);
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// How to pull.
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
@@ -59,6 +79,7 @@ pub fn pull(
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<Pulled> {
+    catch_interrupts();
     let client = Client::connect(&r.registry, r.api_host(), &opts.client)?;
     pull_with(&client, store, r, opts, progress)
 }
@@ -223,7 +244,7 @@ fn fetch_layers(
     std::thread::scope(|s| {
         for _ in 0..jobs.min(unique.len()) {
             s.spawn(|| loop {
-                if stop.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) || interrupted() {
                     return;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -247,6 +268,9 @@ fn fetch_layers(
     });
     if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
+    }
+    if interrupted() {
+        return Err(Error::Interrupted);
     }
     // Same-blob duplicates: make sure each listed layer is there (and pinned).
     for l in layers {
@@ -276,6 +300,7 @@ fn one_layer(
     let mut attempt = 0;
     loop {
         match download(client, store, r, layer, !layer_here, progress) {
+            Err(Error::Transport { .. }) if interrupted() => return Err(Error::Interrupted),
             Err(e @ Error::Transport { .. }) if attempt < RETRIES => {
                 attempt += 1;
                 progress.note(&format!("{e}; resuming ({attempt}/{RETRIES})"));
@@ -293,7 +318,7 @@ fn one_layer(
 /// response's bytes to the partial file as they pass; remembers a network failure.
 struct Tee<'a> {
     prefix: Option<io::Take<File>>,
-    body: ureq::BodyReader<'static>,
+    body: Box<dyn Read>,
     sink: File,
     blob: &'a Digest,
     progress: &'a dyn Progress,
@@ -308,6 +333,10 @@ impl Read for Tee<'_> {
                 return Ok(n);
             }
             self.prefix = None;
+        }
+        if interrupted() {
+            *self.net_error.lock().unwrap_or_else(|p| p.into_inner()) = Some("interrupted".into());
+            return Err(io::Error::other("interrupted"));
         }
         let n = match self.body.read(buf) {
             Ok(n) => n,
@@ -344,63 +373,23 @@ fn download(
         return Ok(());
     }
     let mut have = partial.len()?;
-    if have >= layer.size {
+    if have > layer.size {
         partial.truncate()?;
         have = 0;
     }
-    let url = client.url(&format!("/v2/{}/blobs/{d}", r.repository));
-    let scope = format!("repository:{}:pull", r.repository);
-    let resp = client.send(&what, &scope, |auth| {
-        let mut req = client.agent().get(&url);
-        if have > 0 {
-            req = req.header("Range", format!("bytes={have}-"));
-        }
-        if let Some(a) = auth {
-            req = req.header("Authorization", a);
-        }
-        req.call()
-    })?;
-    let status = resp.status().as_u16();
-    let resumed = match status {
-        206 => {
-            let start = resp
-                .headers()
-                .get("content-range")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if start != Some(have) {
-                partial.truncate()?;
-                return Err(Error::Transport {
-                    what,
-                    message: format!(
-                        "the registry answered a range request from byte {have} at {start:?}"
-                    ),
-                });
-            }
-            have
-        }
-        200..=299 => {
-            if have > 0 {
-                partial.truncate()?;
-            }
-            0
-        }
-        _ => {
-            let mut resp = resp;
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(64 << 10)
-                .read_to_vec()
-                .unwrap_or_default();
-            return Err(Error::Registry {
-                what,
-                status,
-                message: registry_message(status, &body),
-            });
-        }
+    // A complete partial file (an interrupt came after its last byte) is checked as it is.
+    let (resumed, body): (u64, Box<dyn Read>) = if have == layer.size {
+        (have, Box::new(io::empty()))
+    } else {
+        let (resumed, resp) = request_blob(client, r, d, have, &partial, &what)?;
+        // More than the manifest says is never read: the digest would fail anyway, and a
+        // hostile server cannot fill the disk.
+        let body = resp
+            .into_body()
+            .into_with_config()
+            .limit(layer.size - resumed)
+            .reader();
+        (resumed, Box::new(body))
     };
     if resumed > 0 {
         progress.note(&format!("{}: resuming at byte {resumed}", d.short()));
@@ -417,13 +406,7 @@ fn download(
     let net_error = Mutex::new(None);
     let tee = Tee {
         prefix: Some(prefix.take(resumed)),
-        // More than the manifest says is never read: the digest would fail anyway, and a
-        // hostile server cannot fill the disk.
-        body: resp
-            .into_body()
-            .into_with_config()
-            .limit(layer.size - resumed)
-            .reader(),
+        body,
         sink,
         blob: d,
         progress,
@@ -491,4 +474,73 @@ fn download(
             })
         }
     }
+}
+
+/// `GET` blob `d` from byte `have` (a `Range` request when `have > 0`): the byte the answer
+/// starts at (0 if the registry sent it whole; the partial file is then emptied) and the
+/// response.
+fn request_blob(
+    client: &Client,
+    r: &Reference,
+    d: &Digest,
+    have: u64,
+    partial: &image::blobs::Partial,
+    what: &str,
+) -> Result<(u64, ureq::http::Response<ureq::Body>)> {
+    let what = what.to_string();
+    let url = client.url(&format!("/v2/{}/blobs/{d}", r.repository));
+    let scope = format!("repository:{}:pull", r.repository);
+    let resp = client.send(&what, &scope, |auth| {
+        let mut req = client.agent().get(&url);
+        if have > 0 {
+            req = req.header("Range", format!("bytes={have}-"));
+        }
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        req.call()
+    })?;
+    let status = resp.status().as_u16();
+    let resumed = match status {
+        206 => {
+            let start = resp
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start != Some(have) {
+                partial.truncate()?;
+                return Err(Error::Transport {
+                    what,
+                    message: format!(
+                        "the registry answered a range request from byte {have} at {start:?}"
+                    ),
+                });
+            }
+            have
+        }
+        200..=299 => {
+            if have > 0 {
+                partial.truncate()?;
+            }
+            0
+        }
+        _ => {
+            let mut resp = resp;
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(64 << 10)
+                .read_to_vec()
+                .unwrap_or_default();
+            return Err(Error::Registry {
+                what,
+                status,
+                message: registry_message(status, &body),
+            });
+        }
+    };
+    Ok((resumed, resp))
 }

@@ -237,11 +237,16 @@ pub enum Fault {
     /// Answer every `PATCH` (a chunk of an upload) 405, as registries without chunked
     /// uploads do.
     RefusePatch,
+    /// Send half the blob `DIGEST`, then the rest 4 KiB every 100 ms.
+    SlowBlob(String),
     /// Serve every manifest padded past 4 MiB.
     HugeManifest,
     /// Demand a Bearer token from the proxy's own token endpoint (`/token`), which answers
     /// any request with a fresh token valid for 300 s; the registry behind needs none.
     Bearer,
+    /// As [`Fault::Bearer`], but a token is refused after it served this many requests (a
+    /// token that expired early, or was revoked).
+    BearerUses(usize),
 }
 
 /// An HTTP/1.1 proxy (one request per connection) in front of a registry.
@@ -254,6 +259,8 @@ pub struct FaultProxy {
     stop: Arc<AtomicBool>,
     /// The `Range` headers of the blob requests it saw.
     pub ranges: Arc<Mutex<Vec<String>>>,
+    /// The fault, which a test may change.
+    pub fault: Arc<Mutex<Fault>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -320,12 +327,12 @@ impl FaultProxy {
         let ranges = Arc::new(Mutex::new(Vec::new()));
         let tokens = Arc::new(Mutex::new((0, 0)));
         let fault = Arc::new(Mutex::new(fault));
-        let (s2, r2, t2) = (stop.clone(), ranges.clone(), tokens.clone());
+        let (s2, r2, t2, f2) = (stop.clone(), ranges.clone(), tokens.clone(), fault.clone());
         let thread = std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((c, _)) => {
-                        let (f, r, t) = (fault.clone(), r2.clone(), t2.clone());
+                        let (f, r, t) = (f2.clone(), r2.clone(), t2.clone());
                         std::thread::spawn(move || serve(c, port, upstream, &f, &r, &t));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -334,6 +341,7 @@ impl FaultProxy {
         });
         FaultProxy {
             port,
+            fault,
             tokens,
             stop,
             ranges,
@@ -354,6 +362,13 @@ impl Drop for FaultProxy {
             let _ = t.join();
         }
     }
+}
+
+/// How many requests each token served, by proxy port and token.
+fn token_uses() -> &'static Mutex<std::collections::HashMap<String, usize>> {
+    static USES: std::sync::OnceLock<Mutex<std::collections::HashMap<String, usize>>> =
+        std::sync::OnceLock::new();
+    USES.get_or_init(|| Mutex::new(std::collections::HashMap::new()))
 }
 
 fn serve(
@@ -389,7 +404,12 @@ fn serve(
     if let (true, Some(_), Some(r)) = (is_get, &blob, req.get("range")) {
         ranges.lock().unwrap().push(r.to_string());
     }
-    if *fault.lock().unwrap() == Fault::Bearer {
+    let bearer = match *fault.lock().unwrap() {
+        Fault::Bearer => Some(usize::MAX),
+        Fault::BearerUses(n) => Some(n),
+        _ => None,
+    };
+    if let Some(uses) = bearer {
         if path.starts_with("/token") {
             let n = {
                 let mut t = tokens.lock().unwrap();
@@ -408,7 +428,13 @@ fn serve(
         }
         let good = req
             .get("authorization")
-            .is_some_and(|a| a.starts_with("Bearer tok-"));
+            .and_then(|a| a.strip_prefix("Bearer tok-"))
+            .is_some_and(|t| {
+                let mut used = token_uses().lock().unwrap();
+                let n = used.entry(format!("{port}-{t}")).or_insert(0);
+                *n += 1;
+                *n <= uses
+            });
         if !good {
             tokens.lock().unwrap().1 += 1;
             let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}"#;
@@ -486,6 +512,24 @@ fn serve(
             let _ = cw.write_all(&rbody[..rbody.len() / 2]);
             let _ = cw.flush();
             let _ = cw.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        Fault::SlowBlob(d) if this_blob(&d) => {
+            resp.write(
+                &mut cw,
+                &keep,
+                &[("Content-Length".into(), rbody.len().to_string()), close],
+            );
+            let half = rbody.len() / 2;
+            if cw.write_all(&rbody[..half]).is_err() {
+                return;
+            }
+            for chunk in rbody[half..].chunks(4096) {
+                std::thread::sleep(Duration::from_millis(100));
+                if cw.write_all(chunk).is_err() {
+                    return;
+                }
+            }
             return;
         }
         Fault::BadManifest if is_get && ok && path.contains("/manifests/") => {
