@@ -756,3 +756,34 @@ WORKDIR /vw\n",
     assert!(!host.exists(), "COPY wrote outside the image");
     env.assert_no_leaks();
 }
+
+/// `--root` (or `STRATA_ROOT`) given as a relative path: the runtime and stratafs run
+/// elsewhere, so the store is made absolute first (runc said "invalid rootfs" with the path
+/// doubled, and the build left its mount behind).
+#[test]
+fn a_relative_store_path_builds_and_runs() {
+    need_root!();
+    let env = StrataEnv::new("strata-build-relroot-");
+    let ctx = example_context(&env, "hello");
+    let rel = Path::new("relative-store");
+    let strata = |args: &[&str]| env.run_in(rel, None, args, &[], None);
+    let out = strata(&[
+        "build",
+        "--pull=never",
+        "-t",
+        "hello",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = strata(&["run", "--rm", "--network", "none", "hello"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("hello from strata"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(env.path("relative-store/index.json").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = env.dir.path().to_str().unwrap();
+    assert!(!mounts.contains(dir), "mounts left under {dir}:\n{mounts}");
+}

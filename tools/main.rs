@@ -65,6 +65,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let root = cli.root.unwrap_or_else(default_root);
+    // Made absolute once: the runtime, stratafs and the monitor run in other directories.
+    let root = match std::path::absolute(&root) {
+        Ok(r) => r,
+        Err(e) => {
+            report(&anyhow::anyhow!("store {}: {e}", root.display()));
+            std::process::exit(FAILED);
+        }
+    };
     // Every verb that uses the store first makes sure it is private (and closes a store an
     // older version made world-readable).
     let secured = match &cli.command {
