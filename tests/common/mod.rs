@@ -502,7 +502,9 @@ impl<'a> Mount<'a> {
                     if ok {
                         break;
                     }
-                    let busy = out.contains("already mounted or mount point busy");
+                    // EBUSY, in mount(8)'s words: "already mounted or mount point busy", or
+                    // "overlay already mounted on X" when another overlay is mounted anywhere.
+                    let busy = out.contains("already mounted");
                     assert!(
                         busy && Instant::now() < deadline,
                         "kernel overlay mount failed: {out}"
