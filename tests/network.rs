@@ -183,9 +183,10 @@ fn mounts_anywhere_under(dir: &str) -> Vec<String> {
     out
 }
 
-/// GET / from `addr`, retried until the server answers (at most 10 s); the body.
+/// GET / from `addr`, retried until the server answers (at most 30 s: a loaded CI machine
+/// can take seconds to start a container); the body.
 fn http_get(addr: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     while Instant::now() < deadline {
         match get_once(addr) {
