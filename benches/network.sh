@@ -4,14 +4,16 @@
 #   start-up  median wall time of `run --rm IMG true` on the bridge network minus the same
 #             with --network none (N runs each): what the network adds to a start;
 #   transfer  iperf3 from the host to an iperf3 server in a container through a port
-#             published on 127.0.0.1 (a bounded transfer of SIZE bytes), in Gbit/s, the
-#             median of three.
+#             published on 127.0.0.1 (a bounded transfer of SIZE bytes), in Gbit/s: every
+#             row's server runs at once and the transfers go in ROUNDS interleaved rounds
+#             (one per row each), the median of each row's.
 # rootful: strata → netavark on its bridge (strata0); podman → netavark on a network of its
 # own (bridge stratapb0, 10.90.0.0/24, in a private --network-config-dir: podman's default
-# network is never touched). rootless: strata → slirp4netns with its API port forwards;
-# podman 4 → slirp4netns with rootlessport.
+# network is never touched). rootless: strata → slirp4netns with strata's port forwarder
+# (`strata __forward`), and again with slirp4netns's API port forwards ("rl slirp",
+# STRATA_PORT_FORWARDER=slirp4netns); podman 4 → slirp4netns with rootlessport.
 #
-# Run as root from the repository: `benches/network.sh` (N=10 SIZE=1G by default; uses
+# Run as root from the repository: `benches/network.sh` (N=10 ROUNDS=5 SIZE=1G by default; uses
 # target/release/{strata,stratafs}, build them first with `cargo build --release`). Needs
 # podman, runc, netavark, slirp4netns, iperf3, busybox-static, uidmap, and the test user
 # strata-rootless with subordinate ids (the test suite makes it). Host ports 5280-5289.
@@ -19,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-10}
+ROUNDS=${ROUNDS:-5}
 SIZE=${SIZE:-1G}
 STRATA=${STRATA:-$PWD/target/release/strata}
 STRATAFS=${STRATAFS:-$PWD/target/release/stratafs}
@@ -47,6 +50,8 @@ as_user() {
 }
 strata_root() { STRATA_STRATAFS="$STRATAFS" "$STRATA" --root "$W/store" "$@"; }
 strata_user() { as_user "$STRATA" --root "$W/ustore" "$@"; }
+# Rootless TCP ports through slirp4netns's API instead of strata's forwarder (the old way).
+strata_user_slirp() { as_user env STRATA_PORT_FORWARDER=slirp4netns "$STRATA" --root "$W/ustore" "$@"; }
 podman_user() { as_user podman "$@"; }
 
 cleanup() {
@@ -133,47 +138,62 @@ gbit_once() {
     exit 1
 }
 
-# gbits PORT: the median of three transfers.
-gbits() {
-    { gbit_once "$1"; gbit_once "$1"; gbit_once "$1"; } | sort -n | sed -n 2p
-}
-
-# row NAME NONE_CMD BRIDGE_CMD SERVER_START_CMD SERVER_RM_CMD PORT
+# row KEY NAME NONE_CMD BRIDGE_CMD SERVER_START_CMD PORT: the start-up medians of one row,
+# then its iperf3 server is started and left running for the transfer rounds.
+KEYS=()
 row() {
-    local name=$1 none=$2 bridge=$3 srv=$4 rm=$5 port=$6
-    local tn tb g
+    local key=$1 name=$2 none=$3 bridge=$4 srv=$5 port=$6
+    local tn tb
     tn=$(median_ms $none)
     tb=$(median_ms $bridge)
     $srv >/dev/null
-    g=$(gbits "$port")
-    $rm >/dev/null 2>&1 || true
-    printf '%-16s %9s %11s %9s %12s\n' "$name" "$tn" "$tb" "$((tb - tn))" "$g"
-    eval "${name//[^a-z]/_}_added=$((tb - tn)) ${name//[^a-z]/_}_gbit=$g"
+    KEYS+=("$key")
+    eval "${key}_name=\"$name\" ${key}_none=$tn ${key}_bridge=$tb ${key}_added=$((tb - tn))" \
+        "${key}_port=$port ${key}_all="
 }
 
 # iperf3 keeps its buffer in an unlinked temp file: in /dev/shm (stratafs answers ENOENT to
 # ftruncate of an open unlinked file, a bug of its own; the same for podman for fairness).
 IPERF="-e TMPDIR=/dev/shm -v /usr:/usr:ro"
-echo "N=$N runs per start-up median, transfer of $SIZE through a port on 127.0.0.1"
-printf '%-16s %9s %11s %9s %12s\n' "" "none ms" "bridge ms" "added ms" "Gbit/s"
-row "strata rootful" "strata_root run --rm --network none $R true" \
+row strata_rootful "strata rootful" "strata_root run --rm --network none $R true" \
     "strata_root run --rm $R true" \
-    "strata_root run -d --name ipf -p 127.0.0.1:5280:5201 $IPERF $R /usr/bin/iperf3 -s" \
-    "strata_root rm -f ipf" 5280
-row "podman rootful" "podman_root run --rm --network none bench:img true" \
+    "strata_root run -d --name ipf -p 127.0.0.1:5280:5201 $IPERF $R /usr/bin/iperf3 -s" 5280
+row podman_rootful "podman rootful" "podman_root run --rm --network none bench:img true" \
     "podman_root run --rm --network $PNET bench:img true" \
-    "podman_root run -d --name ipf --network $PNET -p 127.0.0.1:5281:5201 $IPERF bench:img /usr/bin/iperf3 -s" \
-    "podman_root rm -f -t 0 ipf" 5281
-row "strata rootless" "strata_user run --rm --network none $W/urootfs true" \
+    "podman_root run -d --name ipf --network $PNET -p 127.0.0.1:5281:5201 $IPERF bench:img /usr/bin/iperf3 -s" 5281
+row strata_rootless "strata rootless" "strata_user run --rm --network none $W/urootfs true" \
     "strata_user run --rm $W/urootfs true" \
-    "strata_user run -d --name ipf -p 127.0.0.1:5282:5201 $IPERF $W/urootfs /usr/bin/iperf3 -s" \
-    "strata_user rm -f ipf" 5282
-row "podman rootless" "podman_user run --rm --network none bench:img true" \
+    "strata_user run -d --name ipf -p 127.0.0.1:5282:5201 $IPERF $W/urootfs /usr/bin/iperf3 -s" 5282
+row strata_rl_slirp "strata rl slirp" "strata_user_slirp run --rm --network none $W/urootfs true" \
+    "strata_user_slirp run --rm $W/urootfs true" \
+    "strata_user_slirp run -d --name ipf2 -p 127.0.0.1:5284:5201 $IPERF $W/urootfs /usr/bin/iperf3 -s" 5284
+row podman_rootless "podman rootless" "podman_user run --rm --network none bench:img true" \
     "podman_user run --rm --network slirp4netns bench:img true" \
-    "podman_user run -d --name ipf --network slirp4netns -p 127.0.0.1:5283:5201 $IPERF bench:img /usr/bin/iperf3 -s" \
-    "podman_user rm -f -t 0 ipf" 5283
+    "podman_user run -d --name ipf --network slirp4netns -p 127.0.0.1:5283:5201 $IPERF bench:img /usr/bin/iperf3 -s" 5283
+
+# The transfers in interleaved rounds (one per row per round), so a change in the machine's
+# load during the run weighs on every row alike; each row's median.
+for ((r = 0; r < ROUNDS; r++)); do
+    for k in "${KEYS[@]}"; do
+        port_var=${k}_port all_var=${k}_all
+        g=$(gbit_once "${!port_var}")
+        eval "${k}_all=\"${!all_var} $g\""
+    done
+done
+median() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+
+echo "N=$N runs per start-up median; transfers of $SIZE through a port on 127.0.0.1, median" \
+     "of $ROUNDS interleaved rounds"
+printf '%-16s %9s %11s %9s %8s  %s\n' "" "none ms" "bridge ms" "added ms" "Gbit/s" "(each round)"
+for k in "${KEYS[@]}"; do
+    n_=${k}_name tn=${k}_none tb=${k}_bridge ad=${k}_added all=${k}_all
+    g=$(median "${!all}")
+    eval "${k}_gbit=$g"
+    printf '%-16s %9s %11s %9s %8s  %s\n' "${!n_}" "${!tn}" "${!tb}" "${!ad}" "$g" "${!all# }"
+done
 ratio() { python3 -c "print('%.2f' % ($1 / $2) if $2 else 'n/a')"; }
 echo "ratios strata/podman: rootful added start-up $(ratio "$strata_rootful_added" "$podman_rootful_added")" \
      "(goal <= 1), transfer $(ratio "$strata_rootful_gbit" "$podman_rootful_gbit") (goal >= 1);" \
      "rootless added start-up $(ratio "$strata_rootless_added" "$podman_rootless_added")," \
-     "transfer $(ratio "$strata_rootless_gbit" "$podman_rootless_gbit")"
+     "transfer $(ratio "$strata_rootless_gbit" "$podman_rootless_gbit")" \
+     "(slirp4netns port forwards: $(ratio "$strata_rl_slirp_gbit" "$podman_rootless_gbit"))"

@@ -791,3 +791,212 @@ fn build_run_steps_get_the_network_asked_for() {
     let e = n.fails(&["build", "--network", "overlay", ctx.to_str().unwrap()]);
     assert!(e.contains("unsupported --network"), "{e}");
 }
+
+/// A TCP echo server on port 7 (one thread per connection, echoing until the client's end),
+/// run with the host's /usr.
+const TCP_ECHO: &str = "import socket, threading
+def echo(c):
+    while True:
+        d = c.recv(1 << 16)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('', 7))
+s.listen(512)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=echo, args=(c,), daemon=True).start()
+";
+
+/// Start `echo` (TCP_ECHO) rootless with `-p` for each of `publish`, under `envs`; waits
+/// until `port` echoes.
+fn start_echo(n: &Net, name: &str, publish: &[String], envs: &[(&str, &str)], port: u16) {
+    let mut a = vec!["run", "-d", "--name", name];
+    for p in publish {
+        a.extend(["-p", p.as_str()]);
+    }
+    a.extend(["-v", "/usr:/usr:ro", "web", "python3", "-c", TCP_ECHO]);
+    let o = n.run_with(&a, envs, None);
+    assert!(o.status.success(), "{a:?}: {}", text(&o.stderr));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(got) = echo_once(port, b"ping") {
+            if got == b"ping" {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no echo on {port}: {}",
+            n.ok(&["logs", name])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Send `data` to 127.0.0.1:`port`, close the sending side, read everything back.
+fn echo_once(port: u16, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut w = s.try_clone()?;
+    let sent = data.to_vec();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        w.write_all(&sent)?;
+        w.shutdown(std::net::Shutdown::Write)
+    });
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?;
+    writer.join().unwrap()?;
+    Ok(got)
+}
+
+/// Deterministic bytes that differ for each `seed` (xorshift).
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The pids of strata's port forwarders (`strata __forward`) of this test.
+fn forwarders(n: &Net) -> Vec<i32> {
+    n.processes()
+        .into_iter()
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            text(&cmd).contains("__forward")
+        })
+        .collect()
+}
+
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Rootless published TCP ports go through strata's forwarder: a bulk transfer arrives
+/// intact both ways (half-close passed on), 200 concurrent connections each get their own
+/// bytes back, a published port nobody listens on in the container closes the client's
+/// connection (no hang, the forwarder serves on), its relay threads end with their
+/// connections, and it ends with the container.
+#[test]
+fn rootless_forwarder_relays_bulk_concurrent_and_refused() {
+    need_root!();
+    let n = Net::new(true);
+    let (port, closed) = (5290, 5291);
+    start_echo(
+        &n,
+        "echo",
+        &[
+            format!("127.0.0.1:{port}:7"),
+            format!("127.0.0.1:{closed}:81"),
+        ],
+        &[],
+        port,
+    );
+    let fwd = forwarders(&n);
+    assert_eq!(fwd.len(), 1, "one forwarder per container: {fwd:?}");
+    let fwd = fwd[0];
+    let idle = threads(fwd);
+
+    // 64 MiB there and back.
+    let data = pattern(1, 64 << 20);
+    let got = echo_once(port, &data).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the echoed bytes differ");
+
+    // 200 connections open at once.
+    let mut conns: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.write_all(&pattern(i as u64 + 10, 64 << 10)).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        assert!(got == pattern(i as u64 + 10, 64 << 10), "connection {i}");
+    }
+    drop(conns);
+
+    // Nothing listens on 81 in the container: the connection is closed, every time.
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(("127.0.0.1", closed)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Ok(k) => panic!("{k} bytes from a closed port"),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(echo_once(port, b"still here").unwrap(), b"still here");
+
+    // Every relay thread ended with its connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads(fwd) != idle && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(threads(fwd), idle, "relay threads left");
+
+    let id = n.id("echo");
+    n.ok(&["kill", "echo"]);
+    wait_exited(&n, "echo");
+    n.assert_network_gone(&id, &[(port, "tcp"), (closed, "tcp")]);
+    assert!(forwarders(&n).is_empty());
+    n.ok(&["rm", "echo"]);
+    n.assert_no_leaks();
+}
+
+/// `STRATA_PORT_FORWARDER=slirp4netns` forwards TCP through slirp4netns as before (no
+/// forwarder process); a container with only UDP ports gets no forwarder either.
+#[test]
+fn rootless_forwarder_can_be_left_to_slirp4netns() {
+    need_root!();
+    let n = Net::new(true);
+    let port = 5292;
+    start_echo(
+        &n,
+        "slirp",
+        &[format!("127.0.0.1:{port}:7")],
+        &[("STRATA_PORT_FORWARDER", "slirp4netns")],
+        port,
+    );
+    assert!(forwarders(&n).is_empty());
+    let data = pattern(2, 4 << 20);
+    assert!(echo_once(port, &data).unwrap() == data);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "udp",
+        "-p",
+        "127.0.0.1:5293:9999/udp",
+        "web",
+        "sleep",
+        "60",
+    ]);
+    assert!(forwarders(&n).is_empty());
+    let (a, b) = (n.id("slirp"), n.id("udp"));
+    n.ok(&["rm", "-f", "slirp", "udp"]);
+    n.assert_network_gone(&a, &[(port, "tcp")]);
+    n.assert_network_gone(&b, &[(5293, "udp")]);
+    n.assert_no_leaks();
+}

@@ -189,6 +189,19 @@ pub enum Cmd {
     /// Internal: watch a detached container's process and record its exit.
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
+    /// Internal: forward published TCP ports into a rootless container's network namespace.
+    #[command(name = "__forward", hide = true)]
+    Forward {
+        /// The container's kept network namespace.
+        #[arg(long)]
+        netns: PathBuf,
+        /// The container's address.
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+        /// HOST_ADDR:PORT=CONTAINER_PORT, once per port.
+        #[arg(long = "port")]
+        ports: Vec<String>,
+    },
 }
 
 /// `strata volume` verbs.
@@ -300,6 +313,16 @@ fn options(
 pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
     if let Cmd::Pause = cmd {
         strata::container::userns::pause(root)?;
+        return Ok(0);
+    }
+    if let Cmd::Forward { netns, to, ports } = &cmd {
+        // Started inside the store's namespace; it needs no store session of its own.
+        use strata::container::network::forward;
+        let routes = ports
+            .iter()
+            .map(|p| forward::Route::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        forward::serve(netns, *to, &routes)?;
         return Ok(0);
     }
     // Rootless with subordinate ids: join the store's user namespace while single-threaded.
@@ -472,7 +495,7 @@ pub fn run(root: &Path, cmd: Cmd) -> Result<i32> {
             Ok(0)
         }
         Cmd::Volume(v) => volume_cmd(root, v),
-        Cmd::Pause => Ok(0),
+        Cmd::Pause | Cmd::Forward { .. } => Ok(0),
         Cmd::Monitor { id } => {
             strata::container::monitor::run(root, &id)?;
             Ok(0)

@@ -5,12 +5,14 @@
 //! (`netns`), with an address, a default route with outbound access, an `/etc/resolv.conf`
 //! derived from the host's (`resolv`) and its published ports. Rootful, netavark connects it to
 //! strata's bridge (`netavark`); rootless (in the store's user namespace, see `userns`),
-//! slirp4netns gives it user-mode networking (`slirp`). Which addresses and host ports are held
+//! slirp4netns gives it user-mode networking (`slirp`) and strata's forwarder carries its
+//! published TCP ports (`forward`). Which addresses and host ports are held
 //! is kept in a registry (`leases`), so two containers never publish one host port.
 //!
 //! What is set up is recorded in the container's state ([`Attachment`]) *before* it is set up,
 //! so whoever finds the container ended (its monitor, `rm`, `ps` after a crash) tears it down.
 
+pub mod forward;
 pub mod leases;
 pub mod mode;
 pub mod netavark;
@@ -127,6 +129,9 @@ pub struct Attachment {
     /// The helper process (slirp4netns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helper: Option<Keeper>,
+    /// strata's port forwarder (rootless TCP ports, see `forward`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarder: Option<Keeper>,
 }
 
 /// The backend this process can use for the bridge network: rootful netavark, or slirp4netns
@@ -251,6 +256,7 @@ pub fn plan(ep: &Endpoint<'_>, settings: &Settings) -> Result<Option<Plan>> {
         address,
         ports,
         helper: None,
+        forwarder: None,
     };
     let lease = Lease {
         container_id: ep.id.to_string(),
@@ -300,7 +306,13 @@ impl Plan {
                     &a.ports,
                 ),
                 Backend::Slirp4netns => {
-                    a.helper = Some(slirp::start(ep.dir, &a.netns, &a.ports)?);
+                    let (ours, theirs): (Vec<PortMapping>, Vec<PortMapping>) = a
+                        .ports
+                        .iter()
+                        .copied()
+                        .partition(|p| forward::enabled() && forward::carries(p));
+                    a.helper = Some(slirp::start(ep.dir, &a.netns, &theirs)?);
+                    a.forwarder = forward::start(ep, &a.netns, a.address, &ours)?;
                     Ok(())
                 }
             }
@@ -340,7 +352,12 @@ fn undo(ep: &Endpoint<'_>, a: &Attachment, registry: &Registry, dir: &Path) -> R
                 }
             }
         }
-        Backend::Slirp4netns => slirp::stop(ep.dir, a.helper),
+        Backend::Slirp4netns => {
+            if let Some(k) = a.forwarder {
+                slirp::end(k);
+            }
+            slirp::stop(ep.dir, a.helper)
+        }
     }
     if let Err(e) = netns::remove(&a.netns) {
         first.get_or_insert(e);

@@ -150,21 +150,29 @@ fn request(dir: &Path, req: &serde_json::Value) -> std::result::Result<serde_jso
 
 /// Stop the helper `keeper` (if it is still that process) and remove its socket.
 pub fn stop(dir: &Path, keeper: Option<Keeper>) {
-    if let Some(k) = keeper.filter(|k| k.is_alive()) {
-        let pid = rustix::process::Pid::from_raw(k.pid);
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while k.is_alive() && Instant::now() < deadline {
-                // Our own child (an attached run) becomes a zombie: reap it.
-                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if k.is_alive() {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
-        }
+    if let Some(k) = keeper {
+        end(k);
     }
     let _ = std::fs::remove_file(dir.join(SOCKET));
+}
+
+/// End process `k` if it is still that process: TERM, then KILL after two seconds.
+pub(super) fn end(k: Keeper) {
+    if !k.is_alive() {
+        return;
+    }
+    let Some(pid) = rustix::process::Pid::from_raw(k.pid) else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while k.is_alive() && Instant::now() < deadline {
+        // Our own child (an attached run) becomes a zombie: reap it.
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if k.is_alive() {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
 }
