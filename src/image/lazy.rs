@@ -175,6 +175,7 @@ pub fn prepare(store: &Store, layer: &LayerDesc) -> Result<PathBuf> {
         blob,
         toc: toc.to_string(),
         cache: store.root().join("chunks/sha256"),
+        remote: None,
     };
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Json {
         what: "lazy spec".into(),
