@@ -96,9 +96,7 @@ fn open_source(
     spec: &strata::estargz::LazySpec,
 ) -> std::result::Result<Box<dyn strata::estargz::BlobSource>, String> {
     match &spec.remote {
-        Some(remote) => Ok(Box::new(strata::registry::blob_source::RegistryBlob::new(
-            remote.clone(),
-        ))),
+        Some(_) => strata::registry::blob_source::for_spec(spec).map_err(|e| e.to_string()),
         None => strata::union::lazy::local_source(spec),
     }
 }

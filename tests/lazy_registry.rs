@@ -281,3 +281,96 @@ fn a_corrupt_chunk_from_the_registry_is_eio_and_nothing_is_cached() {
     proxy.set_fault(Fault::None);
     assert_eq!(contents(&m.path("")), lazy.reference);
 }
+
+/// `strata` in another store of the same test.
+fn in_store(env: &common::cli::StrataEnv, store: &str, args: &[&str]) -> String {
+    let o = env.run_in(&env.path(store), None, args, &[], None);
+    assert!(
+        o.status.success(),
+        "strata {args:?} in {store} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Entries of a directory (none if it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn push_estargz_pull_lazy_run_and_every_file_matches_a_full_pull() {
+    if skip() {
+        return;
+    }
+    let env = common::cli::StrataEnv::new("strata-lazyreg-");
+    let reg = Registry::start(env.dir.path());
+    let ctx = env.busybox_context("ctx");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN echo hello > /greeting && mkdir -p /data && head -c 3000000 /bin/busybox > /data/blob \
+         && mkdir -p /etc && echo root:x:0:0::/:/bin/sh > /etc/passwd \
+         && echo app:x:1234:4321::/:/bin/sh >> /etc/passwd\n\
+         USER app\nCMD [\"/bin/sh\", \"-c\", \"cat /greeting; id -u; id -g\"]\n",
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", "app:1", ctx.to_str().unwrap()]);
+    let name = format!("{}/app:1", reg.host());
+    env.ok(&["push", "-q", "--estargz", "app:1", &name]);
+
+    // Lazily: the manifest, config and TOCs only; no layer blob, no extracted layer.
+    let err = {
+        let o = env.run_in(
+            &env.path("lazy"),
+            None,
+            &["pull", "--lazy", &name],
+            &[],
+            None,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert!(err.contains("lazy (TOC only)"), "{err}");
+    let lazy_store = env.path("lazy");
+    assert_eq!(
+        entries(&lazy_store.join("layers/sha256")),
+        Vec::<String>::new()
+    );
+    let listed = in_store(&env, "lazy", &["images"]);
+    assert!(listed.contains("(lazy: "), "{listed}");
+
+    // It runs (USER app resolved from the lazy layer's /etc/passwd), the mount fetching
+    // what the container reads.
+    assert_eq!(
+        in_store(&env, "lazy", &["run", "--rm", &name]),
+        "hello\n1234\n4321\n"
+    );
+
+    // Every file's bytes, through a lazy container and a fully pulled one.
+    in_store(&env, "full", &["pull", "-q", &name]);
+    let sums = "find / -xdev -type f | sort | xargs md5sum";
+    let full = in_store(
+        &env,
+        "full",
+        &["run", "--rm", "-u", "0", &name, "sh", "-c", sums],
+    );
+    let lazy = in_store(
+        &env,
+        "lazy",
+        &["run", "--rm", "-u", "0", &name, "sh", "-c", sums],
+    );
+    assert!(full.contains("/data/blob"), "{full}");
+    assert_eq!(lazy, full);
+    let listed = in_store(&env, "lazy", &["images"]);
+    assert!(listed.contains("100%)"), "all read, all local: {listed}");
+    drop(reg);
+    env.assert_no_leaks();
+}

@@ -181,3 +181,13 @@ impl BlobSource for RegistryBlob {
         )
     }
 }
+
+/// The source of a lazy layer's blob as its spec names it: the registry blob, or the local
+/// file (what stratafs uses to fill the layer's files, and strata to read one before the
+/// container's mount exists).
+pub fn for_spec(spec: &crate::estargz::LazySpec) -> io::Result<Box<dyn BlobSource>> {
+    Ok(match &spec.remote {
+        Some(remote) => Box::new(RegistryBlob::new(remote.clone())),
+        None => Box::new(crate::estargz::FileSource::open(&spec.blob)?),
+    })
+}

@@ -10,6 +10,7 @@ pub mod blob_source;
 pub mod challenge;
 pub mod client;
 pub mod credentials;
+pub mod lazy_pull;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
