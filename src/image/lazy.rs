@@ -241,7 +241,8 @@ pub fn lower_dirs(store: &Store, image: &super::Image) -> Result<Vec<PathBuf>> {
 }
 
 /// The `lazy=` spec of a lower directory that is a store's lazy layer (`lazy/HEX/root`),
-/// unless its files are all here (then it is an ordinary directory).
+/// unless its files are all here (then it is an ordinary directory, mounted without the
+/// registry).
 pub fn spec_of_dir(dir: &Path) -> Option<PathBuf> {
     if dir.file_name()? != "root" {
         return None;
@@ -251,7 +252,14 @@ pub fn spec_of_dir(dir: &Path) -> Option<PathBuf> {
         return None;
     }
     let spec = home.join("spec.json");
-    (spec.is_file() && !home.join(COMPLETE).exists()).then_some(spec)
+    if !spec.is_file() || home.join(COMPLETE).exists() {
+        return None;
+    }
+    // Filled by a background fetch since: an ordinary directory now (no registry needed).
+    match local_bytes(dir) {
+        Ok((have, total)) if have == total => None,
+        _ => Some(spec),
+    }
 }
 
 /// The file that says a lazy layer's files are all here (written once a check finds no mark).
