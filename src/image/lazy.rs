@@ -295,7 +295,7 @@ pub fn local_bytes(dir: &Path) -> Result<(u64, u64)> {
         }
     }
     if have == total && !home.as_os_str().is_empty() {
-        let _ = std::fs::write(home.join(COMPLETE), b"");
+        let _ = super::layout::write_atomic(&home.join(COMPLETE), b"");
     }
     Ok((have, total))
 }
