@@ -7,7 +7,7 @@
 //!
 //! The image (about 150 MB: busybox, /usr/bin, /usr/share of this machine) is built with
 //! strata and pushed with `push --estargz`. Two workloads: `busybox echo 1` (reads one file)
-//! and reading every file (`find / -xdev -type f | xargs cat`, which must succeed). Median of
+//! and reading every file (`find / -xdev -type f -exec cat {} +`, which must succeed). Median of
 //! `$STRATA_BENCH_RUNS` (default 3). Needs root, docker-registry and busybox-static.
 
 #[path = "../tests/common/registry.rs"]
@@ -206,7 +206,7 @@ fn main() {
                 "/bin/busybox",
                 "sh",
                 "-c",
-                "find / -xdev -type f | xargs cat > /dev/null && echo 1",
+                "find / -xdev -type f -exec cat {} + > /dev/null && echo 1",
             ],
         ),
     ];
