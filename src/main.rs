@@ -75,7 +75,7 @@ fn run(args: Args) -> Result<()> {
     }
     // Modes of created files are exactly what the kernel asks for (it applied the umask).
     rustix::process::umask(rustix::fs::Mode::empty());
-    let union = Union::new(options)?;
+    let union = Union::with_sources(options, &open_source)?;
     union.check_mountpoint(&mountpoint)?;
     let foreground = args.foreground || args.debug;
     let notify = if foreground { None } else { Some(daemonize()?) };
@@ -87,6 +87,17 @@ fn run(args: Args) -> Result<()> {
             Err(e)
         }
         Err((e, None)) => Err(e),
+    }
+}
+
+/// The source of a lazy layer's blob: a local file, or the registry the spec names (reached
+/// by the registry client, with the auth files' credentials).
+fn open_source(
+    spec: &strata::estargz::LazySpec,
+) -> std::result::Result<Box<dyn strata::estargz::BlobSource>, String> {
+    match &spec.remote {
+        Some(_) => strata::registry::blob_source::for_spec(spec).map_err(|e| e.to_string()),
+        None => strata::union::lazy::local_source(spec),
     }
 }
 

@@ -186,6 +186,7 @@ impl Pair {
             blob: blob.clone(),
             toc: w.toc_digest.to_string(),
             cache: cache.clone(),
+            remote: None,
         };
         std::fs::write(&spec, serde_json::to_vec(&s).unwrap()).unwrap();
         Pair {

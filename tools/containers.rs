@@ -261,7 +261,8 @@ fn image_spec(root: &Path, a: &CreateArgs) -> Result<(ImageSpec, Option<Store>)>
     let spec = ImageSpec {
         id: img.id.to_string(),
         name: arg.to_string(),
-        lower_dirs: store.layer_dirs(&img)?,
+        // A layer pulled lazily is its lazy directory (mounted with `lazy=`).
+        lower_dirs: strata::image::lazy::lower_dirs(&store, &img)?,
         config: img.config,
     };
     Ok((spec, Some(store)))

@@ -226,9 +226,19 @@ fn images(store: &Store, quiet: bool) -> Result<()> {
                 })
                 .collect()
         };
+        // A lazily pulled image: how much of its lazy layers' file bytes are here.
+        let lazy = match image::lazy::local_share(store, &img)? {
+            Some((have, total)) => format!(
+                " (lazy: {} of {} local, {}%)",
+                human_size(have),
+                human_size(total),
+                (have * 100).checked_div(total).unwrap_or(100)
+            ),
+            None => String::new(),
+        };
         for (n, t) in names {
             println!(
-                "{n:<30} {t:<12} {:<14} {created:<16} {}",
+                "{n:<30} {t:<12} {:<14} {created:<16} {}{lazy}",
                 img.id.short(),
                 human_size(size)
             );

@@ -52,6 +52,10 @@ pub struct PullArgs {
     /// Layers to download at once.
     #[arg(long, default_value_t = 3)]
     pub jobs: usize,
+    /// Fetch only the TOCs of eStargz layers: containers start at once and read each file
+    /// from the registry on first use (other layers are pulled in full).
+    #[arg(long)]
+    pub lazy: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// The image: NAME[:TAG|@DIGEST], e.g. alpine, localhost:5000/app:1.
@@ -170,12 +174,18 @@ pub fn pull(root: &Path, a: PullArgs) -> Result<i32> {
         platform: a.platform.as_deref().map(Platform::parse).transpose()?,
         jobs: a.jobs,
         client: a.connect.options(),
+        lazy: a.lazy,
     };
     let shown = Shown::new(a.quiet);
     shown.say(&format!("Pulling {r}"));
     let pulled = pull::pull(&store, &r, &opts, &shown).with_context(|| format!("pull {r}"))?;
+    let lazy = if pulled.lazy > 0 {
+        format!(", {} lazy (TOC only)", pulled.lazy)
+    } else {
+        String::new()
+    };
     shown.say(&format!(
-        "{}: {} layer(s) fetched, image {}",
+        "{}: {} layer(s) fetched{lazy}, image {}",
         pulled.tag.as_deref().unwrap_or(&r.to_string()),
         pulled.fetched,
         pulled.image.id.short()
@@ -193,6 +203,10 @@ pub struct PushArgs {
     /// Blobs to upload at once.
     #[arg(long, default_value_t = 3)]
     pub jobs: usize,
+    /// Convert the layers to eStargz first (as `strata convert --estargz`), so the image
+    /// can be pulled lazily; the image in the store is unchanged.
+    #[arg(long)]
+    pub estargz: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// The image in the store: NAME[:TAG] or an ID.
@@ -205,7 +219,15 @@ pub struct PushArgs {
 pub fn push(root: &Path, a: PushArgs) -> Result<i32> {
     let (store, _userns) = open_store(root)?;
     // Pinned: an `rmi` meanwhile cannot free what is being uploaded.
-    let image = store.resolve_pinned(&a.image)?;
+    let mut image = store.resolve_pinned(&a.image)?;
+    if a.estargz {
+        image = strata::image::estargz::convert_image(
+            &store,
+            &image,
+            &strata::estargz::writer::Options::default(),
+        )
+        .with_context(|| format!("convert {} to eStargz", a.image))?;
+    }
     let dest =
         Reference::parse(a.destination.as_deref().unwrap_or(&a.image)).with_context(|| {
             if a.destination.is_none() {
@@ -377,6 +399,7 @@ pub fn pull_for(root: &Path, reference: &str, connect: &ConnectArgs) -> Result<S
         platform: None,
         jobs: 3,
         client: connect.options(),
+        lazy: false,
     };
     let pulled = pull::pull(&store, &r, &opts, &shown).with_context(|| format!("pull {r}"))?;
     shown.say(&format!("Digest: {}", pulled.digest));

@@ -35,13 +35,27 @@ pub fn mount_rootfs(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path)
     if lower.is_empty() {
         return Err(Error::Mount("an image needs at least one layer".into()));
     }
-    let opts = format!(
+    let mut opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowerdir_arg(lower),
         upper.display(),
         work.display()
     );
-    let mut cmd = if std::env::var("STRATA_MOUNT").as_deref() == Ok("overlay") {
+    // Layers pulled lazily (and not complete yet) are filled by stratafs from the registry.
+    let lazy: Vec<PathBuf> = lower
+        .iter()
+        .filter_map(|d| crate::image::lazy::spec_of_dir(d))
+        .collect();
+    let overlay = std::env::var("STRATA_MOUNT").as_deref() == Ok("overlay");
+    if !lazy.is_empty() {
+        if overlay {
+            return Err(Error::Mount(
+                "the image was pulled lazily: its layers need stratafs (unset STRATA_MOUNT, or pull it in full)".into(),
+            ));
+        }
+        opts.push_str(&format!(",lazy={}", lowerdir_arg(&lazy)));
+    }
+    let mut cmd = if overlay {
         let mut c = Command::new("mount");
         c.args(["-t", "overlay", "overlay", "-o"]);
         c.arg(&opts).arg(target);

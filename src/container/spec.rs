@@ -268,12 +268,21 @@ fn read_top(layers: &[std::path::PathBuf], rel: &str) -> String {
     layers
         .iter()
         .rev()
-        .map(|l| l.join(rel))
-        .find(|p| {
-            std::fs::symlink_metadata(p)
+        .find(|l| {
+            std::fs::symlink_metadata(l.join(rel))
                 .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_char_device())
         })
-        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|l| {
+            // A lazily pulled layer's file may still be waiting for its bytes: fetch them.
+            match crate::registry::lazy_pull::read_file(l, rel) {
+                Ok(Some(bytes)) => String::from_utf8(bytes).ok(),
+                Ok(None) => std::fs::read_to_string(l.join(rel)).ok(),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    None
+                }
+            }
+        })
         .unwrap_or_default()
 }
 

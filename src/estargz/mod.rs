@@ -22,7 +22,7 @@ pub use digest::Sha256Digest;
 pub use index::{Chunk, Index, Node, NodeKind};
 pub use reader::Reader;
 pub use source::{BlobSource, FileSource};
-pub use spec::LazySpec;
+pub use spec::{LazySpec, RemoteBlob};
 
 /// Name of the TOC's tar entry.
 pub const TOC_NAME: &str = "stargz.index.json";

@@ -149,16 +149,46 @@ pub fn build_dir(
     Ok(ix)
 }
 
-/// What stratafs needs to mount `layer` lazily: the `lazy=` spec file (whose `dir` is the
-/// lowerdir to give), made on first use under `lazy/` in the store.
+/// What stratafs needs to mount `layer` lazily from its blob in the store: the `lazy=` spec
+/// file (whose `dir` is the lowerdir to give), made on first use under `lazy/` in the store.
 pub fn prepare(store: &Store, layer: &LayerDesc) -> Result<PathBuf> {
+    let blob = store.blobs().path(&layer.digest);
+    let source = FileSource::open(&blob).map_err(io_err(format!("open {}", blob.display())))?;
+    prepare_from(store, layer, &source, blob.clone(), None)
+}
+
+/// Where the lazy layer of TOC `toc` lives in the store: `lazy/HEX/` holding `spec.json` and
+/// the layer directory `root/`.
+fn home_of(store: &Store, toc: &Sha256Digest) -> PathBuf {
+    store.root().join("lazy").join(toc.hex())
+}
+
+fn toc_of(layer: &LayerDesc) -> Result<Sha256Digest> {
     let toc = layer
         .toc_digest()
         .ok_or_else(|| Error::Invalid(format!("layer {} is not eStargz", layer.digest)))?;
-    let toc = Sha256Digest::parse(toc).map_err(esgz("TOC digest annotation"))?;
+    Sha256Digest::parse(toc).map_err(esgz("TOC digest annotation"))
+}
+
+/// The spec file of `layer`'s lazy directory, if it has one.
+pub fn existing(store: &Store, layer: &LayerDesc) -> Option<PathBuf> {
+    let spec = home_of(store, &toc_of(layer).ok()?).join("spec.json");
+    spec.is_file().then_some(spec)
+}
+
+/// [`prepare`] with the blob read from `source` (a local file at `blob`, or the registry
+/// `remote` names, which stratafs then reads itself).
+pub fn prepare_from(
+    store: &Store,
+    layer: &LayerDesc,
+    source: &dyn BlobSource,
+    blob: PathBuf,
+    remote: Option<crate::estargz::RemoteBlob>,
+) -> Result<PathBuf> {
+    let toc = toc_of(layer)?;
     let base = store.root().join("lazy");
     private::create(&base).map_err(io_err("create the lazy layer directory"))?;
-    let home = base.join(toc.hex());
+    let home = home_of(store, &toc);
     let spec_path = home.join("spec.json");
     if spec_path.is_file() {
         return Ok(spec_path);
@@ -167,14 +197,13 @@ pub fn prepare(store: &Store, layer: &LayerDesc) -> Result<PathBuf> {
     let tmp = store.temp_dir("lazy")?;
     let dir = tmp.path().join("root");
     std::fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-    let blob = store.blobs().path(&layer.digest);
-    let source = FileSource::open(&blob).map_err(io_err(format!("open {}", blob.display())))?;
-    build_dir(&source, &toc, &dir, UnpackOptions::for_current_user())?;
+    build_dir(source, &toc, &dir, UnpackOptions::for_current_user())?;
     let spec = crate::estargz::LazySpec {
         dir: home.join("root"),
         blob,
         toc: toc.to_string(),
         cache: store.root().join("chunks/sha256"),
+        remote,
     };
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Json {
         what: "lazy spec".into(),
@@ -188,4 +217,109 @@ pub fn prepare(store: &Store, layer: &LayerDesc) -> Result<PathBuf> {
         Err(e) => return Err(io_err(format!("rename to {}", home.display()))(e)),
     }
     Ok(spec_path)
+}
+
+/// The lower directories of `image` (bottom first) for a container: each layer extracted
+/// (from its blob if it is here), or, for a layer pulled lazily, its lazy directory (which
+/// [`spec_of_dir`] finds the spec of).
+pub fn lower_dirs(store: &Store, image: &super::Image) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for layer in image.layers()? {
+        if let Some(dir) = store.pin_extracted(&layer)? {
+            out.push(dir);
+            continue;
+        }
+        if !store.blobs().path(&layer.digest).is_file() {
+            if let Some(spec) = existing(store, &layer) {
+                out.push(spec.with_file_name("root"));
+                continue;
+            }
+        }
+        out.push(store.extracted(&layer)?);
+    }
+    Ok(out)
+}
+
+/// The `lazy=` spec of a lower directory that is a store's lazy layer (`lazy/HEX/root`),
+/// unless its files are all here (then it is an ordinary directory, mounted without the
+/// registry).
+pub fn spec_of_dir(dir: &Path) -> Option<PathBuf> {
+    if dir.file_name()? != "root" {
+        return None;
+    }
+    let home = dir.parent()?;
+    if home.parent()?.file_name()? != "lazy" {
+        return None;
+    }
+    let spec = home.join("spec.json");
+    if !spec.is_file() || home.join(COMPLETE).exists() {
+        return None;
+    }
+    // Filled by a background fetch since: an ordinary directory now (no registry needed).
+    match local_bytes(dir) {
+        Ok((have, total)) if have == total => None,
+        _ => Some(spec),
+    }
+}
+
+/// The file that says a lazy layer's files are all here (written once a check finds no mark).
+const COMPLETE: &str = "complete";
+
+/// How many bytes of the regular files of lazy directory `dir` are here, of how many; records
+/// the layer complete when they all are.
+pub fn local_bytes(dir: &Path) -> Result<(u64, u64)> {
+    let home = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let (mut have, mut total) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(io_err(format!("read {}", d.display())))?;
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                total += m.len();
+                let marked = [
+                    format::XattrNamespace::Trusted.lazy(),
+                    format::XattrNamespace::User.lazy(),
+                ]
+                .iter()
+                .any(|x| rfs::lgetxattr(&p, *x, &mut [0u8; 0][..]).is_ok());
+                if !marked {
+                    have += m.len();
+                }
+            }
+        }
+    }
+    if have == total && !home.as_os_str().is_empty() {
+        let _ = super::layout::write_atomic(&home.join(COMPLETE), b"");
+    }
+    Ok((have, total))
+}
+
+/// For an image with layers pulled lazily: how many bytes of those layers' files are here,
+/// of how many (`None` when every layer is extracted or its blob is here).
+pub fn local_share(store: &Store, image: &super::Image) -> Result<Option<(u64, u64)>> {
+    let mut sum: Option<(u64, u64)> = None;
+    for layer in image.layers()? {
+        let extracted = store
+            .root()
+            .join("layers/sha256")
+            .join(layer.diff_id.hex())
+            .is_dir();
+        if extracted || store.blobs().path(&layer.digest).is_file() {
+            continue;
+        }
+        let Some(spec) = existing(store, &layer) else {
+            continue;
+        };
+        let (have, total) = local_bytes(&spec.with_file_name("root"))?;
+        let s = sum.get_or_insert((0, 0));
+        s.0 += have;
+        s.1 += total;
+    }
+    Ok(sum)
 }

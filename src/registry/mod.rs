@@ -6,9 +6,11 @@
 //! them (so every digest strata reports is the registry's), and layer blobs streamed from the
 //! network through their digest check straight into the store's extraction.
 
+pub mod blob_source;
 pub mod challenge;
 pub mod client;
 pub mod credentials;
+pub mod lazy_pull;
 pub mod manifest;
 pub mod progress;
 pub mod pull;

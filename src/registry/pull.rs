@@ -57,6 +57,9 @@ pub struct PullOptions {
     pub jobs: usize,
     /// How to reach the registry.
     pub client: Options,
+    /// Leave eStargz layers in the registry: fetch their TOCs only, to be mounted lazily
+    /// (see [`super::lazy_pull`]); other layers are pulled in full.
+    pub lazy: bool,
 }
 
 /// What a pull did.
@@ -70,6 +73,8 @@ pub struct Pulled {
     pub tag: Option<String>,
     /// Layers fetched from the registry (the others were already in the store).
     pub fetched: usize,
+    /// Layers left in the registry, to be read lazily (`--lazy`).
+    pub lazy: usize,
 }
 
 /// Pull `r` into `store`.
@@ -156,7 +161,20 @@ pub fn pull_with(
         });
     }
 
-    let fetched = fetch_layers(client, store, r, &layers, opts.jobs.max(1), progress)?;
+    let mut full = Vec::new();
+    let mut lazy = Vec::new();
+    for l in layers {
+        if opts.lazy && super::lazy_pull::wanted(store, &l)? {
+            lazy.push(l);
+        } else {
+            full.push(l);
+        }
+    }
+    let fetched = fetch_layers(client, store, r, &full, opts.jobs.max(1), progress)?;
+    for l in &lazy {
+        super::lazy_pull::prepare(client, store, r, l, &opts.client)?;
+        progress.note(&format!("{}: TOC only (lazy)", l.digest.short()));
+    }
 
     // Every part is in place and pinned: now the manifest, then the index entry.
     let stored = store.blobs().put(&chosen.bytes)?;
@@ -173,6 +191,7 @@ pub fn pull_with(
         digest: top.digest,
         tag,
         fetched,
+        lazy: lazy.len(),
     })
 }
 

@@ -10,8 +10,8 @@
 //! part: the only cost on its path is the check that it has none.
 //!
 //! The layer reaches the daemon as `lazy=SPEC` (see [`LazySpec`]); `union` reads the blob
-//! through a [`crate::estargz::BlobSource`] only, a local file today, the registry client
-//! later.
+//! through a [`BlobSource`] only, which the daemon makes (see [`OpenSource`]): a local file,
+//! or the registry client's range requests. `union` knows nothing of HTTP.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -30,6 +30,20 @@ use crate::overlay::format::{self, XattrNamespace};
 /// The mark of a file whose bytes are not here yet, in both namespaces (root's, rootless).
 const MARKS: [&str; 2] = [XattrNamespace::Trusted.lazy(), XattrNamespace::User.lazy()];
 
+/// How the daemon turns a spec into the source of its blob's bytes.
+pub type OpenSource<'a> = &'a dyn Fn(&LazySpec) -> Result<Box<dyn BlobSource>, String>;
+
+/// The source of a spec whose blob is a local file (a spec naming a registry needs a daemon
+/// that can reach one: see `stratafs`).
+pub fn local_source(spec: &LazySpec) -> Result<Box<dyn BlobSource>, String> {
+    if spec.remote.is_some() {
+        return Err("its blob is in a registry, which this program cannot reach".into());
+    }
+    Ok(Box::new(
+        FileSource::open(&spec.blob).map_err(|e| format!("{}: {e}", spec.blob.display()))?,
+    ))
+}
+
 /// The lazy part of a lower layer.
 #[derive(Debug)]
 pub struct LazyLayer {
@@ -45,7 +59,7 @@ pub struct LazyLayer {
 impl LazyLayer {
     /// Open the lazy part described by `spec`, fetching the files before the prefetch
     /// landmark into the cache.
-    pub fn open(spec: &LazySpec) -> Result<LazyLayer, String> {
+    pub fn open(spec: &LazySpec, open_source: OpenSource<'_>) -> Result<LazyLayer, String> {
         let toc = Sha256Digest::parse(&spec.toc).map_err(|e| e.to_string())?;
         let root = rfs::open(
             &spec.dir,
@@ -53,9 +67,7 @@ impl LazyLayer {
             Mode::empty(),
         )
         .map_err(|e| format!("{}: {e}", spec.dir.display()))?;
-        let source: Box<dyn BlobSource> = Box::new(
-            FileSource::open(&spec.blob).map_err(|e| format!("{}: {e}", spec.blob.display()))?,
-        );
+        let source = open_source(spec)?;
         let cache = Arc::new(ChunkCache::open(&spec.cache).map_err(|e| e.to_string())?);
         let layer = IndexedLayer::open(source, &toc, cache, 0).map_err(|e| e.to_string())?;
         match layer.prefetch() {

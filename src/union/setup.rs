@@ -155,7 +155,12 @@ fn check_dir(role: &'static str, path: &Path) -> Result<(), SetupError> {
 }
 
 /// Give the lower layers named by the `lazy=` specs their lazy part.
-fn attach_lazy(specs: &[PathBuf], layers: &mut [Layer], has_upper: bool) -> Result<(), SetupError> {
+fn attach_lazy(
+    specs: &[PathBuf],
+    layers: &mut [Layer],
+    has_upper: bool,
+    open_source: super::lazy::OpenSource<'_>,
+) -> Result<(), SetupError> {
     let lowers = if has_upper { &mut layers[1..] } else { layers };
     for path in specs {
         let spec = crate::estargz::LazySpec::read(path).map_err(|e| SetupError::lazy(path, e))?;
@@ -173,7 +178,8 @@ fn attach_lazy(specs: &[PathBuf], layers: &mut [Layer], has_upper: bool) -> Resu
                     format!("{} is not one of the lowerdirs", spec.dir.display()),
                 )
             })?;
-        let lazy = super::lazy::LazyLayer::open(&spec).map_err(|e| SetupError::lazy(path, e))?;
+        let lazy = super::lazy::LazyLayer::open(&spec, open_source)
+            .map_err(|e| SetupError::lazy(path, e))?;
         lower.lazy = Some(std::sync::Arc::new(lazy));
     }
     Ok(())
@@ -189,8 +195,17 @@ fn open_layer(role: &'static str, path: &Path, fs_index: u64) -> Result<Layer, S
 }
 
 impl Union {
-    /// Check the directories of `options` and open them as a union.
+    /// Check the directories of `options` and open them as a union (lazy layers' blobs must
+    /// be local files).
     pub fn new(options: MountOptions) -> Result<Union, SetupError> {
+        Union::with_sources(options, &super::lazy::local_source)
+    }
+
+    /// [`Union::new`], with `open_source` making the source of each lazy layer's blob.
+    pub fn with_sources(
+        options: MountOptions,
+        open_source: super::lazy::OpenSource<'_>,
+    ) -> Result<Union, SetupError> {
         let mut layers = Vec::new();
         let mut devs: Vec<u64> = Vec::new();
         let mut fs_index = |dev: u64| -> u64 {
@@ -256,7 +271,7 @@ impl Union {
             lower.fs_index = fs_index(lower.dev);
             layers.push(lower);
         }
-        attach_lazy(&options.lazy, &mut layers, has_upper)?;
+        attach_lazy(&options.lazy, &mut layers, has_upper, open_source)?;
         // Before anything is written: a lower layer that is the work directory would be
         // emptied by `prepare_work`.
         check_overlaps(&layers, has_upper, work_root.as_ref())?;

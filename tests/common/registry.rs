@@ -12,23 +12,35 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The port range the registry tests may use.
-const PORTS: std::ops::Range<u16> = 5100..5200;
+/// The port range the registry tests may use: 5100-5199, or `STRATA_TEST_PORTS=FIRST-LAST`
+/// (for a machine where those are taken).
+fn ports() -> std::ops::Range<u16> {
+    std::env::var("STRATA_TEST_PORTS")
+        .ok()
+        .and_then(|v| {
+            let (a, b) = v.split_once('-')?;
+            let (a, b): (u16, u16) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b).then(|| a..b + 1)
+        })
+        .unwrap_or(5100..5200)
+}
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
-/// A free port of [`PORTS`] (tests in one binary take turns through the counter; another
+/// A free port of [`ports`] (tests in one binary take turns through the counter; another
 /// process's use is seen by the bind failing).
 pub fn free_port() -> u16 {
-    let start = (std::process::id() as u16) % (PORTS.end - PORTS.start);
-    for _ in 0..(PORTS.end - PORTS.start) {
+    let range = ports();
+    let n = range.end - range.start;
+    let start = (std::process::id() as u16) % n;
+    for _ in 0..n {
         let i = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        let port = PORTS.start + (start + i) % (PORTS.end - PORTS.start);
+        let port = range.start + (start + i) % n;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port in {PORTS:?}");
+    panic!("no free port in {range:?}");
 }
 
 /// What a registry is set up with.
@@ -205,6 +217,32 @@ impl Registry {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
+    /// Start it again after [`Registry::stop`], on the same port with the same storage.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the registry is running");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not restart: {}", self.log());
+    }
+
     /// Kill it (by PID) and wait for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -257,6 +295,7 @@ pub struct FaultProxy {
     /// of a valid one.
     pub tokens: Arc<Mutex<(usize, usize)>>,
     stop: Arc<AtomicBool>,
+    fault: Arc<Mutex<Fault>>,
     /// The `Range` headers of the blob requests it saw.
     pub ranges: Arc<Mutex<Vec<String>>>,
     /// The fault, which a test may change.
@@ -344,6 +383,7 @@ impl FaultProxy {
             fault,
             tokens,
             stop,
+            fault,
             ranges,
             thread: Some(thread),
         }
@@ -352,6 +392,11 @@ impl FaultProxy {
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Apply `fault` to the requests from now on.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
     }
 }
 

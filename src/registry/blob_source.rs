@@ -1,0 +1,193 @@
+//! A layer blob in a registry as a [`BlobSource`]: each read is one HTTP `Range` GET through
+//! the registry client (its TLS settings, its credentials from the auth files, its tokens).
+//!
+//! Nothing here is trusted: the eStargz reader checks the TOC against its digest and every
+//! chunk against the TOC before any byte is used. A registry that cannot be reached, refuses,
+//! or answers with the wrong range is an I/O error (EIO for a reader of a lazy file); the
+//! connection is made on first use and again after a failure, so reads resume when the
+//! registry is back.
+
+use std::io::{self, Read};
+use std::sync::Mutex;
+
+use super::client::{registry_message, Client, Options};
+use crate::estargz::{BlobSource, RemoteBlob};
+
+/// Largest single range read (a chunk is 4 MiB by default; a prefetch span may be larger).
+const MAX_RANGE: u64 = 1 << 30;
+
+/// A registry blob read by ranges.
+#[derive(Debug)]
+pub struct RegistryBlob {
+    remote: RemoteBlob,
+    opts: Options,
+    client: Mutex<Option<Client>>,
+}
+
+fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+impl RegistryBlob {
+    /// The blob `remote` names, reached with `remote`'s TLS settings and the credentials the
+    /// auth files hold for its registry. Nothing is sent until the first read.
+    pub fn new(remote: RemoteBlob) -> RegistryBlob {
+        let opts = Options {
+            tls_verify: remote.tls_verify,
+            cert_dir: remote.cert_dir.clone(),
+            credentials: None,
+        };
+        RegistryBlob::with_options(remote, opts)
+    }
+
+    /// [`RegistryBlob::new`] with explicit client options (credentials given, not looked up).
+    pub fn with_options(remote: RemoteBlob, opts: Options) -> RegistryBlob {
+        RegistryBlob {
+            remote,
+            opts,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// [`RegistryBlob::new`] over an existing connection.
+    pub fn with_client(remote: RemoteBlob, client: Client) -> RegistryBlob {
+        RegistryBlob {
+            remote,
+            opts: Options::default(),
+            client: Mutex::new(Some(client)),
+        }
+    }
+
+    fn client(&self) -> io::Result<Client> {
+        let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Client::connect(&self.remote.registry, &self.remote.api_host, &self.opts)
+            .map_err(|e| err(e.to_string()))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    fn get(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let r = &self.remote;
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= r.size)
+            .ok_or_else(|| {
+                err(format!(
+                    "range {offset}+{len} is past the end of the blob ({} bytes)",
+                    r.size
+                ))
+            })?;
+        if len > MAX_RANGE {
+            return Err(err(format!("range of {len} bytes is too large")));
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.client()?;
+        let what = format!(
+            "{}: get bytes {offset}-{} of blob {}",
+            r.api_host,
+            end - 1,
+            r.digest
+        );
+        let url = client.url(&format!("/v2/{}/blobs/{}", r.repository, r.digest));
+        let scope = format!("repository:{}:pull", r.repository);
+        let resp = client
+            .send(&what, &scope, |auth| {
+                let mut req = client
+                    .agent()
+                    .get(&url)
+                    .header("Range", format!("bytes={offset}-{}", end - 1));
+                if let Some(a) = auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            })
+            .map_err(|e| err(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let skip = match status {
+            206 => {
+                let start = resp
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if start != Some(offset) {
+                    return Err(err(format!(
+                        "{what}: the registry answered from byte {start:?}"
+                    )));
+                }
+                0
+            }
+            // A registry that ignores ranges sends it all: skip to the range.
+            200 => offset,
+            _ => {
+                let mut resp = resp;
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(64 << 10)
+                    .read_to_vec()
+                    .unwrap_or_default();
+                return Err(err(format!("{what}: {}", registry_message(status, &body))));
+            }
+        };
+        let mut body = resp
+            .into_body()
+            .into_with_config()
+            .limit(skip + len)
+            .reader();
+        io::copy(&mut (&mut body).take(skip), &mut io::sink())
+            .map_err(|e| err(format!("{what}: {e}")))?;
+        let mut buf = Vec::with_capacity(len as usize);
+        (&mut body)
+            .take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| err(format!("{what}: {e}")))?;
+        if buf.len() as u64 != len {
+            return Err(err(format!(
+                "{what}: the registry sent {} of {len} bytes",
+                buf.len()
+            )));
+        }
+        Ok(buf)
+    }
+}
+
+impl BlobSource for RegistryBlob {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.remote.size)
+    }
+
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let r = self.get(offset, len);
+        if r.is_err() {
+            // The next read connects anew (the registry may have moved to plain HTTP, or
+            // restarted).
+            *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        r
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}/{}@{}",
+            self.remote.api_host, self.remote.repository, self.remote.digest
+        )
+    }
+}
+
+/// The source of a lazy layer's blob as its spec names it: the registry blob, or the local
+/// file (what stratafs uses to fill the layer's files, and strata to read one before the
+/// container's mount exists).
+pub fn for_spec(spec: &crate::estargz::LazySpec) -> io::Result<Box<dyn BlobSource>> {
+    Ok(match &spec.remote {
+        Some(remote) => Box::new(RegistryBlob::new(remote.clone())),
+        None => Box::new(crate::estargz::FileSource::open(&spec.blob)?),
+    })
+}
