@@ -295,7 +295,6 @@ pub struct FaultProxy {
     /// of a valid one.
     pub tokens: Arc<Mutex<(usize, usize)>>,
     stop: Arc<AtomicBool>,
-    fault: Arc<Mutex<Fault>>,
     /// The `Range` headers of the blob requests it saw.
     pub ranges: Arc<Mutex<Vec<String>>>,
     /// The fault, which a test may change.
@@ -380,7 +379,6 @@ impl FaultProxy {
         });
         FaultProxy {
             port,
-            fault,
             tokens,
             stop,
             fault,
