@@ -83,6 +83,17 @@ fn fill_below(l: &Layer) {
         .file("etc/kept", b"kept")
         .file("opq/x", b"hidden by the opaque dir")
         .file("bin/other", b"other");
+    // Both fixtures' copies must compare equal whenever they were written (a second may
+    // pass between the two).
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    for f in ["gone", "etc/old", "etc/kept", "opq/x", "bin/other"] {
+        std::fs::File::options()
+            .write(true)
+            .open(l.path(f))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
 }
 
 /// What a tree shows at each path.
