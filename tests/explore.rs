@@ -652,3 +652,144 @@ fn mount_of_either_backend_is_read_from_its_layers() {
         );
     }
 }
+
+/// The error of writing `path` (through a read-only view), run under a deadline.
+fn write_error(path: PathBuf) -> Option<i32> {
+    common::with_timeout(30, "write through the view", move || {
+        std::fs::write(&path, b"x")
+            .err()
+            .and_then(|e| e.raw_os_error())
+    })
+}
+
+/// `path` read under a deadline.
+fn read_view(path: PathBuf) -> String {
+    common::with_timeout(30, "read through the view", move || {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    })
+}
+
+#[test]
+fn mount_shows_an_image_or_a_container_read_only_until_umount() {
+    need_root!();
+    let env = StrataEnv::new("strata-explore-mount-");
+    images(&env);
+    let store = env.store();
+    // Without a mount point: one made in the store, private, printed.
+    let m = PathBuf::from(env.ok(&["mount", "hello"]).trim());
+    assert!(m.starts_with(store.join("mounts")), "{}", m.display());
+    assert_eq!(read_view(m.join("app/hello.sh")), hello_sh());
+    assert_eq!(read_view(m.join("etc/passwd")), PASSWD);
+    assert_eq!(
+        write_error(m.join("app/hello.sh")),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    assert_eq!(
+        write_error(m.join("new")),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    // Mounted twice: the same mount; listed.
+    assert_eq!(PathBuf::from(env.ok(&["mount", "hello"]).trim()), m);
+    assert_eq!(env.ok(&["mount"]), format!("hello {}\n", m.display()));
+    // rmi refuses a mounted image, as podman does, and frees nothing.
+    let err = env.fails(&["rmi", "hello"]);
+    assert!(
+        err.contains("is mounted at") && err.contains("strata umount"),
+        "{err}"
+    );
+    assert_eq!(read_view(m.join("app/hello.sh")), hello_sh());
+    // A mount point of the user's; the whiteout of `waste` hides /big.
+    let mine = env.path("mnt");
+    std::fs::create_dir(&mine).unwrap();
+    assert_eq!(
+        PathBuf::from(env.ok(&["mount", "waste", mine.to_str().unwrap()]).trim()),
+        mine
+    );
+    assert!(!mine.join("big").exists() && !mine.join("etc/group").exists());
+    assert_eq!(read_view(mine.join("etc/passwd")), CHANGED);
+    // rmi -f of a mounted image: untagged, its layers stay until it is unmounted.
+    env.ok(&["rmi", "-f", "waste"]);
+    assert_eq!(read_view(mine.join("etc/passwd")), CHANGED);
+    // Something else is not a strata mount.
+    let err = env.fails(&["umount", env.dir.path().to_str().unwrap()]);
+    assert!(err.contains("not mounted by strata mount"), "{err}");
+    let err = env.fails(&["umount", "nosuch"]);
+    assert!(err.contains("not mounted by strata mount"), "{err}");
+    // Unmount by mount point and by name: unmounted, records and made directories gone.
+    env.ok(&["umount", mine.to_str().unwrap()]);
+    env.ok(&["umount", "hello:latest"]);
+    assert!(env.mounts_under().is_empty(), "{:?}", env.mounts_under());
+    assert!(mine.is_dir() && !m.exists());
+    assert_eq!(std::fs::read_dir(store.join("mounts")).unwrap().count(), 0);
+    assert_eq!(env.ok(&["mount"]), "");
+    // The live view of a container: its layers and its writable layer; rm refuses it.
+    env.ok(&[
+        "run",
+        "--name",
+        "c1",
+        "--network",
+        "none",
+        "hello",
+        "/bin/sh",
+        "-c",
+        "echo made > /app/made && rm /etc/group",
+    ]);
+    let c = PathBuf::from(env.ok(&["mount", "c1"]).trim());
+    assert_eq!(read_view(c.join("app/made")), "made\n");
+    assert_eq!(read_view(c.join("app/hello.sh")), hello_sh());
+    assert!(!c.join("etc/group").exists());
+    assert_eq!(
+        write_error(c.join("app/made")),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    let err = env.fails(&["rm", "c1"]);
+    assert!(err.contains("is mounted at"), "{err}");
+    env.ok(&["umount", "c1"]);
+    env.ok(&["rm", "c1"]);
+    // Nothing mounted any more: rmi frees the image.
+    env.ok(&["rmi", "hello"]);
+    env.assert_no_leaks();
+}
+
+#[test]
+fn mount_rootless_with_and_without_subordinate_ids() {
+    need_root!();
+    let mut env = StrataEnv::new("strata-explore-mount-rl-");
+    let rootfs = env.path("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/motd"), "rootless view\n").unwrap();
+    env.rootless();
+    for subids in ["1", "0"] {
+        let envs = [("STRATA_SUBIDS", subids)];
+        let run = |args: &[&str]| env.run_with(args, &envs, None);
+        let out = |args: &[&str]| {
+            let o = run(args);
+            let (so, se) = (
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            );
+            assert!(o.status.success(), "{args:?} (subids {subids}): {so}{se}");
+            so
+        };
+        out(&["import", rootfs.to_str().unwrap(), "r"]);
+        let m = out(&["mount", "r"]).trim().to_string();
+        // With subordinate ids the mount is in strata's namespace, seen from `unshare`.
+        let motd = format!("{m}/etc/motd");
+        assert_eq!(out(&["unshare", "cat", &motd]), "rootless view\n");
+        let o = run(&["unshare", "sh", "-c", &format!("echo x > {m}/new")]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("Read-only"), "{err}");
+        let o = run(&["rmi", "r"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("is mounted at"),
+            "{err}"
+        );
+        out(&["umount", &m]);
+        assert!(!Path::new(&m).exists());
+        assert_eq!(out(&["mount"]), "");
+        out(&["rmi", "r"]);
+        // The pause process of the namespace goes once nothing is mounted in it.
+        env.assert_no_leaks();
+    }
+}
