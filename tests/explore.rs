@@ -746,6 +746,32 @@ fn mount_shows_an_image_or_a_container_read_only_until_umount() {
     assert!(err.contains("is mounted at"), "{err}");
     env.ok(&["umount", "c1"]);
     env.ok(&["rm", "c1"]);
+    // A `--rm` container that ends takes the views of its writable layer with it.
+    env.ok(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "c2",
+        "--network",
+        "none",
+        "hello",
+        "sleep",
+        "60",
+    ]);
+    let c = PathBuf::from(env.ok(&["mount", "c2"]).trim());
+    assert_eq!(read_view(c.join("app/hello.sh")), hello_sh());
+    env.ok(&["stop", "-t", "0", "c2"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && (c.exists() || !env.containers().is_empty()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !c.exists() && env.containers().is_empty(),
+        "{}",
+        c.display()
+    );
+    assert_eq!(env.ok(&["mount"]), "");
     // Nothing mounted any more: rmi frees the image.
     env.ok(&["rmi", "hello"]);
     env.assert_no_leaks();

@@ -433,6 +433,12 @@ impl Container {
         self.state.save(&self.paths)?;
         released?;
         if auto_remove && self.state.auto_remove {
+            // Its writable layer goes: so do the views of it (`strata mount`).
+            for v in super::view::mounted(&self.store_root)? {
+                if v.container.as_deref() == Some(self.state.id.as_str()) {
+                    super::view::unmount(&self.store_root, &v)?;
+                }
+            }
             state::remove_dir(&self.paths)?;
             self.removed = true;
         }
