@@ -9,7 +9,8 @@
 //! `strata explore IMAGE --ci` is timed against `dive --ci --source docker-archive ARCHIVE` of
 //! that archive in the same run, on the 60-layer stack and on an image of about 150 MB; the
 //! efficiency, wasted bytes and user wasted percent both print must agree (the bench fails if
-//! not). `cargo bench --bench explore -- dive` runs only that comparison.
+//! not). `cargo bench --bench explore -- dive` runs only that comparison (`-- dive 150`:
+//! only on the 150 MB image).
 //!
 //! Run with `cargo bench --bench explore` (as any user; set TMPDIR for the fixture's place).
 //! Peak memory of the child processes is read with GNU time (`/usr/bin/time`).
@@ -242,8 +243,14 @@ fn main() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    // `cargo bench --bench explore -- dive`: only the comparison with dive.
+    // `cargo bench --bench explore -- dive`: only the comparison with dive; any other word
+    // picks the cases whose name has it (`-- dive 150`).
     let only_dive = std::env::args().any(|a| a == "dive");
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-') && a != "dive")
+        .collect();
+    let picked = |name: &str| words.is_empty() || words.iter().any(|w| name.contains(w.as_str()));
     let dive = find_dive();
     if dive.is_none() {
         println!("(dive is not on PATH: no comparison with it)");
@@ -254,7 +261,7 @@ fn main() {
         ("60 layers", 60, 60_000, true, true),
         ("150 MB image", 3, 140_000, false, true),
     ] {
-        if (!ui || only_dive) && dive.is_none() {
+        if (!ui || only_dive) && dive.is_none() || !picked(name) {
             continue;
         }
         let root = tmp.path().join(name.replace(' ', "-"));
