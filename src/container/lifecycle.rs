@@ -433,6 +433,12 @@ impl Container {
         self.state.save(&self.paths)?;
         released?;
         if auto_remove && self.state.auto_remove {
+            // Its writable layer goes: so do the views of it (`strata mount`).
+            for v in super::view::mounted(&self.store_root)? {
+                if v.container.as_deref() == Some(self.state.id.as_str()) {
+                    super::view::unmount(&self.store_root, &v)?;
+                }
+            }
             state::remove_dir(&self.paths)?;
             self.removed = true;
         }
@@ -597,8 +603,8 @@ impl Container {
         self.start()
     }
 
-    /// Remove the container: refuse a running one unless `force`; the upper is discarded,
-    /// named volumes are kept.
+    /// Remove the container: refuse a running or mounted (`strata mount`) one unless `force`
+    /// (which kills it and unmounts its views); the upper is discarded, named volumes are kept.
     pub fn remove(mut self, force: bool) -> Result<()> {
         if self.removed {
             return Ok(());
@@ -611,6 +617,21 @@ impl Container {
                 )));
             }
             let _ = self.runtime()?.kill(&self.state.id, "KILL", true);
+        }
+        // Its writable layer is a layer of these read-only views.
+        let views: Vec<_> = super::view::mounted(&self.store_root)?
+            .into_iter()
+            .filter(|v| v.container.as_deref() == Some(self.state.id.as_str()))
+            .collect();
+        if let Some(v) = views.first().filter(|_| !force) {
+            return Err(Error::State(format!(
+                "container {} is mounted at {} (strata mount): strata umount it first or use rm -f",
+                self.state.name,
+                v.target.display()
+            )));
+        }
+        for v in &views {
+            super::view::unmount(&self.store_root, v)?;
         }
         // Under the lock, so a monitor recording the exit meanwhile finds the container gone.
         let Some(_lock) = state::lock(&self.paths)? else {

@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod spec;
 pub mod state;
 pub mod userns;
+pub mod view;
 pub mod volume;
 
 use std::path::PathBuf;

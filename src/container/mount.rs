@@ -32,15 +32,28 @@ fn lowerdir_arg(lower_bottom_first: &[PathBuf]) -> String {
 
 /// Mount layers (bottom first) + upper at `target`.
 pub fn mount_rootfs(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    mount_union(lower, Some((upper, work)), target)
+}
+
+/// Mount layers (bottom first) read-only at `target`, without set-id programs or device
+/// nodes: a view to look at, not a root to run.
+pub fn mount_read_only(lower: &[PathBuf], target: &Path) -> Result<()> {
+    mount_union(lower, None, target)
+}
+
+/// Mount layers (bottom first) at `target`, with a writable upper and work dir or read-only.
+fn mount_union(lower: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Path) -> Result<()> {
     if lower.is_empty() {
         return Err(Error::Mount("an image needs at least one layer".into()));
     }
-    let mut opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowerdir_arg(lower),
-        upper.display(),
-        work.display()
-    );
+    let mut opts = format!("lowerdir={}", lowerdir_arg(lower));
+    if let Some((upper, work)) = upper {
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
+    }
     // Layers pulled lazily (and not complete yet) are filled by stratafs from the registry.
     let lazy: Vec<PathBuf> = lower
         .iter()
@@ -58,16 +71,20 @@ pub fn mount_rootfs(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path)
     let mut cmd = if overlay {
         let mut c = Command::new("mount");
         c.args(["-t", "overlay", "overlay", "-o"]);
+        if upper.is_none() {
+            opts.push_str(",ro");
+        }
         c.arg(&opts).arg(target);
         c
     } else {
+        // A union without an upper is read-only: stratafs mounts it `ro` (EROFS).
+        let root = rustix::process::geteuid().is_root() && upper.is_some();
         let mut c = Command::new(stratafs_binary());
-        c.arg("-o")
-            .arg(rootfs_options(&opts, rustix::process::geteuid().is_root()));
+        c.arg("-o").arg(rootfs_options(&opts, root));
         c.arg(target);
         c
     };
-    tracing::debug!(?cmd, "mounting rootfs");
+    tracing::debug!(?cmd, "mounting");
     let out = cmd
         .output()
         .map_err(|e| Error::Mount(format!("cannot run {:?}: {e}", cmd.get_program())))?;

@@ -11,7 +11,8 @@
 //! (root = the user) in a user namespace of its own.
 //!
 //! The pause process exits by itself once no strata process holds the store's
-//! `userns/lock` (shared) and nothing is mounted in its mount namespace.
+//! `userns/lock` (shared) and nothing is mounted in its mount namespace: no container's root
+//! and no view of `strata mount` (which, rootless, only `strata unshare` sees).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -279,7 +280,8 @@ pub fn pause(store_root: &Path) -> Result<()> {
         if !idle {
             continue;
         }
-        if !super::mount::mounted_under(&containers) {
+        let views = super::view::mounted(store_root).map_or(true, |v| !v.is_empty());
+        if !super::mount::mounted_under(&containers) && !views {
             // Still holding the lock: nobody can join while the pid file goes.
             let _ = std::fs::remove_file(dir.join("pause.json"));
             return Ok(());
