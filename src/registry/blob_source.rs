@@ -110,13 +110,7 @@ impl RegistryBlob {
         let status = resp.status().as_u16();
         let skip = match status {
             206 => {
-                let start = resp
-                    .headers()
-                    .get("content-range")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let start = super::client::range_start(&resp);
                 if start != Some(offset) {
                     return Err(err(format!(
                         "{what}: the registry answered from byte {start:?}"

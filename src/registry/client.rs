@@ -133,6 +133,16 @@ pub fn transport(what: impl Into<String>, e: ureq::Error) -> Error {
 }
 
 /// The registry's error codes and messages from an error response body, else the status.
+/// The first byte of a 206 answer, from its `Content-Range: bytes START-END/SIZE`.
+pub fn range_start(resp: &Response<Body>) -> Option<u64> {
+    resp.headers()
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 pub fn registry_message(status: u16, body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Errors {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod credentials;
 pub mod lazy_pull;
 pub mod manifest;
+mod parallel;
 pub mod progress;
 pub mod pull;
 pub mod push;

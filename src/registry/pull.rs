@@ -10,13 +10,14 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 
 use super::client::{self, registry_message, Client, Options};
 use super::manifest::{self, Fetched, Platform};
+use super::parallel;
 use super::progress::{Done, Progress};
 use super::reference::Reference;
 use super::{Error, Result};
@@ -249,10 +250,6 @@ fn fetch_layers(
     jobs: usize,
     progress: &dyn Progress,
 ) -> Result<usize> {
-    let next = AtomicUsize::new(0);
-    let fetched = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let first_err: Mutex<Option<Error>> = Mutex::new(None);
     // The same blob twice in one image is fetched once.
     let mut unique: Vec<&LayerDesc> = Vec::new();
     for l in layers {
@@ -260,34 +257,9 @@ fn fetch_layers(
             unique.push(l);
         }
     }
-    std::thread::scope(|s| {
-        for _ in 0..jobs.min(unique.len()) {
-            s.spawn(|| loop {
-                if stop.load(Ordering::Relaxed) || interrupted() {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(layer) = unique.get(i) else { return };
-                match one_layer(client, store, r, layer, progress) {
-                    Ok(true) => {
-                        fetched.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        stop.store(true, Ordering::Relaxed);
-                        first_err
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
+    let fetched = parallel::for_each(&unique, jobs, interrupted, |layer| {
+        one_layer(client, store, r, layer, progress)
+    })?;
     if interrupted() {
         return Err(Error::Interrupted);
     }
@@ -295,7 +267,7 @@ fn fetch_layers(
     for l in layers {
         store.extracted(l)?;
     }
-    Ok(fetched.into_inner())
+    Ok(fetched)
 }
 
 /// One layer into the store: nothing to do, extract a blob already here, or download it
@@ -522,13 +494,7 @@ fn request_blob(
     let status = resp.status().as_u16();
     let resumed = match status {
         206 => {
-            let start = resp
-                .headers()
-                .get("content-range")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
+            let start = client::range_start(&resp);
             if start != Some(have) {
                 partial.truncate()?;
                 return Err(Error::Transport {

@@ -9,14 +9,13 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use ureq::http::Response;
 use ureq::Body;
 
 use super::client::{registry_message, Client, Options};
 use super::manifest::OCI_MANIFEST;
+use super::parallel;
 use super::progress::{Done, Progress};
 use super::reference::Reference;
 use super::{Error, Result};
@@ -71,46 +70,18 @@ pub fn push(
             });
         }
     }
-    let next = AtomicUsize::new(0);
-    let uploaded = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let first_err: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..opts.jobs.max(1).min(blobs.len()) {
-            s.spawn(|| loop {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Some(b) = blobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    return;
-                };
-                match push_blob(&client, store, dest, b, progress) {
-                    Ok(how) => {
-                        if how == Done::Transferred {
-                            uploaded.fetch_add(1, Ordering::Relaxed);
-                        }
-                        progress.done(&b.digest, how);
-                    }
-                    Err(e) => {
-                        stop.store(true, Ordering::Relaxed);
-                        first_err
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
+    let uploaded = parallel::for_each(
+        &blobs,
+        opts.jobs,
+        || false,
+        |b| {
+            let how = push_blob(&client, store, dest, b, progress)?;
+            progress.done(&b.digest, how);
+            Ok(how == Done::Transferred)
+        },
+    )?;
     let digest = put_manifest(&client, store, image, dest)?;
-    Ok(Pushed {
-        digest,
-        uploaded: uploaded.into_inner(),
-    })
+    Ok(Pushed { digest, uploaded })
 }
 
 fn auth_req<B>(r: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestBuilder<B> {
