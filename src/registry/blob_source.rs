@@ -122,12 +122,7 @@ impl RegistryBlob {
             200 => offset,
             _ => {
                 let mut resp = resp;
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(64 << 10)
-                    .read_to_vec()
-                    .unwrap_or_default();
+                let body = super::client::error_body(&mut resp);
                 return Err(err(format!("{what}: {}", registry_message(status, &body))));
             }
         };

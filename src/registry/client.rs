@@ -133,6 +133,15 @@ pub fn transport(what: impl Into<String>, e: ureq::Error) -> Error {
 }
 
 /// The registry's error codes and messages from an error response body, else the status.
+/// The body of an error answer, at most 64 KiB of it (for the registry's message).
+pub fn error_body(resp: &mut Response<Body>) -> Vec<u8> {
+    resp.body_mut()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_vec()
+        .unwrap_or_default()
+}
+
 /// The first byte of a 206 answer, from its `Content-Range: bytes START-END/SIZE`.
 pub fn range_start(resp: &Response<Body>) -> Option<u64> {
     resp.headers()
@@ -219,12 +228,7 @@ impl Client {
                         // failure is the one to tell.
                         _ if last_err.is_some() => break,
                         _ => {
-                            let body = resp
-                                .body_mut()
-                                .with_config()
-                                .limit(64 << 10)
-                                .read_to_vec()
-                                .unwrap_or_default();
+                            let body = error_body(&mut resp);
                             return Err(Error::Registry {
                                 what: format!("{api_host}: ping {url}"),
                                 status,
@@ -320,12 +324,7 @@ impl Client {
     }
 
     fn unauthorized(&self, what: &str, mut resp: Response<Body>) -> Error {
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(64 << 10)
-            .read_to_vec()
-            .unwrap_or_default();
+        let body = error_body(&mut resp);
         let msg = registry_message(401, &body);
         Error::Unauthorized {
             what: what.to_string(),

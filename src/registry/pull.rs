@@ -514,12 +514,7 @@ fn request_blob(
         }
         _ => {
             let mut resp = resp;
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(64 << 10)
-                .read_to_vec()
-                .unwrap_or_default();
+            let body = client::error_body(&mut resp);
             return Err(Error::Registry {
                 what,
                 status,

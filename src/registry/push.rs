@@ -93,12 +93,7 @@ fn auth_req<B>(r: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestB
 
 fn fail(what: &str, mut resp: Response<Body>) -> Error {
     let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(64 << 10)
-        .read_to_vec()
-        .unwrap_or_default();
+    let body = super::client::error_body(&mut resp);
     Error::Registry {
         what: what.to_string(),
         status,
