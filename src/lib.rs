@@ -9,6 +9,7 @@ pub mod container;
 pub mod estargz;
 pub mod explore;
 pub mod image;
+pub mod interrupt;
 pub mod overlay;
 pub mod registry;
 pub mod sys;

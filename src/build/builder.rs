@@ -25,24 +25,10 @@ use super::expand::expand;
 use super::instruction::{CommandForm, CopySpec, Dockerfile, Instruction, Located, Stage};
 use super::{dockerfile, Error, Result};
 
-/// Set by SIGINT/SIGTERM/SIGHUP during a build: the build stops at the next step boundary (a
-/// running `RUN` is killed), removes its container and mounts, and stores nothing more.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Let Ctrl-C end a build cleanly; a second one exits at once.
-fn catch_interrupts() {
-    for signal in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, &INTERRUPTED);
-        let _ = signal_hook::flag::register(signal, &INTERRUPTED);
-    }
-}
-
+/// A Ctrl-C (`crate::interrupt`) stops the build at the next step boundary (a running `RUN`
+/// is killed); it removes its container and mounts and stores nothing more.
 fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if crate::interrupt::requested() {
         return Err(Error::Interrupted);
     }
     Ok(())
@@ -243,7 +229,7 @@ pub fn build(
         error: e,
     })?;
     let ctx = Context::open(&opts.context)?;
-    catch_interrupts();
+    crate::interrupt::catch();
     let mut b = Builder {
         store,
         containers_root,
@@ -1013,7 +999,7 @@ impl Builder<'_> {
             // An interrupt kills the step's process (a container's init ignores SIGINT).
             s.spawn(|| {
                 while !finished.load(Ordering::SeqCst) {
-                    if INTERRUPTED.load(Ordering::SeqCst) {
+                    if crate::interrupt::requested() {
                         if let Ok(mut c) = Container::open(self.containers_root, &id) {
                             let _ = c.kill("KILL");
                         }
@@ -1027,7 +1013,7 @@ impl Builder<'_> {
             code
         });
         let result = match code {
-            _ if INTERRUPTED.load(Ordering::SeqCst) => Err(Error::Interrupted),
+            _ if crate::interrupt::requested() => Err(Error::Interrupted),
             Ok(0) => {
                 let upper = ctr.dir().join("upper");
                 for d in container::RUNTIME_MOUNT_POINTS {

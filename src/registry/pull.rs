@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use oci_spec::image::{ImageConfiguration, ImageManifest};
@@ -29,24 +28,10 @@ const MAX_CONFIG: u64 = 16 << 20;
 /// How many times a blob download broken by the network is resumed within one pull.
 const RETRIES: usize = 2;
 
-/// Set by SIGINT/SIGTERM/SIGHUP during a pull: downloads stop at their next read, keep what
-/// they fetched for the next pull, and remove their half-extracted layers.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Let Ctrl-C end a pull cleanly; a second one exits at once.
-fn catch_interrupts() {
-    for signal in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, &INTERRUPTED);
-        let _ = signal_hook::flag::register(signal, &INTERRUPTED);
-    }
-}
-
+/// Whether Ctrl-C came: downloads stop at their next read, keep what they fetched for the
+/// next pull, and remove their half-extracted layers.
 fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    crate::interrupt::requested()
 }
 
 /// How to pull.
@@ -85,7 +70,7 @@ pub fn pull(
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<Pulled> {
-    catch_interrupts();
+    crate::interrupt::catch();
     let client = Client::connect(&r.registry, r.api_host(), &opts.client)?;
     pull_with(&client, store, r, opts, progress)
 }
