@@ -141,8 +141,16 @@ impl Union {
         if flags & libc::O_TRUNC != 0 {
             oflags |= OFlags::TRUNC;
         }
+        if self.layer(top).lazy.is_some() {
+            // Filling may wait on the network: not under the directory's lock (which every
+            // lookup and change in it takes). A lower layer's names never change, so its
+            // directory fd and the name stay valid without it.
+            let loc = node.location();
+            let parent = loc.parent.as_ref().ok_or(Errno::NOENT)?;
+            let dir = self.dir_fd(parent, top)?;
+            self.ensure_data_at(top, dir.as_fd(), &loc.name)?;
+        }
         let fd = self.with_name(node, Some(top), |dir, name| {
-            self.ensure_data_at(top, dir, name)?;
             rfs::openat(dir, name, oflags, rfs::Mode::empty())
         })?;
         Ok(FileHandle {
