@@ -883,6 +883,20 @@ fn threads(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// The thread count of `pid` once it stays the same for half a second (at most 10 s).
+fn steady_threads(pid: i32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = threads(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = threads(pid);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Rootless published TCP ports go through strata's forwarder: a bulk transfer arrives
 /// intact both ways (half-close passed on), 200 concurrent connections each get their own
 /// bytes back, a published port nobody listens on in the container closes the client's
@@ -906,7 +920,8 @@ fn rootless_forwarder_relays_bulk_concurrent_and_refused() {
     let fwd = forwarders(&n);
     assert_eq!(fwd.len(), 1, "one forwarder per container: {fwd:?}");
     let fwd = fwd[0];
-    let idle = threads(fwd);
+    // Once the connections that probed the port during start-up have ended.
+    let idle = steady_threads(fwd);
 
     // 64 MiB there and back.
     let data = pattern(1, 64 << 20);

@@ -161,13 +161,15 @@ pub fn serve(netns: &Path, to: Ipv4Addr, routes: &[Route]) -> Result<()> {
             return Err(e);
         }
     };
-    let _ = writeln!(out, "ok");
-    let _ = out.flush();
+    // Every port accepts before the parent hears "ok": the forwarder is whole when `run`
+    // returns (its threads included, which tests count).
     let mut accepting = Vec::new();
     for (l, r) in listeners {
         let ns = ns.clone();
         accepting.push(std::thread::spawn(move || accept_loop(l, ns, to, r)));
     }
+    let _ = writeln!(out, "ok");
+    let _ = out.flush();
     for t in accepting {
         let _ = t.join();
     }
