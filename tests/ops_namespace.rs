@@ -16,6 +16,7 @@ use common::*;
 
 both_backends!(
     link_counts_survive_the_kernel_forgetting_the_inode,
+    a_covered_hard_link_counts_after_its_last_known_name_is_replaced,
     rename_exchange_keeps_a_long_listing_whole,
     mkdir_applies_mode_exactly,
     mkdir_0555_then_create_inside_as_root,
@@ -1097,5 +1098,43 @@ fn link_counts_survive_the_kernel_forgetting_the_inode(b: Backend) {
             assert_eq!(nlink("d/b"), 2, "d/b after the kernel forgot it");
             assert_eq!(nlink("e/x"), 1, "e/x after the kernel forgot it");
         }
+    });
+}
+
+/// A lower hard link with a name covered by a higher layer is copied up: the union count (the
+/// lower one, covered name included) carries over. Then, with the kernel forgetting inodes
+/// between steps, the one name the daemon knew is replaced by a rename: the object lives on
+/// under its other name, which must still count the covered name (found by the differential
+/// test under memory pressure, seed 15).
+fn a_covered_hard_link_counts_after_its_last_known_name_is_replaced(b: Backend) {
+    let fx = Fixture::new(2);
+    fx.lower(1).file("d/x", b"data");
+    fx.lower(1).hardlink("d/x", "d/y");
+    fx.lower(1).hardlink("d/x", "d/z");
+    fx.lower(0).file("d/z", b"covers z");
+    fx.lower(0).file("other", b"other");
+    let m = fx.mount(b);
+    m.with_timeout(DEADLINE, |r| {
+        let nlink = |p: &str| fs::symlink_metadata(r.join(p)).unwrap().nlink();
+        let forget = || fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("d/x"))
+            .unwrap()
+            .write_all_at(b"!", 4)
+            .unwrap();
+        assert_eq!(nlink("d/x"), 3, "copied up: the covered name still counts");
+        forget();
+        assert_eq!(nlink("d/y"), 3);
+        forget();
+        fs::rename(r.join("other"), r.join("d/x")).unwrap();
+        forget();
+        assert_eq!(nlink("d/y"), 2, "d/y after its link d/x was replaced");
+        assert_eq!(fs::read(r.join("d/y")).unwrap(), b"data!");
+        forget();
+        fs::remove_file(r.join("d/y")).unwrap();
+        forget();
+        assert_eq!(fs::read(r.join("d/x")).unwrap(), b"other");
+        assert_eq!(nlink("d/x"), 1);
     });
 }

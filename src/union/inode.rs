@@ -83,6 +83,11 @@ pub struct Node {
     /// The node's last name was removed; it lives on only through open files. Atomic so the
     /// node table can read it without taking the state lock (which would invert lock order).
     unlinked: AtomicBool,
+    /// Unlinked here but not gone: the name removed was the last the union knew of this hard
+    /// link, yet the object still has links (names the kernel has not looked up since it last
+    /// forgot the node). Its identity (id, link-count correction) stays, and the next lookup
+    /// of one of those names brings the node back with that name.
+    nameless: AtomicBool,
     /// The subdirectories of this directory were handed to the read-ahead once.
     pub prefetched: AtomicBool,
     /// Clients stat the files of this directory (the kernel looked one up), or it was listed
@@ -122,6 +127,7 @@ impl Node {
             dir_fds: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
             unlinked: AtomicBool::new(false),
+            nameless: AtomicBool::new(false),
             prefetched: AtomicBool::new(false),
             stat_walk: AtomicBool::new(false),
             stat_walk_below: AtomicBool::new(false),
@@ -171,17 +177,20 @@ impl Node {
     }
 
     /// Forget the name `name` in directory `parent` (it was removed); if it was the main
-    /// one, another known name takes its place.
-    pub fn remove_name(&self, parent: u64, name: &OsStr) {
+    /// one, another known name takes its place. Whether one did (false: the node has no
+    /// known name left).
+    pub fn remove_name(&self, parent: u64, name: &OsStr) -> bool {
         let mut aliases = self.aliases.lock();
         let mut loc = self.loc.write();
         if loc.is(parent, name) {
-            if let Some(next) = aliases.pop() {
-                *loc = next;
+            match aliases.pop() {
+                Some(next) => *loc = next,
+                None => return false,
             }
         } else {
             aliases.retain(|a| !a.is(parent, name));
         }
+        true
     }
 
     /// The name `name` in directory `parent` is now `to`.
@@ -209,7 +218,30 @@ impl Node {
 
     /// Record that the node's last name is gone.
     pub fn set_unlinked(&self) {
+        self.nameless.store(false, Ordering::Release);
         self.unlinked.store(true, Ordering::Release);
+    }
+
+    /// Record that the last name the union knew of this hard link is gone while the object
+    /// has other links: path operations stop (as for an unlinked node; open files go on), and
+    /// a lookup of another name revives the node (see [`NodeTable::lookup_or_insert`]).
+    pub fn set_nameless(&self) {
+        self.nameless.store(true, Ordering::Release);
+        self.unlinked.store(true, Ordering::Release);
+    }
+
+    fn is_nameless(&self) -> bool {
+        self.nameless.load(Ordering::Acquire)
+    }
+
+    /// Bring a nameless node back under the name `loc` (found by a lookup).
+    fn revive(&self, loc: Location) {
+        let mut aliases = self.aliases.lock();
+        let mut l = self.loc.write();
+        aliases.clear();
+        *l = loc;
+        self.nameless.store(false, Ordering::Release);
+        self.unlinked.store(false, Ordering::Release);
     }
 
     /// Names from the root down to this node.
@@ -412,11 +444,14 @@ impl NodeTable {
 
     /// Find or add the node for the layer object `key` and count one kernel lookup of it.
     /// `make` builds a new node with the id it is given. A node whose object is gone (unlinked
-    /// but still open) is never reused: the new object gets a fresh id.
+    /// but still open) is never reused: the new object gets a fresh id. A nameless node
+    /// ([`Node::set_nameless`]: the object lives on under names not looked up) is the same
+    /// object, so it comes back under the name `at` gives.
     pub fn lookup_or_insert(
         &self,
         key: ObjectKey,
         fs_index: u64,
+        at: impl FnOnce() -> Location,
         make: impl FnOnce(u64) -> Node,
     ) -> Arc<Node> {
         let mut id = self.id_for(key, fs_index);
@@ -431,6 +466,9 @@ impl NodeTable {
         }
         let mut nodes = self.nodes.write();
         if let Some(node) = nodes.get(&id) {
+            if node.is_nameless() {
+                node.revive(at());
+            }
             if !node.is_unlinked() {
                 node.lookups.fetch_add(1, Ordering::Relaxed);
                 return node.clone();
@@ -464,7 +502,7 @@ impl NodeTable {
                 .store(before.saturating_sub(n), Ordering::Relaxed);
             if before <= n {
                 let adjust = node.nlink_adjust.load(Ordering::Relaxed);
-                if adjust != 0 && !node.is_unlinked() {
+                if adjust != 0 && (!node.is_unlinked() || node.is_nameless()) {
                     self.nlink_corrections.lock().insert(id, adjust);
                 }
                 nodes.remove(&id);
@@ -484,6 +522,13 @@ mod tests {
 
     fn table() -> NodeTable {
         NodeTable::new(Node::new(ROOT_ID, true, None, OsStr::new(""), vec![0]))
+    }
+
+    fn here() -> Location {
+        Location {
+            parent: None,
+            name: "f".into(),
+        }
     }
 
     #[test]
@@ -506,7 +551,7 @@ mod tests {
     fn aliases_win_and_a_reused_inode_of_an_open_unlinked_node_gets_a_fresh_id() {
         let t = table();
         let lower = (7, 10);
-        let node = t.lookup_or_insert(lower, 1, |id| {
+        let node = t.lookup_or_insert(lower, 1, here, |id| {
             Node::new(id, false, None, OsStr::new("f"), vec![1])
         });
         // Copied up: the upper object keeps the lower one's id.
@@ -515,10 +560,62 @@ mod tests {
         assert_eq!(t.id_for(upper, 0), node.id);
         // Unlinked while open; a new file reuses the lower inode number.
         node.set_unlinked();
-        let again = t.lookup_or_insert(lower, 1, |id| {
+        let again = t.lookup_or_insert(lower, 1, here, |id| {
             Node::new(id, false, None, OsStr::new("f"), vec![1])
         });
         assert_ne!(again.id, node.id);
         assert_eq!(t.id_for(lower, 1), again.id);
+    }
+
+    #[test]
+    fn a_nameless_node_comes_back_with_its_id_and_link_count_correction() {
+        let t = table();
+        let root = t.root();
+        let at = |name: &str| Location {
+            parent: Some(root.clone()),
+            name: name.into(),
+        };
+        let upper = (8, 40);
+        let node = t.lookup_or_insert(
+            upper,
+            0,
+            || at("p0"),
+            |id| Node::new(id, false, Some(root.clone()), OsStr::new("p0"), vec![0]),
+        );
+        node.nlink_adjust.store(1, Ordering::Relaxed);
+        assert!(
+            !node.remove_name(ROOT_ID, OsStr::new("p0")),
+            "no other name known"
+        );
+        node.set_nameless();
+        assert!(node.is_unlinked());
+        // The kernel forgets it; the correction is kept for the object's other names.
+        t.forget(node.id, 1);
+        let again = t.lookup_or_insert(
+            upper,
+            0,
+            || at("y"),
+            |id| Node::new(id, false, Some(root.clone()), OsStr::new("y"), vec![0]),
+        );
+        assert_eq!(again.id, node.id);
+        assert_eq!(again.nlink_adjust.load(Ordering::Relaxed), 1);
+        // Still held by the kernel (an open file): the same node comes back, named again.
+        let held = t.lookup_or_insert(
+            upper,
+            0,
+            || at("y"),
+            |id| Node::new(id, false, Some(root.clone()), OsStr::new("y"), vec![0]),
+        );
+        assert!(!held.remove_name(ROOT_ID, OsStr::new("y")));
+        held.set_nameless();
+        let revived = t.lookup_or_insert(
+            upper,
+            0,
+            || at("f"),
+            |id| Node::new(id, false, Some(root.clone()), OsStr::new("f"), vec![0]),
+        );
+        assert!(Arc::ptr_eq(&held, &revived));
+        assert!(!revived.is_unlinked());
+        assert!(revived.loc.read().is(ROOT_ID, OsStr::new("f")));
     }
 }

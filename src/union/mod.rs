@@ -38,7 +38,7 @@ use rustix::io::Errno;
 use crate::overlay::format::{self, XattrNamespace};
 use dir::{LayerIndex, Listing, ListingBuilder};
 use idmap::IdMapper;
-use inode::{Node, NodeTable, ROOT_ID};
+use inode::{Location, Node, NodeTable, ROOT_ID};
 use layer::Layer;
 use options::MountOptions;
 
@@ -451,13 +451,19 @@ impl Union {
             None
         };
         let layer = self.layer(top);
-        let node = self
-            .nodes
-            .lookup_or_insert((layer.dev, st.st_ino), layer.fs_index, |id| {
+        let node = self.nodes.lookup_or_insert(
+            (layer.dev, st.st_ino),
+            layer.fs_index,
+            || Location {
+                parent: Some(parent.clone()),
+                name: name.to_owned(),
+            },
+            |id| {
                 let mut n = Node::new(id, is_dir, Some(parent.clone()), name, layers.clone());
                 n.state.get_mut().metacopy = metacopy;
                 n
-            });
+            },
+        );
         if !is_dir {
             node.add_alias(parent, name);
         }

@@ -273,11 +273,15 @@ impl Union {
         let st = rfs::statat(upper.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
         add_upper_entry(&mut pstate, name, &st, whiteout.is_some());
         let layer = self.layer(0);
-        let node = self
-            .nodes
-            .lookup_or_insert((layer.dev, st.st_ino), layer.fs_index, |id| {
-                Node::new(id, is_dir, Some(parent.clone()), name, vec![0])
-            });
+        let node = self.nodes.lookup_or_insert(
+            (layer.dev, st.st_ino),
+            layer.fs_index,
+            || super::inode::Location {
+                parent: Some(parent.clone()),
+                name: name.to_owned(),
+            },
+            |id| Node::new(id, is_dir, Some(parent.clone()), name, vec![0]),
+        );
         if is_dir {
             node.state.write().listing = Some(Arc::new(Listing::default()));
         }
@@ -395,7 +399,7 @@ impl Union {
         let whiteout = if entry.top() == 0 {
             let st = rfs::statat(upper.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
             if !dir && st.st_nlink > 1 {
-                upper_ino = Some(st.st_ino);
+                upper_ino = Some(open_object(upper.as_fd(), name)?);
             }
             // The inode may be reused by a create in another directory the moment it is
             // freed: retire its identity first, so that create never finds this node.
@@ -690,7 +694,11 @@ impl Union {
         let dst_upper_ino = match (&dst_entry, dst) {
             (Some(d), Some(dnode)) if d.top() == 0 && !dnode.is_dir => {
                 let st = rfs::statat(to.as_fd(), newname, AtFlags::SYMLINK_NOFOLLOW)?;
-                (st.st_nlink > 1).then_some(st.st_ino)
+                if st.st_nlink > 1 {
+                    Some(open_object(to.as_fd(), newname)?)
+                } else {
+                    None
+                }
             }
             _ => None,
         };
@@ -770,25 +778,19 @@ impl Union {
         Ok(())
     }
 
-    /// Bookkeeping after the name `name` in `parent` of `node` is gone. `upper_ino` is the
-    /// upper inode when it had other links before: then the node lives on if one of its other
-    /// known names still holds that inode (checked after the removal, so of two racing
-    /// unlinks of the last two names in different directories, the later one sees none).
-    fn name_removed(&self, node: &Arc<Node>, parent: u64, name: &OsStr, upper_ino: Option<u64>) {
-        node.remove_name(parent, name);
-        let alive = upper_ino.is_some_and(|ino| {
-            node.names().iter().any(|loc| {
-                let Some(p) = &loc.parent else { return false };
-                if loc.is(parent, name) {
-                    return false;
-                }
-                self.dir_fd(p, 0)
-                    .and_then(|fd| rfs::statat(fd.as_fd(), &loc.name, AtFlags::SYMLINK_NOFOLLOW))
-                    .is_ok_and(|st| st.st_ino == ino)
-            })
-        });
+    /// Bookkeeping after the name `name` in `parent` of `node` is gone. `object` is the
+    /// upper object (`O_PATH`, opened before the removal) when it had other links: then the
+    /// node lives on if the object still has links after the removal (of two racing unlinks
+    /// of its last two names, the later one sees none). Under another known name it keeps
+    /// its place; with none known (the kernel forgot them) it waits nameless for a lookup
+    /// of one, keeping its id and link-count correction.
+    fn name_removed(&self, node: &Arc<Node>, parent: u64, name: &OsStr, object: Option<OwnedFd>) {
+        let named = node.remove_name(parent, name);
+        let alive = object.is_some_and(|fd| rfs::fstat(&fd).is_ok_and(|st| st.st_nlink > 0));
         if !alive {
             self.retire_node(node);
+        } else if !named {
+            node.set_nameless();
         }
     }
 
@@ -951,6 +953,17 @@ impl Union {
         }
         Ok(src_whiteout)
     }
+}
+
+/// An `O_PATH` fd of the object named `name` in `dir` (a symlink itself, not its target), to
+/// ask its link count after one of its names is removed.
+fn open_object(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 #[cfg(test)]
