@@ -284,3 +284,55 @@ fn daemon_killed_mid_request_over_dev_fuse() {
     need_root!();
     daemon_killed_mid_request("off");
 }
+
+/// The fuser threads of the daemon that read /dev/fuse (the ring threads are `fuser-ring-*`).
+fn dev_fuse_threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("fuser-") && !c.starts_with("fuser-ring"))
+        .count()
+}
+
+/// Over io_uring, /dev/fuse carries only FORGET and INTERRUPT: one thread reads it, and it
+/// waits a millisecond after each FORGET so that the kernel hands the next ones over in one
+/// batch instead of waking it for every removed file.
+#[test]
+fn io_uring_reads_forgets_in_batches() {
+    if !uring_available() {
+        return;
+    }
+    let fx = fixture();
+    let stats = fx.root().join("stats.json");
+    let opt = format!("stats={}", stats.display());
+    let m = mount_with(&fx, &["uring=on", &opt]);
+    const FILES: usize = 2000;
+    m.with_timeout(DEADLINE, |r| {
+        fs::create_dir(r.join("many")).unwrap();
+        for i in 0..FILES {
+            fs::write(r.join(format!("many/f{i}")), b"x").unwrap();
+        }
+    });
+    // (Counted once requests were served: the threads start after the mount is visible.)
+    assert_eq!(dev_fuse_threads(m.daemon_pid().unwrap()), 1);
+    let start = Instant::now();
+    let before = counts(&m, &stats);
+    m.with_timeout(DEADLINE, |r| fs::remove_dir_all(r.join("many")).unwrap());
+    let after = counts(&m, &stats);
+    let elapsed = start.elapsed();
+    let n = |s: &StatsSnapshot, op: &str| s.requests.get(op).copied().unwrap_or(0);
+    let reads = n(&after, "FORGET") + n(&after, "BATCH_FORGET")
+        - n(&before, "FORGET")
+        - n(&before, "BATCH_FORGET");
+    assert!(n(&after, "UNLINK") - n(&before, "UNLINK") >= FILES as u64);
+    // At most one read of forgets per millisecond (plus the one the interval may start in).
+    let bound = elapsed.as_millis() as u64 + 1;
+    assert!(
+        reads <= bound,
+        "{reads} reads of forgets in {elapsed:?} (at most {bound}): {after:?}"
+    );
+    assert!(
+        reads >= 1,
+        "the unlinked files' inodes are forgotten: {after:?}"
+    );
+}
