@@ -1138,3 +1138,50 @@ fn a_covered_hard_link_counts_after_its_last_known_name_is_replaced(b: Backend) 
         assert_eq!(nlink("d/x"), 1);
     });
 }
+
+/// `rm -rf` of a lower tree: every directory it removes is copied up, filled with whiteouts,
+/// then swapped for a whiteout and left in the work directory for a background thread to
+/// empty. The tree is gone at once, the upper layer holds one whiteout for it, and the work
+/// directory is empty again: while mounted, and after the daemon ended (it waits for the
+/// queue on its way out).
+#[test]
+fn rm_rf_of_a_lower_tree_empties_the_work_dir() {
+    need_root!();
+    let fx = Fixture::new(1);
+    let l = fx.lower(0);
+    for d in 0..8 {
+        for f in 0..60 {
+            l.file(format!("t/d{d}/f{f}"), b"x");
+        }
+    }
+    let scratch = fx.work.join("work");
+    let m = fx.mount(Backend::Stratafs);
+    m.with_timeout(DEADLINE, |r| {
+        fs::remove_dir_all(r.join("t")).unwrap();
+        assert!(list(&r).is_empty());
+    });
+    let leftovers = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "#strata-whiteout")
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while !leftovers(&scratch).is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "left in the work dir: {:?}",
+            leftovers(&scratch)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let status = m.unmount().expect("the daemon exits");
+    assert!(status.success(), "{status}");
+    assert!(
+        fs::read_dir(&scratch).unwrap().next().is_none(),
+        "the work dir is empty after unmount"
+    );
+    let t = fs::symlink_metadata(fx.upper.join("t")).unwrap();
+    assert!(t.file_type().is_char_device() && t.rdev() == 0, "{t:?}");
+}

@@ -1071,6 +1071,7 @@ pub fn finish_and_exit(union: &Union, stats: &RequestStats) -> ! {
         Ok(n) => tracing::info!("copied the data of {n} metadata-only copies up"),
         Err(e) => tracing::error!("completing metadata-only copies: {e}"),
     }
+    union.discards.finish();
     union.drop_shared_whiteout();
     write_stats(union, stats);
     std::process::exit(0);

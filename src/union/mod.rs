@@ -9,6 +9,7 @@ pub mod copyup;
 pub mod detach;
 pub mod dir;
 pub mod dir_entries;
+pub mod discard;
 pub mod fs;
 pub mod handle;
 pub mod hardlink;
@@ -89,6 +90,8 @@ pub struct Union {
     no_shared_whiteout: std::sync::atomic::AtomicBool,
     /// This process's id, for temporary names.
     temp_pid: std::sync::OnceLock<u32>,
+    /// Removes, in the background, directories moved out of sight into the work directory.
+    pub discards: discard::Discarder,
     /// Read-ahead of the subdirectories of listed directories (cold tree walks).
     /// Directory read-ahead, started on first use: its threads must not exist before the
     /// daemon forks (the child would have none, and a fork must be single-threaded).

@@ -337,7 +337,8 @@ impl Union {
         }
         if existing_is_dir {
             rfs::renameat_with(work.as_fd(), &tmp, upper, name, RenameFlags::EXCHANGE)?;
-            remove_any(work.as_fd(), &tmp)?;
+            // Out of sight now; its whiteouts go in the background.
+            self.discards.discard(work.as_fd(), tmp)?;
         } else {
             rfs::renameat(work.as_fd(), &tmp, upper, name)?;
         }
@@ -416,7 +417,7 @@ impl Union {
                         let work = self.work_fd()?;
                         let tmp = self.temp_name();
                         rfs::renameat(upper.as_fd(), name, work.as_fd(), &tmp)
-                            .and_then(|()| remove_any(work.as_fd(), &tmp))
+                            .and_then(|()| self.discards.discard(work.as_fd(), tmp))
                             .map(|()| None)
                     }
                     other => other.map(|()| None),

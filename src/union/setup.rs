@@ -313,6 +313,7 @@ impl Union {
             options,
             temp_counter: AtomicU64::new(0),
             temp_pid: std::sync::OnceLock::new(),
+            discards: super::discard::Discarder::default(),
             prefetch: std::sync::OnceLock::new(),
             link_indexes: Default::default(),
             traps,

@@ -281,7 +281,11 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut filesystem = Arc::new(filesystem);
 
-        let mut channels = Vec::with_capacity(n_threads);
+        // With rings serving the requests, /dev/fuse carries only FORGET and INTERRUPT: one
+        // thread is enough, and it reads them in batches (see `FORGET_PACE`).
+        let rings_serve = ring.is_some();
+        let n_threads_minus_one = if rings_serve { 0 } else { n_threads_minus_one };
+        let mut channels = Vec::with_capacity(n_threads_minus_one + 1);
         let threads_channel = ch.clone();
 
         for _ in 0..n_threads_minus_one {
@@ -301,7 +305,7 @@ impl<FS: Filesystem> Session<FS> {
         }
         channels.push(ch);
 
-        let mut threads = Vec::with_capacity(n_threads);
+        let mut threads = Vec::with_capacity(n_threads_minus_one + 1);
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -311,6 +315,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                pace_forgets: rings_serve,
             };
             threads.push(
                 thread::Builder::new()
@@ -330,6 +335,7 @@ impl<FS: Filesystem> Session<FS> {
                     ch: ring_ch.clone(),
                     allowed,
                     session_owner: owner,
+                    pace_forgets: false,
                 })?)
             }
             None => None,
@@ -574,7 +580,21 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// Wait [`FORGET_PACE`] after each FORGET read (the /dev/fuse thread of a session whose
+    /// requests come over io_uring).
+    pub(crate) pace_forgets: bool,
 }
+
+/// How long the /dev/fuse thread of an io_uring session waits after serving a FORGET.
+///
+/// The kernel wakes the reader for every FORGET it queues, and hands over all queued ones in
+/// one read once several wait (`FUSE_BATCH_FORGET`). Served at once, an `rm -rf` costs one
+/// wake-up of this thread per removed file, each taking CPU time from the caller and the ring
+/// threads (on a virtual machine, waking an idle CPU is an interprocessor interrupt that exits
+/// to the hypervisor). Nobody waits for a FORGET, so letting them gather costs nothing but
+/// memory the kernel already holds; INTERRUPT, the only other request on /dev/fuse then, waits
+/// at most this long.
+pub(crate) const FORGET_PACE: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
     fn event_loop(&self) -> io::Result<()> {
@@ -589,11 +609,16 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                 Ok(size) => match RequestWithSender::new(ReplySender::Channel(self.ch.sender()), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
-                        if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                        let op = req.request.operation();
+                        if let Ok(Operation::Destroy(_)) = op {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
-                        } else {
-                            req.dispatch(self)
+                        }
+                        let forget =
+                            matches!(op, Ok(Operation::Forget(_) | Operation::BatchForget(_)));
+                        req.dispatch(self);
+                        if forget && self.pace_forgets {
+                            thread::sleep(FORGET_PACE);
                         }
                     }
                     // Quit loop on illegal request

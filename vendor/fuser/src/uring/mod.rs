@@ -15,9 +15,12 @@
 //! serving. Rings and buffers are made before the INIT reply offers `FUSE_OVER_IO_URING`, so a
 //! failure there falls back to /dev/fuse instead of leaving the mount waiting for queues.
 //!
-//! A request is copied out of its entry into the classic /dev/fuse layout (header, per-op
-//! header, payload) and dispatched like any other; its reply is written straight into the
-//! entry by a [`RingReplier`], and the ring thread commits it once written.
+//! A request is dispatched like any other from its entry's own memory: the entry's payload
+//! buffer follows a staging area where the request's header and per-op header are put, so the
+//! whole request reads as one slice in the /dev/fuse layout (header, per-op header, payload)
+//! and its payload is never copied. Its reply is written into the entry by a [`RingReplier`]
+//! (held back until the dispatch returns when it would overwrite a payload the request still
+//! borrows), and the ring thread commits it once written.
 
 mod sys;
 
@@ -41,7 +44,6 @@ use parking_lot::Mutex;
 use crate::Filesystem;
 use crate::channel::Channel;
 use crate::channel::ChannelSender;
-use crate::read_buf::FuseReadBuf;
 use crate::reply::ReplySender;
 use crate::request::RequestWithSender;
 use crate::session::SessionEventLoop;
@@ -57,10 +59,15 @@ const OP_IN_SIZE: usize = 128;
 const IN_HEADER: usize = 40;
 /// The smallest payload buffer the kernel accepts (`FUSE_MIN_READ_BUFFER`).
 const MIN_PAYLOAD: usize = 8192;
+/// A held-back reply buffer larger than this is given back after use.
+const STASH_KEEP: usize = 64 * 1024;
 /// `user_data` of the stop eventfd's poll.
 const STOP: u64 = u64::MAX;
 /// Ring threads per queue when the configuration does not say.
 const DEFAULT_THREADS_PER_QUEUE: usize = 2;
+
+/// `sizeof(struct fuse_out_header)`.
+const OUT_HEADER: usize = 16;
 
 const FUSE_FORGET: u32 = 2;
 const FUSE_DESTROY: u32 = 38;
@@ -259,6 +266,10 @@ struct Slot {
 struct SlotState {
     entry: Option<RawEntry>,
     replied: bool,
+    /// The request being dispatched borrows this many payload bytes of the entry: a reply
+    /// with arguments then goes to `held` and into the entry once the dispatch returned.
+    borrowed_payload: usize,
+    held: Vec<u8>,
 }
 
 /// The reply sender of a request that came over a ring.
@@ -275,8 +286,22 @@ impl RingReplier {
         let Some(entry) = st.entry.filter(|_| !st.replied) else {
             return Err(io::Error::other("FUSE ring reply sent twice"));
         };
+        let total: usize = data.iter().map(|s| s.len()).sum();
+        if st.borrowed_payload > 0 && total > OUT_HEADER {
+            // The request's payload is still borrowed by its dispatch: hold the reply back.
+            let held = &mut st.held;
+            held.clear();
+            for s in data {
+                held.extend_from_slice(s);
+            }
+            st.replied = true;
+            self.slot.done.notify_all();
+            return Ok(());
+        }
         // SAFETY: the entry is set only while its request is being served and the ring thread
-        // waits for `replied` under this mutex, so this is the only access to its buffers.
+        // waits for `replied` under this mutex, so this is the only access to its buffers but
+        // for the request's own slice, which covers no payload byte (`borrowed_payload` is 0)
+        // or is not written (the reply has no arguments: only the header is).
         let fitted = unsafe { entry.write_reply(data) };
         let result = if fitted {
             Ok(())
@@ -340,10 +365,11 @@ fn serve<FS: Filesystem>(
         state: Mutex::new(SlotState {
             entry: None,
             replied: false,
+            borrowed_payload: 0,
+            held: Vec::new(),
         }),
         done: Condvar::new(),
     });
-    let mut request = FuseReadBuf::with_size(payload + IN_HEADER + OP_IN_SIZE);
     let submit = |t: &mut RingThread, what: Pending| -> io::Result<()> {
         let e = match what {
             Pending::Register => {
@@ -405,7 +431,7 @@ fn serve<FS: Filesystem>(
                     }
                 }
             }
-            let (commit_id, ending) = serve_one(&mut t, &slot, &dev, &mut request, payload, &se);
+            let (commit_id, ending) = serve_one(&mut t, &slot, &dev, payload, &se);
             pending = Pending::Commit(commit_id);
             if submit(&mut t, pending).is_err() {
                 error!("io_uring queue {}: cannot commit a reply", t.qid);
@@ -419,13 +445,12 @@ fn serve<FS: Filesystem>(
     }
 }
 
-/// Serve the request in `t`'s entry: copy it out, dispatch it, wait for its reply in the
+/// Serve the request in `t`'s entry: dispatch it from the entry, wait for its reply in the
 /// entry. Returns the commit id and whether the session ends (DESTROY).
 fn serve_one<FS: Filesystem>(
     t: &mut RingThread,
     slot: &Arc<Slot>,
     dev: &ChannelSender,
-    request: &mut FuseReadBuf,
     payload: usize,
     se: &SessionEventLoop<FS>,
 ) -> (u64, bool) {
@@ -435,15 +460,15 @@ fn serve_one<FS: Filesystem>(
     let opcode = u32_at(&header, 4);
     let commit_id = u64_at(&header, ENT_IN_OUT + 8);
     let payload_len = u32_at(&header, ENT_IN_OUT + 16) as usize;
-    let buf = request.as_mut();
     let op_len = len
         .checked_sub(IN_HEADER + payload_len)
-        .filter(|n| *n <= OP_IN_SIZE && payload_len <= payload && len <= buf.len());
+        .filter(|n| *n <= OP_IN_SIZE && payload_len <= payload);
     let raw = t.entry.raw();
     {
         let mut st = slot.state.lock();
         st.entry = Some(raw);
         st.replied = false;
+        st.borrowed_payload = payload_len;
     }
     let replier = RingReplier {
         slot: slot.clone(),
@@ -451,15 +476,23 @@ fn serve_one<FS: Filesystem>(
     };
     match op_len {
         Some(op_len) => {
-            buf[..IN_HEADER].copy_from_slice(&header[..IN_HEADER]);
-            buf[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&header[OP_IN..OP_IN + op_len]);
-            buf[IN_HEADER + op_len..len].copy_from_slice(&t.entry.payload()[..payload_len]);
-            match RequestWithSender::new(ReplySender::Ring(replier.clone()), &buf[..len]) {
-                Some(req) if opcode == FUSE_DESTROY => {
-                    req.reply::<crate::ReplyEmpty>().ok();
+            let (in_header, op_in) = (&header[..IN_HEADER], &header[OP_IN..OP_IN + op_len]);
+            // The request's headers go just before its payload, which stays where the kernel
+            // put it. Every per-op header is a multiple of 8 bytes, so this is aligned.
+            match t.entry.request(in_header, op_in, payload_len) {
+                Some(data) => {
+                    match RequestWithSender::new(ReplySender::Ring(replier.clone()), data) {
+                        Some(req) if opcode == FUSE_DESTROY => {
+                            req.reply::<crate::ReplyEmpty>().ok();
+                        }
+                        Some(req) => req.dispatch(se),
+                        None => reply_error(&replier, &header, libc::EIO),
+                    }
                 }
-                Some(req) => req.dispatch(se),
-                None => reply_error(&replier, &header, libc::EIO),
+                None => {
+                    error!("io_uring queue {}: misaligned request (opcode {opcode})", t.qid);
+                    reply_error(&replier, &header, libc::EIO);
+                }
             }
         }
         None => {
@@ -468,6 +501,8 @@ fn serve_one<FS: Filesystem>(
         }
     }
     let mut st = slot.state.lock();
+    // The dispatch returned: the request no longer borrows the entry.
+    st.borrowed_payload = 0;
     if matches!(opcode, FUSE_FORGET | FUSE_BATCH_FORGET) && !st.replied {
         // These have no reply (and come over /dev/fuse); an entry still needs a commit.
         // SAFETY: the request is done with and this thread holds the entry.
@@ -477,6 +512,22 @@ fn serve_one<FS: Filesystem>(
     // A filesystem may reply from another thread, after `dispatch` returned.
     while !st.replied {
         slot.done.wait(&mut st);
+    }
+    if !st.held.is_empty() {
+        let held = std::mem::take(&mut st.held);
+        // SAFETY: the request is done with and its reply is in; this thread holds the entry.
+        if !unsafe { raw.write_reply(&[io::IoSlice::new(&held)]) } {
+            error!("io_uring queue {}: reply larger than the payload buffer", t.qid);
+            let mut h = ok_header(&header);
+            h[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
+            // SAFETY: as above.
+            unsafe { raw.write_reply(&[io::IoSlice::new(&h)]) };
+        }
+        st.held = held;
+        st.held.clear();
+        if st.held.capacity() > STASH_KEEP {
+            st.held = Vec::new();
+        }
     }
     st.entry = None;
     (commit_id, opcode == FUSE_DESTROY)

@@ -17,19 +17,24 @@ pub(super) const CMD_REGISTER: u32 = 1;
 /// `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`: the reply is in the entry; wait for the next request.
 pub(super) const CMD_COMMIT_AND_FETCH: u32 = 2;
 
-/// Size of the header buffer: `struct fuse_uring_req_header` (288 bytes) rounded to a page.
-pub(super) const HEADER_SIZE: usize = 4096;
+/// Size of the header buffer given to the kernel: `struct fuse_uring_req_header` is 288 bytes.
+pub(super) const HEADER_SIZE: usize = 512;
 
-/// One ring entry's memory: the header page and the payload buffer, registered once with the
-/// kernel (`FUSE_IO_URING_CMD_REGISTER`) and reused for every request of the entry.
+/// Offset of the payload buffer in an entry's allocation. The header sits at the start; the
+/// bytes just before the payload take a request's `fuse_in_header` and per-op header, so the
+/// request reads as one slice in the /dev/fuse layout without copying its payload.
+pub(super) const STAGE: usize = 4096;
+
+/// One ring entry's memory: the header and the payload buffer in one allocation, registered
+/// once with the kernel (`FUSE_IO_URING_CMD_REGISTER`) and reused for every request of the
+/// entry.
 ///
 /// The kernel writes a request into both while the entry is waiting and reads the reply from
 /// them after a commit; in between they belong to whoever serves the request. They are never
 /// freed: a command still queued when its ring thread ends could be written by the kernel later,
 /// and the daemon ends with its mount anyway.
 pub(super) struct EntryBuffers {
-    header: *mut u8,
-    payload: *mut u8,
+    base: *mut u8,
     payload_len: usize,
     iov: Box<[libc::iovec; 2]>,
 }
@@ -40,20 +45,15 @@ pub(super) struct EntryBuffers {
 unsafe impl Send for EntryBuffers {}
 
 impl EntryBuffers {
-    /// Allocate the buffers, zeroed lazily by the allocator (untouched pages cost
-    /// no memory until a large request or reply uses them).
+    /// Allocate the buffers, zeroed lazily by the allocator (untouched pages cost no memory
+    /// until a large request or reply uses them: the kernel wants room for the largest).
     pub(super) fn new(payload_len: usize) -> io::Result<EntryBuffers> {
-        let header = alloc_zeroed(HEADER_SIZE)?;
-        let payload = match alloc_zeroed(payload_len) {
-            Ok(p) => p,
-            Err(e) => {
-                dealloc(header, HEADER_SIZE);
-                return Err(e);
-            }
-        };
+        let base = alloc_zeroed(STAGE + payload_len)?;
+        // SAFETY: the allocation has STAGE + payload_len bytes.
+        let payload = unsafe { base.add(STAGE) };
         let iov = Box::new([
             libc::iovec {
-                iov_base: header.cast(),
+                iov_base: base.cast(),
                 iov_len: HEADER_SIZE,
             },
             libc::iovec {
@@ -62,32 +62,56 @@ impl EntryBuffers {
             },
         ]);
         Ok(EntryBuffers {
-            header,
-            payload,
+            base,
             payload_len,
             iov,
         })
     }
 
-    /// The header page (`struct fuse_uring_req_header` at its start).
+    /// The header (`struct fuse_uring_req_header` at its start).
     pub(super) fn header(&mut self) -> &mut [u8] {
-        // SAFETY: `header` points to HEADER_SIZE bytes owned by self; `&mut self` makes this
-        // the only live reference made by Rust code (the kernel touches it only while the entry
-        // waits in the kernel, when no request is being served from it).
-        unsafe { std::slice::from_raw_parts_mut(self.header, HEADER_SIZE) }
+        // SAFETY: `base` points to STAGE >= HEADER_SIZE bytes owned by self; `&mut self` makes
+        // this the only live reference made by Rust code (the kernel touches it only while the
+        // entry waits in the kernel, when no request is being served from it).
+        unsafe { std::slice::from_raw_parts_mut(self.base, HEADER_SIZE) }
     }
 
-    /// The payload buffer.
-    pub(super) fn payload(&mut self) -> &mut [u8] {
-        // SAFETY: as for `header`, with `payload_len` bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.payload, self.payload_len) }
+    /// The request in the entry as one slice in the /dev/fuse layout: `in_header` and `op_in`
+    /// are written just before the first `payload_len` bytes of the payload, which stay where
+    /// the kernel put them. `None` if that would not be 8-byte aligned or does not fit.
+    ///
+    /// While the slice lives, a reply must not be written over the payload (see
+    /// [`RawEntry::write_reply`]).
+    pub(super) fn request(
+        &mut self,
+        in_header: &[u8],
+        op_in: &[u8],
+        payload_len: usize,
+    ) -> Option<&[u8]> {
+        let head = in_header.len() + op_in.len();
+        if head > STAGE - HEADER_SIZE || payload_len > self.payload_len {
+            return None;
+        }
+        let start = STAGE - head;
+        if (self.base as usize + start) % 8 != 0 {
+            return None;
+        }
+        // SAFETY: [start, STAGE) lies in the allocation, past the header the kernel writes,
+        // and `&mut self` makes this the only access to it now.
+        let stage = unsafe { std::slice::from_raw_parts_mut(self.base.add(start), head) };
+        stage[..in_header.len()].copy_from_slice(in_header);
+        stage[in_header.len()..].copy_from_slice(op_in);
+        // SAFETY: [start, STAGE + payload_len) lies in the allocation; the kernel wrote the
+        // payload before completing the command and does not touch it until the next commit.
+        Some(unsafe { std::slice::from_raw_parts(self.base.add(start), head + payload_len) })
     }
 
     /// Raw views of both buffers, for a replier that writes while the ring thread waits.
     pub(super) fn raw(&mut self) -> RawEntry {
         RawEntry {
-            header: self.header,
-            payload: self.payload,
+            header: self.base,
+            // SAFETY: within the allocation (see `new`).
+            payload: unsafe { self.base.add(STAGE) },
             payload_len: self.payload_len,
         }
     }
@@ -108,12 +132,6 @@ fn alloc_zeroed(len: usize) -> io::Result<*mut u8> {
     } else {
         Ok(p)
     }
-}
-
-fn dealloc(p: *mut u8, len: usize) {
-    // SAFETY: `p` came from `alloc_zeroed(len)` with the same layout and is freed only here,
-    // before it was ever given to the kernel.
-    unsafe { std::alloc::dealloc(p, layout(len)) }
 }
 
 /// Raw pointers to one entry's buffers, carried by the replier of the request in the entry.
