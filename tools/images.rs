@@ -310,10 +310,12 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<i32> 
     })?;
     strata::build::cache::prune(store);
     tracing::info!(
-        "freed {} blobs ({} bytes) and {} layers",
+        "freed {} blobs and {} cached chunks ({} bytes), {} layers and {} lazy layers",
         stats.blobs,
+        stats.chunks,
         stats.bytes,
-        stats.layers
+        stats.layers,
+        stats.lazy
     );
     Ok(if failed { crate::FAILED } else { 0 })
 }

@@ -173,7 +173,38 @@ fn toc_of(layer: &LayerDesc) -> Result<Sha256Digest> {
 /// The spec file of `layer`'s lazy directory, if it has one.
 pub fn existing(store: &Store, layer: &LayerDesc) -> Option<PathBuf> {
     let spec = home_of(store, &toc_of(layer).ok()?).join("spec.json");
-    spec.is_file().then_some(spec)
+    (spec.is_file() && spec.with_file_name("root").is_dir()).then_some(spec)
+}
+
+/// [`existing`], pinned for this process (garbage collection keeps it while it lives).
+pub fn pin_existing(store: &Store, layer: &LayerDesc) -> Result<Option<PathBuf>> {
+    let Ok(toc) = toc_of(layer) else {
+        return Ok(None);
+    };
+    store.pins().locked(|p| {
+        let Some(spec) = existing(store, layer) else {
+            return Ok(None);
+        };
+        p.lazy(toc.hex())?;
+        Ok(Some(spec))
+    })
+}
+
+/// The hex digests of the chunks the lazy layer in `home` (`lazy/HEX/`) may cache, from its
+/// TOC as the store has it (the kept tail or the local blob), checked against its digest;
+/// `None` when the store cannot tell (no kept TOC, or a bad one).
+pub fn chunk_digests(home: &Path) -> Option<std::collections::HashSet<String>> {
+    let spec = crate::estargz::LazySpec::read(&home.join("spec.json")).ok()?;
+    let toc = Sha256Digest::parse(&spec.toc).ok()?;
+    let source = super::lazy_toc::local_source(&spec).ok()?;
+    let r = reader::Reader::open(source, Some(&toc)).ok()?;
+    Some(
+        r.index()
+            .all_chunks()
+            .into_iter()
+            .map(|c| c.digest.hex().to_string())
+            .collect(),
+    )
 }
 
 /// [`prepare`] with the blob read from `source` (a local file at `blob`, or the registry
@@ -190,14 +221,22 @@ pub fn prepare_from(
     private::create(&base).map_err(io_err("create the lazy layer directory"))?;
     let home = home_of(store, &toc);
     let spec_path = home.join("spec.json");
-    if spec_path.is_file() {
-        return Ok(spec_path);
+    if let Some(spec) = pin_existing(store, layer)? {
+        return Ok(spec);
     }
     store.chunk_cache()?; // the cache directory, made private
     let tmp = store.temp_dir("lazy")?;
     let dir = tmp.path().join("root");
     std::fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-    build_dir(source, &toc, &dir, UnpackOptions::for_current_user())?;
+    // The footer and TOC read to make the directory are kept (see [`super::lazy_toc`]), so
+    // later opens of the layer need not read them from the registry again.
+    let recording = super::lazy_toc::Recording::new(source);
+    build_dir(&recording, &toc, &dir, UnpackOptions::for_current_user())?;
+    if remote.is_some() {
+        if let Some(tail) = recording.tail() {
+            super::lazy_toc::keep(tmp.path(), &tail)?;
+        }
+    }
     let spec = crate::estargz::LazySpec {
         dir: home.join("root"),
         blob,
@@ -210,11 +249,17 @@ pub fn prepare_from(
         source: e,
     })?;
     super::layout::write_atomic(&tmp.path().join("spec.json"), &json)?;
-    match std::fs::rename(tmp.path(), &home) {
-        Ok(()) => std::mem::forget(tmp),
-        // Made by another process meanwhile.
-        Err(_) if spec_path.is_file() => {}
-        Err(e) => return Err(io_err(format!("rename to {}", home.display()))(e)),
+    store.pins().locked(|p| {
+        match std::fs::rename(tmp.path(), &home) {
+            Ok(()) => {}
+            // Made by another process meanwhile.
+            Err(_) if spec_path.is_file() => {}
+            Err(e) => return Err(io_err(format!("rename to {}", home.display()))(e)),
+        }
+        p.lazy(toc.hex())
+    })?;
+    if !tmp.path().exists() {
+        std::mem::forget(tmp);
     }
     Ok(spec_path)
 }
@@ -230,7 +275,7 @@ pub fn lower_dirs(store: &Store, image: &super::Image) -> Result<Vec<PathBuf>> {
             continue;
         }
         if !store.blobs().path(&layer.digest).is_file() {
-            if let Some(spec) = existing(store, &layer) {
+            if let Some(spec) = pin_existing(store, &layer)? {
                 out.push(spec.with_file_name("root"));
                 continue;
             }

@@ -12,6 +12,8 @@ pub mod extract;
 pub mod import;
 pub mod layout;
 pub mod lazy;
+pub mod lazy_adopt;
+pub mod lazy_toc;
 pub mod lock;
 pub mod pack;
 pub mod pins;

@@ -273,9 +273,20 @@ fn one_layer(
         progress.done(&layer.digest, Done::Present);
         return Ok(false);
     }
+    let then = if layer_here {
+        Then::KeepBlob
+    } else if crate::image::lazy_adopt::ready(store, layer) {
+        progress.note(&format!(
+            "{}: lazy layer complete: checking it against its blob",
+            layer.digest.short()
+        ));
+        Then::Adopt
+    } else {
+        Then::Extract
+    };
     let mut attempt = 0;
     loop {
-        match download(client, store, r, layer, !layer_here, progress) {
+        match download(client, store, r, layer, then, progress) {
             Err(Error::Transport { .. }) if interrupted() => return Err(Error::Interrupted),
             Err(e @ Error::Transport { .. }) if attempt < RETRIES => {
                 attempt += 1;
@@ -327,23 +338,35 @@ impl Read for Tee<'_> {
     }
 }
 
-/// Download the blob of `layer`, resuming its partial file, and (if `extract`) extract it
-/// on the way.
+/// What a downloaded layer blob is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Extract it on the way.
+    Extract,
+    /// The layer is extracted already (its blob was freed): the blob alone, checked.
+    KeepBlob,
+    /// The layer's lazy directory is complete: check the blob against it and make it the
+    /// extracted layer (see [`crate::image::lazy_adopt`]).
+    Adopt,
+}
+
+/// Download the blob of `layer`, resuming its partial file, and do with it what `then` says.
 fn download(
     client: &Client,
     store: &Store,
     r: &Reference,
     layer: &LayerDesc,
-    extract: bool,
+    then: Then,
     progress: &dyn Progress,
 ) -> Result<()> {
+    let extract = then == Then::Extract;
     let d = &layer.digest;
     let what = format!("{r}: get blob {d}");
     let partial = store.blobs().partial(d)?;
     // Another process may have finished it while this one waited for the partial file.
     if store.blobs().pin_existing(d)? {
         partial.discard();
-        if extract {
+        if then != Then::KeepBlob {
             store.extracted(layer)?;
         }
         return Ok(());
@@ -389,7 +412,15 @@ fn download(
         net_error: &net_error,
     };
     let mut slot = Some(partial);
-    let result = if extract {
+    let result = if then == Then::Adopt {
+        crate::image::lazy_adopt::adopt_stream(store, layer, tee, |found| {
+            debug_assert_eq!(found, d);
+            store
+                .blobs()
+                .commit_partial(slot.take().expect("committed once"), d)
+        })
+        .map(|_| ())
+    } else if extract {
         store
             .extract_stream(layer, tee, |found| {
                 debug_assert_eq!(found, d);

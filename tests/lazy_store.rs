@@ -1,0 +1,251 @@
+//! The store side of lazy images, through the `strata` command line on the real
+//! `docker-registry`: the TOC kept at `pull --lazy` (a mount needs no registry for what is
+//! local), garbage collection of lazy directories and cached chunks, a complete lazy layer
+//! made an ordinary one by the next pull, `run/create --pull=lazy`, credentials the daemon
+//! finds through the auth file the pull used, and a rootless lazy run. Every command has a
+//! deadline (StrataEnv), registries are killed by PID on drop, and each test checks that
+//! nothing is left mounted or running.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::cli::StrataEnv;
+use common::registry::Registry;
+
+fn skip() -> bool {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return true;
+    }
+    false
+}
+
+/// An image with a greeting, a 3 MB file (several chunks), a user and a command, built in
+/// `env`'s default store and pushed as eStargz to `host` as `app:1`; its name there.
+fn push_app(env: &StrataEnv, host: &str, extra: &[&str]) -> String {
+    let ctx = env.busybox_context("ctx");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN echo hello > /greeting && mkdir -p /data && head -c 3000000 /bin/busybox > /data/blob \
+         && cat /data/blob /data/blob > /data/blob2 \
+         && mkdir -p /etc && echo root:x:0:0::/:/bin/sh > /etc/passwd \
+         && echo app:x:1234:4321::/:/bin/sh >> /etc/passwd\n\
+         CMD [\"cat\", \"/greeting\"]\n",
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", "app:1", ctx.to_str().unwrap()]);
+    let name = format!("{host}/app:1");
+    let mut args = vec!["push", "-q", "--estargz"];
+    args.extend_from_slice(extra);
+    args.extend(["app:1", name.as_str()]);
+    env.ok(&args);
+    name
+}
+
+/// `strata ARGS` on store `store` of `env` with `envs`; (success, stdout, stderr).
+fn strata(env: &StrataEnv, store: &str, args: &[&str], envs: &[(&str, &str)]) -> Output3 {
+    let o = env.run_in(&env.path(store), None, args, envs, None);
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+type Output3 = (bool, String, String);
+
+/// [`strata`] that must succeed; its stdout.
+fn ok(env: &StrataEnv, store: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
+    let (good, out, err) = strata(env, store, args, envs);
+    assert!(good, "strata {args:?} in {store} failed: {out}{err}");
+    out
+}
+
+/// Names in a directory, temporaries left out (none if it does not exist).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with(".tmp-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The lazy layer homes of a store.
+fn lazy_homes(store: &Path) -> Vec<PathBuf> {
+    names(&store.join("lazy"))
+        .into_iter()
+        .map(|n| store.join("lazy").join(n))
+        .collect()
+}
+
+const NO_FETCH: [(&str, &str); 1] = [("STRATA_LAZY_FETCH", "off")];
+
+#[test]
+fn kept_toc_runs_without_the_registry_and_rmi_frees_lazy_dirs_and_chunks() {
+    if skip() {
+        return;
+    }
+    let env = StrataEnv::new("strata-lazystore-");
+    let mut reg = Registry::start(env.dir.path());
+    let name = push_app(&env, &reg.host(), &[]);
+    ok(&env, "lazy", &["pull", "-q", "--lazy", &name], &[]);
+    let store = env.path("lazy");
+    let homes = lazy_homes(&store);
+    assert!(!homes.is_empty());
+    for h in &homes {
+        let tail = h.join("toc.tail");
+        assert!(tail.is_file(), "{} kept no TOC", h.display());
+    }
+
+    // Only what the container reads is fetched (no background fetch).
+    assert_eq!(
+        ok(&env, "lazy", &["run", "--rm", &name], &NO_FETCH),
+        "hello\n"
+    );
+    let chunks = names(&store.join("chunks/sha256"));
+    assert!(!chunks.is_empty());
+
+    // The registry gone: the mount reads its TOCs from the store, what is local is served...
+    reg.stop();
+    assert_eq!(
+        ok(&env, "lazy", &["run", "--rm", &name], &NO_FETCH),
+        "hello\n"
+    );
+    // ... and what is not fails to read (EIO), not to mount.
+    let (good, out, err) = strata(
+        &env,
+        "lazy",
+        &[
+            "run",
+            "--rm",
+            &name,
+            "sh",
+            "-c",
+            "echo mounted; cat /data/blob2 > /dev/null",
+        ],
+        &NO_FETCH,
+    );
+    assert!(!good, "{out}{err}");
+    assert!(out.contains("mounted"), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("Input/output error"),
+        "{out}{err}"
+    );
+    // A kept TOC that does not match its digest is not used: the registry is asked (and,
+    // down, the mount fails with the reason) rather than trusting it.
+    let tails: Vec<(PathBuf, Vec<u8>)> = homes
+        .iter()
+        .map(|h| {
+            (
+                h.join("toc.tail"),
+                std::fs::read(h.join("toc.tail")).unwrap(),
+            )
+        })
+        .collect();
+    for (tail, bytes) in &tails {
+        let mut bad = bytes.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x55;
+        std::fs::write(tail, &bad).unwrap();
+    }
+    let (good, out, err) = strata(&env, "lazy", &["run", "--rm", &name], &NO_FETCH);
+    assert!(!good, "a corrupt kept TOC was used: {out}{err}");
+    for (tail, bytes) in &tails {
+        std::fs::write(tail, bytes).unwrap();
+    }
+    reg.restart();
+
+    // A container keeps its lazy layers and their chunks through `rmi -f` of the image.
+    ok(&env, "lazy", &["create", "--name", "keeper", &name], &[]);
+    ok(&env, "lazy", &["rmi", "-f", &name], &[]);
+    assert_eq!(lazy_homes(&store), homes);
+    assert_eq!(names(&store.join("chunks/sha256")), chunks);
+    assert_eq!(
+        ok(&env, "lazy", &["start", "-a", "keeper"], &NO_FETCH),
+        "hello\n"
+    );
+    // Once nothing uses them, the next collection frees them all.
+    ok(&env, "lazy", &["rm", "keeper"], &[]);
+    let (_, _, err) = strata(&env, "lazy", &["rmi", "no-such-image"], &[]);
+    assert!(err.contains("no-such-image"), "{err}");
+    assert_eq!(lazy_homes(&store), Vec::<PathBuf>::new());
+    assert_eq!(names(&store.join("chunks/sha256")), Vec::<String>::new());
+    assert_eq!(names(&store.join("blobs/sha256")), Vec::<String>::new());
+    drop(reg);
+    env.assert_no_leaks();
+}
+
+#[test]
+fn a_complete_lazy_layer_becomes_an_ordinary_layer_at_the_next_pull() {
+    if skip() {
+        return;
+    }
+    let env = StrataEnv::new("strata-lazystore-");
+    let mut reg = Registry::start(env.dir.path());
+    let name = push_app(&env, &reg.host(), &[]);
+    ok(&env, "full", &["pull", "-q", &name], &[]);
+    ok(&env, "lazy", &["pull", "-q", "--lazy", &name], &[]);
+    let store = env.path("lazy");
+    // Read every file: every lazy layer is then complete.
+    let sums = "find / -xdev -type f ! -path /etc/hosts ! -path /etc/hostname \
+                ! -path /etc/resolv.conf | sort | xargs md5sum";
+    let want = ok(&env, "full", &["run", "--rm", &name, "sh", "-c", sums], &[]);
+    assert_eq!(
+        ok(
+            &env,
+            "lazy",
+            &["run", "--rm", &name, "sh", "-c", sums],
+            &NO_FETCH
+        ),
+        want
+    );
+    let listed = ok(&env, "lazy", &["images"], &[]);
+    assert!(listed.contains("100%)"), "{listed}");
+    assert!(names(&store.join("layers/sha256")).is_empty());
+
+    // A pull (not lazy) checks each complete lazy layer against its blob and moves it.
+    let (good, _, err) = strata(&env, "lazy", &["pull", &name], &[]);
+    assert!(good, "{err}");
+    assert!(err.contains("lazy layer complete"), "{err}");
+    assert_eq!(
+        names(&store.join("layers/sha256")),
+        names(&env.path("full/layers/sha256")),
+        "the same layers as a full pull, by diff ID"
+    );
+    assert_eq!(
+        names(&store.join("blobs/sha256")),
+        names(&env.path("full/blobs/sha256"))
+    );
+    let listed = ok(&env, "lazy", &["images"], &[]);
+    assert!(!listed.contains("lazy"), "{listed}");
+    reg.stop();
+    assert_eq!(
+        ok(&env, "lazy", &["run", "--rm", &name, "sh", "-c", sums], &[]),
+        want
+    );
+    // An ordinary image: it can be saved (its blobs are all here).
+    ok(
+        &env,
+        "lazy",
+        &["save", &name, "-o", env.path("saved.tar").to_str().unwrap()],
+        &[],
+    );
+    // The lazy directories (links to the moved layers now) and chunks go at the next
+    // collection; the layers stay with the image.
+    let layers = names(&store.join("layers/sha256"));
+    strata(&env, "lazy", &["rmi", "no-such-image"], &[]);
+    assert_eq!(lazy_homes(&store), Vec::<PathBuf>::new());
+    assert_eq!(names(&store.join("chunks/sha256")), Vec::<String>::new());
+    assert_eq!(names(&store.join("layers/sha256")), layers);
+    ok(&env, "lazy", &["rmi", &name], &[]);
+    assert_eq!(names(&store.join("layers/sha256")), Vec::<String>::new());
+    drop(reg);
+    env.assert_no_leaks();
+}
