@@ -249,3 +249,195 @@ fn a_complete_lazy_layer_becomes_an_ordinary_layer_at_the_next_pull() {
     drop(reg);
     env.assert_no_leaks();
 }
+
+#[test]
+fn run_and_create_pull_lazily_with_pull_lazy() {
+    if skip() {
+        return;
+    }
+    let env = StrataEnv::new("strata-lazystore-");
+    let reg = Registry::start(env.dir.path());
+    let name = push_app(&env, &reg.host(), &[]);
+    let help = env.ok(&["run", "--help"]);
+    assert!(help.contains("lazy"), "{help}");
+
+    let (good, out, err) = strata(&env, "run", &["run", "--rm", "--pull=lazy", &name], &[]);
+    assert!(good, "{out}{err}");
+    assert_eq!(out, "hello\n");
+    assert!(err.contains("lazy (TOC only)"), "{err}");
+    assert!(names(&env.path("run/layers/sha256")).is_empty());
+    assert!(!lazy_homes(&env.path("run")).is_empty());
+    // Present now: used as it is (no second pull).
+    let (good, out, err) = strata(&env, "run", &["run", "--rm", "--pull=lazy", &name], &[]);
+    assert!(good && out == "hello\n", "{out}{err}");
+    assert!(!err.contains("Pulling"), "{err}");
+
+    let (good, _, err) = strata(
+        &env,
+        "create",
+        &["create", "--pull=lazy", "--name", "c", &name],
+        &[],
+    );
+    assert!(good, "{err}");
+    assert!(err.contains("lazy (TOC only)"), "{err}");
+    assert!(names(&env.path("create/layers/sha256")).is_empty());
+    assert_eq!(ok(&env, "create", &["start", "-a", "c"], &[]), "hello\n");
+    ok(&env, "create", &["rm", "c"], &[]);
+
+    // Without a registry to pull from: the pull's error, not a panic.
+    let (good, _, err) = strata(
+        &env,
+        "none",
+        &["run", "--rm", "--pull=lazy", "127.0.0.1:1/app:1"],
+        &[],
+    );
+    assert!(!good);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    drop(reg);
+    env.assert_no_leaks();
+}
+
+#[test]
+fn the_daemon_finds_the_credentials_in_the_auth_file_the_pull_used() {
+    if skip() {
+        return;
+    }
+    let env = StrataEnv::new("strata-lazystore-");
+    let reg = Registry::start_with(
+        env.dir.path(),
+        &common::registry::RegistryConfig {
+            auth: Some(("alice".into(), "s3cret".into())),
+            tls: true,
+        },
+    );
+    let ca = reg.ca_dir.clone().unwrap();
+    let ca = ca.to_str().unwrap();
+    let home = env.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let auth = env.path("auth.json");
+    let with_file = [
+        ("REGISTRY_AUTH_FILE", auth.to_str().unwrap()),
+        ("XDG_RUNTIME_DIR", home.to_str().unwrap()),
+        ("HOME", home.to_str().unwrap()),
+        ("DOCKER_CONFIG", ""),
+    ];
+    let o = env.run_with(
+        &[
+            "login",
+            "--cert-dir",
+            ca,
+            "-u",
+            "alice",
+            "--password-stdin",
+            &reg.host(),
+        ],
+        &with_file,
+        Some("s3cret\n"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(auth.is_file());
+    // Built and pushed with the same auth file.
+    let ctx = env.busybox_context("ctx");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN cat /bin/busybox /bin/busybox > /blob && echo second > /second\n",
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", "app:1", ctx.to_str().unwrap()]);
+    let name = format!("{}/sec/app:1", reg.host());
+    let o = env.run_with(
+        &["push", "-q", "--estargz", "--cert-dir", ca, "app:1", &name],
+        &with_file,
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(
+        &env,
+        "lazy",
+        &["pull", "-q", "--lazy", "--cert-dir", ca, &name],
+        &with_file,
+    );
+    // The run's environment leads to no auth file: the daemon uses the one the pull used.
+    let without = [
+        ("REGISTRY_AUTH_FILE", ""),
+        ("XDG_RUNTIME_DIR", home.to_str().unwrap()),
+        ("HOME", home.to_str().unwrap()),
+        ("DOCKER_CONFIG", ""),
+        ("STRATA_LAZY_FETCH", "off"),
+    ];
+    let size = 2 * std::fs::metadata("/bin/busybox").unwrap().len();
+    assert_eq!(
+        ok(
+            &env,
+            "lazy",
+            &["run", "--rm", &name, "sh", "-c", "wc -c < /blob"],
+            &without
+        )
+        .trim(),
+        size.to_string()
+    );
+    // Logged out of that file: the daemon has no credentials, the read fails (EIO), and the
+    // daemon's log names the registry's refusal.
+    let o = env.run_with(&["logout", &reg.host()], &with_file, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (good, out, err) = strata(
+        &env,
+        "lazy",
+        &[
+            "run",
+            "--rm",
+            &name,
+            "sh",
+            "-c",
+            "wc -c < /blob; cat /second",
+        ],
+        &without,
+    );
+    // What the first run read is here; a file not read yet cannot be fetched.
+    assert!(!good, "{out}{err}");
+    assert_eq!(
+        out.lines().next(),
+        Some(size.to_string().as_str()),
+        "{out}{err}"
+    );
+    assert!(err.contains("Input/output error"), "{out}{err}");
+    drop(reg);
+    env.assert_no_leaks();
+}
+
+#[test]
+fn a_rootless_lazy_run_fills_files_correctly() {
+    if skip() {
+        return;
+    }
+    let env = StrataEnv::new("strata-lazystore-");
+    let reg = Registry::start(env.dir.path());
+    let name = push_app(&env, &reg.host(), &[]);
+    let sums = "md5sum /data/blob /data/blob2 /greeting /bin/busybox";
+    ok(&env, "full", &["pull", "-q", &name], &[]);
+    let want = ok(&env, "full", &["run", "--rm", &name, "sh", "-c", sums], &[]);
+    let user = env.give_to_user();
+    let run = |args: &[&str]| {
+        let o = env.run_in(&env.path("user"), Some(user), args, &[], None);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        assert!(
+            o.status.success(),
+            "strata {args:?} as the user: {out}{err}"
+        );
+        out
+    };
+    run(&["pull", "-q", "--lazy", &name]);
+    assert!(names(&env.path("user/layers/sha256")).is_empty());
+    assert_eq!(run(&["run", "--rm", &name, "sh", "-c", sums]), want);
+    // The files the daemon filled are whole in the user's store.
+    let listed = run(&["images"]);
+    assert!(listed.contains("(lazy: "), "{listed}");
+    run(&["rmi", &name]);
+    assert_eq!(lazy_homes(&env.path("user")), Vec::<PathBuf>::new());
+    drop(reg);
+    env.assert_no_leaks();
+}

@@ -126,12 +126,19 @@ pub fn build_dir(
         )
         .map_err(io)?;
         format::keeping_caps(fd.as_fd(), || rfs::ftruncate(&fd, node.size)).map_err(io)?;
-        rfs::fsetxattr(
-            &fd,
-            opts.xattrs.lazy(),
-            path.as_bytes(),
-            rfs::XattrFlags::empty(),
-        )
+        let mark = |ns: format::XattrNamespace| {
+            rfs::fsetxattr(&fd, ns.lazy(), path.as_bytes(), rfs::XattrFlags::empty())
+        };
+        match mark(opts.xattrs) {
+            // Root of a user namespace (a rootless store with subordinate ids) may not write
+            // trusted xattrs: the user namespace's mark, which stratafs reads as well.
+            Err(rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP)
+                if matches!(opts.xattrs, format::XattrNamespace::Trusted) =>
+            {
+                mark(format::XattrNamespace::User)
+            }
+            r => r,
+        }
         .map_err(io)?;
         let t = rfs::Timespec {
             tv_sec: node.mtime,
