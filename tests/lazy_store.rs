@@ -441,3 +441,76 @@ fn a_rootless_lazy_run_fills_files_correctly() {
     drop(reg);
     env.assert_no_leaks();
 }
+
+/// Put a copy of the manifest of `host`/app:1 as app:`tag`, with each layer's TOC digest
+/// annotation replaced by what `toc` returns for its index (`None`: left out).
+fn retagged_with_tocs(host: &str, tag: &str, toc: impl Fn(usize) -> Option<String>) -> String {
+    let agent = ureq::Agent::new_with_defaults();
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let mut resp = agent
+        .get(&format!("http://{host}/v2/app/manifests/1"))
+        .header("Accept", oci)
+        .call()
+        .unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap()).unwrap();
+    let media = m["mediaType"].as_str().unwrap_or(oci).to_string();
+    for (i, l) in m["layers"].as_array_mut().unwrap().iter_mut().enumerate() {
+        let a = l["annotations"].as_object_mut().unwrap();
+        match toc(i) {
+            Some(t) => a.insert("containerd.io/snapshot/stargz/toc.digest".into(), t.into()),
+            None => a.remove("containerd.io/snapshot/stargz/toc.digest"),
+        };
+    }
+    let resp = agent
+        .put(&format!("http://{host}/v2/app/manifests/{tag}"))
+        .header("Content-Type", &media)
+        .send(serde_json::to_vec(&m).unwrap().as_slice())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    format!("{host}/app:{tag}")
+}
+
+#[test]
+fn layers_whose_toc_cannot_be_used_are_pulled_in_full() {
+    if skip() {
+        return;
+    }
+    let env = StrataEnv::new("strata-lazystore-");
+    let reg = Registry::start(env.dir.path());
+    let name = push_app(&env, &reg.host(), &[]);
+    ok(&env, "full", &["pull", "-q", &name], &[]);
+    let want = ok(
+        &env,
+        "full",
+        &["run", "--rm", &name, "md5sum", "/greeting", "/data/blob"],
+        &[],
+    );
+    // Layer 0: a malformed digest naming a path; layer 1: a well-formed digest of another
+    // TOC; layer 2: no annotation (pulled in full as any layer).
+    let bad = retagged_with_tocs(&reg.host(), "bad", |i| match i {
+        0 => Some("sha256:../../../../etc/x".into()),
+        1 => Some(format!("sha256:{}", "ab".repeat(32))),
+        _ => None,
+    });
+    let (good, _, err) = strata(&env, "bad", &["pull", "--lazy", &bad], &[]);
+    assert!(good, "{err}");
+    assert_eq!(err.matches("not usable lazily").count(), 2, "{err}");
+    assert!(err.contains("malformed digest"), "{err}");
+    assert!(err.contains("digest mismatch"), "{err}");
+    let store = env.path("bad");
+    assert_eq!(lazy_homes(&store), Vec::<PathBuf>::new());
+    assert_eq!(names(&store.join("layers/sha256")).len(), 3);
+    assert!(!env.dir.path().join("etc").exists());
+    assert_eq!(
+        ok(
+            &env,
+            "bad",
+            &["run", "--rm", &bad, "md5sum", "/greeting", "/data/blob"],
+            &[]
+        ),
+        want
+    );
+    drop(reg);
+    env.assert_no_leaks();
+}

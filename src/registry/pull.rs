@@ -156,11 +156,27 @@ pub fn pull_with(
             full.push(l);
         }
     }
-    let fetched = fetch_layers(client, store, r, &full, opts.jobs.max(1), progress)?;
-    for l in &lazy {
-        super::lazy_pull::prepare(client, store, r, l, &opts.client)?;
-        progress.note(&format!("{}: TOC only (lazy)", l.digest.short()));
+    // A layer whose TOC cannot be used (a malformed or wrong digest, a blob that is not
+    // eStargz after all) is pulled in full instead: that path checks the blob and its diff
+    // ID as for any layer.
+    let mut made_lazy = 0;
+    for l in lazy {
+        match super::lazy_pull::prepare(client, store, r, &l, &opts.client) {
+            Ok(_) => {
+                made_lazy += 1;
+                progress.note(&format!("{}: TOC only (lazy)", l.digest.short()));
+            }
+            Err(_) if interrupted() => return Err(Error::Interrupted),
+            Err(e) => {
+                progress.note(&format!(
+                    "{}: not usable lazily ({e}): pulling it in full",
+                    l.digest.short()
+                ));
+                full.push(l);
+            }
+        }
     }
+    let fetched = fetch_layers(client, store, r, &full, opts.jobs.max(1), progress)?;
 
     // Every part is in place and pinned: now the manifest, then the index entry.
     let stored = store.blobs().put(&chosen.bytes)?;
@@ -177,7 +193,7 @@ pub fn pull_with(
         digest: top.digest,
         tag,
         fetched,
-        lazy: lazy.len(),
+        lazy: made_lazy,
     })
 }
 
