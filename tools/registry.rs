@@ -53,7 +53,9 @@ pub struct PullArgs {
     #[arg(long, default_value_t = 3)]
     pub jobs: usize,
     /// Fetch only the TOCs of eStargz layers: containers start at once and read each file
-    /// from the registry on first use (other layers are pulled in full).
+    /// from the registry on first use (other layers are pulled in full). A later pull
+    /// without --lazy makes the image ordinary (complete lazy layers are checked against
+    /// their blobs and kept; the others are pulled in full).
     #[arg(long)]
     pub lazy: bool,
     #[command(flatten)]
