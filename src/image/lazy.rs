@@ -375,3 +375,78 @@ pub fn local_share(store: &Store, image: &super::Image) -> Result<Option<(u64, u
     }
     Ok(sum)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estargz::writer::tests::sample_tar;
+    use crate::estargz::writer::{convert, Options};
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with(super::super::pins::TEMP_PREFIX))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn gc_keeps_a_pinned_lazy_layer_and_its_chunks_and_frees_them_after() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = sample_tar();
+        let mut blob = Vec::new();
+        let w = convert(|| Ok(&tar[..]), &mut blob, &Options::default()).unwrap();
+        // A writer's session: the blob and the lazy layer it makes are pinned.
+        let a = Store::open(t.path()).unwrap();
+        let digest = a.blobs().put(&blob).unwrap();
+        let layer = LayerDesc {
+            digest,
+            diff_id: super::super::Digest::of(b"not checked here"),
+            size: blob.len() as u64,
+            media_type: super::super::store::LAYER_TAR.into(),
+            annotations: [(
+                crate::estargz::TOC_DIGEST_ANNOTATION.to_string(),
+                w.toc_digest.to_string(),
+            )]
+            .into(),
+        };
+        let spec = prepare(&a, &layer).unwrap();
+        let home = spec.parent().unwrap().to_path_buf();
+        // Cached chunks: those of its TOC, and one no layer lists.
+        let cache = a.chunk_cache().unwrap();
+        let chunks = chunk_digests(&home).expect("the TOC is readable");
+        assert!(!chunks.is_empty());
+        for c in &chunks {
+            std::fs::write(t.path().join("chunks/sha256").join(c), b"x").unwrap();
+        }
+        let stray = "0".repeat(64);
+        std::fs::write(t.path().join("chunks/sha256").join(&stray), b"x").unwrap();
+        drop(cache);
+
+        // Collection by another process while the writer lives: the lazy layer and its
+        // chunks stay, the stray chunk goes.
+        let b = Store::open(t.path()).unwrap();
+        let stats = b.gc(|| Ok(Vec::new())).unwrap();
+        assert_eq!((stats.lazy, stats.chunks), (0, 1));
+        assert!(spec.is_file());
+        let mut want: Vec<String> = chunks.iter().cloned().collect();
+        want.sort();
+        assert_eq!(names(&t.path().join("chunks/sha256")), want);
+        // A container listing the lazy directory keeps it too.
+        drop(a);
+        let stats = b.gc(|| Ok(vec![home.join("root")])).unwrap();
+        assert_eq!((stats.lazy, stats.chunks), (0, 0));
+        // Then nothing needs it: the directory, its chunks and the blob go.
+        let stats = b.gc(|| Ok(Vec::new())).unwrap();
+        assert_eq!(stats.lazy, 1);
+        assert_eq!(stats.chunks as usize, chunks.len());
+        assert_eq!(names(&t.path().join("lazy")), Vec::<String>::new());
+        assert_eq!(names(&t.path().join("chunks/sha256")), Vec::<String>::new());
+        assert_eq!(names(&t.path().join("blobs/sha256")), Vec::<String>::new());
+    }
+}
