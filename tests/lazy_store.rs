@@ -210,6 +210,14 @@ fn a_complete_lazy_layer_becomes_an_ordinary_layer_at_the_next_pull() {
     assert!(listed.contains("100%)"), "{listed}");
     assert!(names(&store.join("layers/sha256")).is_empty());
 
+    // A container made before lists the lazy directories as its lower layers.
+    ok(
+        &env,
+        "lazy",
+        &["create", "--name", "old", &name, "sh", "-c", sums],
+        &[],
+    );
+
     // A pull (not lazy) checks each complete lazy layer against its blob and moves it.
     let (good, _, err) = strata(&env, "lazy", &["pull", &name], &[]);
     assert!(good, "{err}");
@@ -237,15 +245,20 @@ fn a_complete_lazy_layer_becomes_an_ordinary_layer_at_the_next_pull() {
         &["save", &name, "-o", env.path("saved.tar").to_str().unwrap()],
         &[],
     );
-    // The lazy directories (links to the moved layers now) and chunks go at the next
-    // collection; the layers stay with the image.
+    // The old container still runs: its lower paths lead to the moved layers.
+    assert_eq!(ok(&env, "lazy", &["start", "-a", "old"], &[]), want);
+    // Through the image's removal, the container keeps the moved layers (and the links).
     let layers = names(&store.join("layers/sha256"));
+    ok(&env, "lazy", &["rmi", "-f", &name], &[]);
+    assert_eq!(names(&store.join("layers/sha256")), layers);
+    assert_eq!(ok(&env, "lazy", &["start", "-a", "old"], &[]), want);
+    // Once the container goes, the next collection frees everything.
+    ok(&env, "lazy", &["rm", "old"], &[]);
     strata(&env, "lazy", &["rmi", "no-such-image"], &[]);
     assert_eq!(lazy_homes(&store), Vec::<PathBuf>::new());
     assert_eq!(names(&store.join("chunks/sha256")), Vec::<String>::new());
-    assert_eq!(names(&store.join("layers/sha256")), layers);
-    ok(&env, "lazy", &["rmi", &name], &[]);
     assert_eq!(names(&store.join("layers/sha256")), Vec::<String>::new());
+    assert_eq!(names(&store.join("blobs/sha256")), Vec::<String>::new());
     drop(reg);
     env.assert_no_leaks();
 }
