@@ -280,6 +280,49 @@ fn run_and_create_pull_lazily_with_pull_lazy() {
     assert!(err.contains("lazy (TOC only)"), "{err}");
     assert!(names(&env.path("run/layers/sha256")).is_empty());
     assert!(!lazy_homes(&env.path("run")).is_empty());
+    // What needs the blobs says so; what can use the lazy layers does.
+    let (good, _, err) = strata(
+        &env,
+        "run",
+        &["save", &name, "-o", env.path("x.tar").to_str().unwrap()],
+        &[],
+    );
+    assert!(!good && err.contains("was pulled lazily"), "{err}");
+    // A push to the registry it came from mounts the blobs there; to another, it cannot.
+    let other = {
+        let d = env.path("other");
+        std::fs::create_dir_all(&d).unwrap();
+        Registry::start(&d)
+    };
+    let elsewhere = format!("{}/app:1", other.host());
+    let (good, _, err) = strata(&env, "run", &["push", &name, &elsewhere], &[]);
+    assert!(!good && err.contains("was pulled lazily"), "{err}");
+    drop(other);
+    let ctx = env.path("from");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {name}\nRUN true\n")).unwrap();
+    let (good, _, err) = strata(
+        &env,
+        "run",
+        &["build", "-t", "b", ctx.to_str().unwrap()],
+        &[],
+    );
+    assert!(!good && err.contains("was pulled lazily"), "{err}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&env, "run", &["inspect", &name], &[])).unwrap();
+    let layers = inspect["Layers"].as_array().unwrap();
+    assert!(
+        layers
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("/lazy/")),
+        "{inspect}"
+    );
+    let view = env.path("view");
+    std::fs::create_dir_all(&view).unwrap();
+    ok(&env, "run", &["mount", &name, view.to_str().unwrap()], &[]);
+    let greeting = std::fs::read_to_string(view.join("greeting"));
+    ok(&env, "run", &["umount", view.to_str().unwrap()], &[]);
+    assert_eq!(greeting.unwrap(), "hello\n");
     // Present now: used as it is (no second pull).
     let (good, out, err) = strata(&env, "run", &["run", "--rm", "--pull=lazy", &name], &[]);
     assert!(good && out == "hello\n", "{out}{err}");

@@ -158,7 +158,7 @@ pub fn inspect(root: &Path, key: &str) -> Result<serde_json::Value> {
         "Id": img.id.as_str(),
         "RepoTags": img.tags,
         "Digest": img.manifest_digest.as_str(),
-        "Layers": store.layer_dirs(&img)?.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "Layers": image::lazy::lower_dirs(&store, &img)?.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "Manifest": img.manifest,
         "Config": img.config,
     }))

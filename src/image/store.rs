@@ -478,7 +478,12 @@ impl Store {
         if let Some(dest) = self.pin_extracted(layer)? {
             return Ok(dest);
         }
-        let blob = self.blobs.open_blob(&layer.digest)?;
+        let blob = match self.blobs.open_blob(&layer.digest) {
+            Err(Error::MissingBlob(d)) if super::lazy::existing(self, layer).is_some() => {
+                return Err(Error::PulledLazily(d))
+            }
+            r => r?,
+        };
         // A corrupt blob mostly shows as a broken gzip or tar stream long before its end,
         // where the digest is checked: the stream below names the real cause.
         self.extract_stream(layer, blob, |_| Ok(())).map_err(|e| {
