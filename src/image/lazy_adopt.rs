@@ -19,9 +19,10 @@ use super::store::decompressed;
 use super::{io_err, Digest, Error, LayerDesc, Result, Store};
 use crate::estargz::TOC_NAME;
 
-/// Whether `layer` has a lazy directory whose files are all here (and no extracted one).
+/// Whether `layer` has a lazy directory whose files are all here (and no extracted one);
+/// it is then pinned for this process (garbage collection leaves it to the adoption).
 pub fn ready(store: &Store, layer: &LayerDesc) -> bool {
-    let Some(spec) = super::lazy::existing(store, layer) else {
+    let Ok(Some(spec)) = super::lazy::pin_existing(store, layer) else {
         return false;
     };
     let root = spec.with_file_name("root");
