@@ -148,3 +148,104 @@ fn sync_dir(dir: &Path) -> Result<()> {
     .map_err(|e| io_err(format!("open {}", dir.display()))(e.into()))?;
     rustix::fs::syncfs(&d).map_err(|e| io_err(format!("sync {}", dir.display()))(e.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estargz::writer::tests::sample_tar;
+    use crate::estargz::writer::{convert, Options};
+
+    /// An eStargz blob of the sample tar (`chunk_size` bytes per chunk), its TOC digest and
+    /// its diff ID.
+    fn blob(chunk_size: u64) -> (Vec<u8>, String, Digest) {
+        let tar = sample_tar();
+        let mut out = Vec::new();
+        let opts = Options {
+            chunk_size,
+            ..Options::default()
+        };
+        let w = convert(|| Ok(&tar[..]), &mut out, &opts).unwrap();
+        let mut plain = Vec::new();
+        flate2::read::MultiGzDecoder::new(&out[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        (out, w.toc_digest.to_string(), Digest::of(&plain))
+    }
+
+    fn desc(blob: &[u8], toc: &str, diff_id: Digest) -> LayerDesc {
+        LayerDesc {
+            digest: Digest::of(blob),
+            diff_id,
+            size: blob.len() as u64,
+            media_type: super::super::store::LAYER_TAR.into(),
+            annotations: [(
+                crate::estargz::TOC_DIGEST_ANNOTATION.to_string(),
+                toc.into(),
+            )]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn only_a_blob_with_the_right_digest_diff_id_and_toc_is_adopted() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let (a, toc_a, diff_a) = blob(crate::estargz::CHUNK_SIZE);
+        let (b, toc_b, diff_b) = blob(40);
+        assert_ne!(toc_a, toc_b);
+        // The lazy directory of A (made from a local copy of its blob, then removed).
+        let good = desc(&a, &toc_a, diff_a.clone());
+        store.blobs().put(&a).unwrap();
+        let spec = super::super::lazy::prepare(&store, &good).unwrap();
+        std::fs::remove_file(store.blobs().path(&good.digest)).unwrap();
+        let root = spec.with_file_name("root");
+        let layers = t.path().join("layers/sha256");
+        let untouched = |what: &str| {
+            assert!(
+                std::fs::symlink_metadata(&root).unwrap().is_dir(),
+                "{what}: the lazy directory moved"
+            );
+            assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 0, "{what}");
+        };
+        let never = |_: &Digest| -> Result<()> { panic!("a bad blob was accepted") };
+
+        // A diff ID the blob does not have (an image claiming another layer's diff ID).
+        let forged = desc(&a, &toc_a, diff_b.clone());
+        let e = adopt_stream(&store, &forged, &a[..], never).unwrap_err();
+        assert!(e.to_string().contains("uncompressed"), "{e}");
+        untouched("forged diff ID");
+        // Bytes that are not the blob.
+        let e = adopt_stream(&store, &good, &b[..], never).unwrap_err();
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+        untouched("other bytes");
+        // Another blob, with its own digest and diff ID, claiming A's TOC: its tar's TOC is
+        // not the one the directory was made from.
+        let other = desc(&b, &toc_a, diff_b);
+        let e = adopt_stream(&store, &other, &b[..], never).unwrap_err();
+        assert!(e.to_string().contains("the TOC inside"), "{e}");
+        untouched("another TOC");
+        // A truncated stream.
+        let e = adopt_stream(&store, &good, &a[..a.len() / 2], never).unwrap_err();
+        assert!(!e.to_string().is_empty());
+        untouched("truncated");
+
+        // The real blob: checked, handed over, and the directory moved under layers/.
+        let mut handed = None;
+        let dest = adopt_stream(&store, &good, &a[..], |d| {
+            handed = Some(d.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(handed, Some(good.digest.clone()));
+        assert_eq!(dest, layers.join(diff_a.hex()));
+        assert!(dest.is_dir());
+        assert!(std::fs::symlink_metadata(&root)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            std::fs::canonicalize(&root).unwrap(),
+            dest.canonicalize().unwrap()
+        );
+    }
+}
