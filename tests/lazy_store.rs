@@ -163,7 +163,12 @@ fn kept_toc_runs_without_the_registry_and_rmi_frees_lazy_dirs_and_chunks() {
     reg.restart();
 
     // A container keeps its lazy layers and their chunks through `rmi -f` of the image.
-    ok(&env, "lazy", &["create", "--name", "keeper", &name], &[]);
+    ok(
+        &env,
+        "lazy",
+        &["create", "--name", "keeper", &name],
+        &NO_FETCH,
+    );
     ok(&env, "lazy", &["rmi", "-f", &name], &[]);
     assert_eq!(lazy_homes(&store), homes);
     assert_eq!(names(&store.join("chunks/sha256")), chunks);
