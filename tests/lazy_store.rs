@@ -479,8 +479,34 @@ fn a_rootless_lazy_run_fills_files_correctly() {
     ok(&env, "full", &["pull", "-q", &name], &[]);
     let want = ok(&env, "full", &["run", "--rm", &name, "sh", "-c", sums], &[]);
     let user = env.give_to_user();
+    // With the user's subordinate ids (one user namespace per store, strata as its root) and
+    // without (strata as the user; each container its own single mapping).
+    for (store, subids) in [("user", "1"), ("plain", "0")] {
+        rootless_round(&env, user, store, subids, &name, sums, &want);
+    }
+    drop(reg);
+    env.assert_no_leaks();
+}
+
+/// Pull `name` lazily into `store` as `user`, run `sums` in it (must give `want`), remove it.
+fn rootless_round(
+    env: &StrataEnv,
+    user: (u32, u32),
+    store: &str,
+    subids: &str,
+    name: &str,
+    sums: &str,
+    want: &str,
+) {
+    let name = name.to_string();
     let run = |args: &[&str]| {
-        let o = env.run_in(&env.path("user"), Some(user), args, &[], None);
+        let o = env.run_in(
+            &env.path(store),
+            Some(user),
+            args,
+            &[("STRATA_SUBIDS", subids)],
+            None,
+        );
         let (out, err) = (
             String::from_utf8_lossy(&o.stdout).into_owned(),
             String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -492,15 +518,12 @@ fn a_rootless_lazy_run_fills_files_correctly() {
         out
     };
     run(&["pull", "-q", "--lazy", &name]);
-    assert!(names(&env.path("user/layers/sha256")).is_empty());
+    assert!(names(&env.path(store).join("layers/sha256")).is_empty());
     assert_eq!(run(&["run", "--rm", &name, "sh", "-c", sums]), want);
-    // The files the daemon filled are whole in the user's store.
     let listed = run(&["images"]);
     assert!(listed.contains("(lazy: "), "{listed}");
     run(&["rmi", &name]);
-    assert_eq!(lazy_homes(&env.path("user")), Vec::<PathBuf>::new());
-    drop(reg);
-    env.assert_no_leaks();
+    assert_eq!(lazy_homes(&env.path(store)), Vec::<PathBuf>::new());
 }
 
 /// Put a copy of the manifest of `host`/app:1 as app:`tag`, with each layer's TOC digest
