@@ -96,7 +96,8 @@ fn open_source(
     spec: &strata::estargz::LazySpec,
 ) -> std::result::Result<Box<dyn strata::estargz::BlobSource>, String> {
     match &spec.remote {
-        Some(_) => strata::registry::blob_source::for_spec(spec).map_err(|e| e.to_string()),
+        // Its TOC is read from the store when `pull --lazy` kept it (checked all the same).
+        Some(_) => strata::registry::lazy_pull::blob_source(spec).map_err(|e| e.to_string()),
         None => strata::union::lazy::local_source(spec),
     }
 }

@@ -168,6 +168,7 @@ impl Lazy {
                 size: blob.len() as u64,
                 tls_verify: None,
                 cert_dir: None,
+                auth_file: None,
             }),
         };
         std::fs::write(&spec, serde_json::to_vec(&s).unwrap()).unwrap();

@@ -59,9 +59,10 @@ pub struct CreateArgs {
     /// OCI runtime (runc, crun or a path).
     #[arg(long)]
     runtime: Option<String>,
-    /// When the image is pulled from its registry.
-    #[arg(long, value_enum, default_value_t = crate::registry::PullWhen::Missing)]
-    pull: crate::registry::PullWhen,
+    /// When the image is pulled from its registry (lazy: if missing, pull it lazily, so the
+    /// container starts once the TOCs of its eStargz layers are here).
+    #[arg(long, value_enum, default_value_t = crate::registry::RunPull::Missing)]
+    pull: crate::registry::RunPull,
     #[command(flatten)]
     connect: crate::registry::ConnectArgs,
     /// Image: a name, tag or ID from the store; or a root file system directory, or
@@ -240,20 +241,20 @@ fn local_image(arg: &str) -> Result<ImageSpec> {
 /// For a store image the returned store pins its layers, so `rmi` cannot free them before the
 /// container that lists them as lowerdirs exists: keep it until then.
 fn image_spec(root: &Path, a: &CreateArgs) -> Result<(ImageSpec, Option<Store>)> {
-    use crate::registry::PullWhen;
+    use crate::registry::RunPull;
     let arg = a.image.as_str();
     if arg.contains('/') && Path::new(arg.split(',').next().unwrap_or(arg)).is_dir() {
         return Ok((local_image(arg)?, None));
     }
     let store = Store::open(root)?;
     let img = match (a.pull, store.resolve_pinned(arg)) {
-        (PullWhen::Always, _) => {
-            let id = crate::registry::pull_for(root, arg, &a.connect)?;
+        (RunPull::Always, _) => {
+            let id = crate::registry::pull_for(root, arg, &a.connect, false)?;
             store.resolve_pinned(&id)?
         }
-        (PullWhen::Missing, Err(strata::image::Error::NoSuchImage(_))) => {
+        (pull @ (RunPull::Missing | RunPull::Lazy), Err(strata::image::Error::NoSuchImage(_))) => {
             eprintln!("Unable to find image '{arg}' in the store");
-            let id = crate::registry::pull_for(root, arg, &a.connect)?;
+            let id = crate::registry::pull_for(root, arg, &a.connect, pull == RunPull::Lazy)?;
             store.resolve_pinned(&id)?
         }
         (_, r) => r?,

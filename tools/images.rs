@@ -158,7 +158,7 @@ pub fn inspect(root: &Path, key: &str) -> Result<serde_json::Value> {
         "Id": img.id.as_str(),
         "RepoTags": img.tags,
         "Digest": img.manifest_digest.as_str(),
-        "Layers": store.layer_dirs(&img)?.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "Layers": image::lazy::lower_dirs(&store, &img)?.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "Manifest": img.manifest,
         "Config": img.config,
     }))
@@ -310,10 +310,12 @@ fn rmi(root: &Path, store: &Store, keys: &[String], force: bool) -> Result<i32> 
     })?;
     strata::build::cache::prune(store);
     tracing::info!(
-        "freed {} blobs ({} bytes) and {} layers",
+        "freed {} blobs and {} cached chunks ({} bytes), {} layers and {} lazy layers",
         stats.blobs,
+        stats.chunks,
         stats.bytes,
-        stats.layers
+        stats.layers,
+        stats.lazy
     );
     Ok(if failed { crate::FAILED } else { 0 })
 }

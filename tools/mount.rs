@@ -78,7 +78,8 @@ fn mount(root: &Path, source: &str, mountpoint: Option<&Path>) -> Result<i32> {
             name: source.to_string(),
             image: img.id.to_string(),
             container: None,
-            lower_dirs: store.layer_dirs(&img)?,
+            // A layer pulled lazily is its lazy directory (mounted with `lazy=`).
+            lower_dirs: strata::image::lazy::lower_dirs(&store, &img)?,
         },
         Err(image::Error::NoSuchImage(_)) | Err(image::Error::BadReference(_)) => {
             let c = Container::open(root, source)

@@ -53,7 +53,9 @@ pub struct PullArgs {
     #[arg(long, default_value_t = 3)]
     pub jobs: usize,
     /// Fetch only the TOCs of eStargz layers: containers start at once and read each file
-    /// from the registry on first use (other layers are pulled in full).
+    /// from the registry on first use (other layers are pulled in full). A later pull
+    /// without --lazy makes the image ordinary (complete lazy layers are checked against
+    /// their blobs and kept; the others are pulled in full).
     #[arg(long)]
     pub lazy: bool,
     #[command(flatten)]
@@ -378,6 +380,22 @@ pub enum PullWhen {
     Never,
 }
 
+/// `--pull` of run and create: [`PullWhen`], or a lazy pull.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RunPull {
+    /// Only if the store does not have it.
+    #[default]
+    Missing,
+    /// Every time (a moved tag is followed).
+    Always,
+    /// Never.
+    Never,
+    /// Only if the store does not have it, and then lazily (as `pull --lazy`: the TOCs of
+    /// eStargz layers only, their files fetched as the container reads them; other layers
+    /// in full).
+    Lazy,
+}
+
 impl From<PullWhen> for strata::build::PullPolicy {
     fn from(p: PullWhen) -> Self {
         match p {
@@ -389,8 +407,8 @@ impl From<PullWhen> for strata::build::PullPolicy {
 }
 
 /// Pull `reference` into the store at `root` for a verb that needs it (run, create, build),
-/// progress on stderr; the image ID.
-pub fn pull_for(root: &Path, reference: &str, connect: &ConnectArgs) -> Result<String> {
+/// progress on stderr; the image ID. `lazy`: as `pull --lazy`.
+pub fn pull_for(root: &Path, reference: &str, connect: &ConnectArgs, lazy: bool) -> Result<String> {
     let r = Reference::parse(reference)?;
     let store = Store::open(root)?;
     let shown = Shown::new(false);
@@ -399,9 +417,12 @@ pub fn pull_for(root: &Path, reference: &str, connect: &ConnectArgs) -> Result<S
         platform: None,
         jobs: 3,
         client: connect.options(),
-        lazy: false,
+        lazy,
     };
     let pulled = pull::pull(&store, &r, &opts, &shown).with_context(|| format!("pull {r}"))?;
+    if pulled.lazy > 0 {
+        shown.say(&format!("{} layer(s) lazy (TOC only)", pulled.lazy));
+    }
     shown.say(&format!("Digest: {}", pulled.digest));
     Ok(pulled.image.id.to_string())
 }
@@ -410,6 +431,6 @@ pub fn pull_for(root: &Path, reference: &str, connect: &ConnectArgs) -> Result<S
 pub fn puller(root: &Path, connect: &ConnectArgs) -> strata::build::Puller {
     let (root, connect) = (root.to_path_buf(), connect.clone());
     strata::build::Puller(std::sync::Arc::new(move |reference: &str| {
-        pull_for(&root, reference, &connect).map_err(|e| format!("{e:#}"))
+        pull_for(&root, reference, &connect, false).map_err(|e| format!("{e:#}"))
     }))
 }

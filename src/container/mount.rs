@@ -67,6 +67,10 @@ fn mount_union(lower: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Path) 
             ));
         }
         opts.push_str(&format!(",lazy={}", lowerdir_arg(&lazy)));
+        // STRATA_LAZY_FETCH=off: fetch only what the container reads (no background fetch).
+        if std::env::var("STRATA_LAZY_FETCH").as_deref() == Ok("off") {
+            opts.push_str(",lazyfetch=off");
+        }
     }
     let mut cmd = if overlay {
         let mut c = Command::new("mount");

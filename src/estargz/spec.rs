@@ -40,6 +40,10 @@ pub struct RemoteBlob {
     /// Extra CA certificates (`--cert-dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_dir: Option<PathBuf>,
+    /// The auth file the pull found the registry's credentials in, for a daemon whose
+    /// environment does not lead to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_file: Option<PathBuf>,
 }
 
 impl LazySpec {

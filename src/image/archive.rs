@@ -79,6 +79,11 @@ pub fn save(store: &Store, images: &[(Image, Option<String>)], out: &Path) -> Re
             blobs.insert(img.id.clone(), ());
             let layers = img.layers()?;
             for l in &layers {
+                if !store.blobs().path(&l.digest).is_file()
+                    && super::lazy::existing(store, l).is_some()
+                {
+                    return Err(Error::PulledLazily(l.digest.clone()));
+                }
                 blobs.insert(l.digest.clone(), ());
             }
             docker.push(DockerManifest {

@@ -126,12 +126,19 @@ pub fn build_dir(
         )
         .map_err(io)?;
         format::keeping_caps(fd.as_fd(), || rfs::ftruncate(&fd, node.size)).map_err(io)?;
-        rfs::fsetxattr(
-            &fd,
-            opts.xattrs.lazy(),
-            path.as_bytes(),
-            rfs::XattrFlags::empty(),
-        )
+        let mark = |ns: format::XattrNamespace| {
+            rfs::fsetxattr(&fd, ns.lazy(), path.as_bytes(), rfs::XattrFlags::empty())
+        };
+        match mark(opts.xattrs) {
+            // Root of a user namespace (a rootless store with subordinate ids) may not write
+            // trusted xattrs: the user namespace's mark, which stratafs reads as well.
+            Err(rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP)
+                if matches!(opts.xattrs, format::XattrNamespace::Trusted) =>
+            {
+                mark(format::XattrNamespace::User)
+            }
+            r => r,
+        }
         .map_err(io)?;
         let t = rfs::Timespec {
             tv_sec: node.mtime,
@@ -173,7 +180,38 @@ fn toc_of(layer: &LayerDesc) -> Result<Sha256Digest> {
 /// The spec file of `layer`'s lazy directory, if it has one.
 pub fn existing(store: &Store, layer: &LayerDesc) -> Option<PathBuf> {
     let spec = home_of(store, &toc_of(layer).ok()?).join("spec.json");
-    spec.is_file().then_some(spec)
+    (spec.is_file() && spec.with_file_name("root").is_dir()).then_some(spec)
+}
+
+/// [`existing`], pinned for this process (garbage collection keeps it while it lives).
+pub fn pin_existing(store: &Store, layer: &LayerDesc) -> Result<Option<PathBuf>> {
+    let Ok(toc) = toc_of(layer) else {
+        return Ok(None);
+    };
+    store.pins().locked(|p| {
+        let Some(spec) = existing(store, layer) else {
+            return Ok(None);
+        };
+        p.lazy(toc.hex())?;
+        Ok(Some(spec))
+    })
+}
+
+/// The hex digests of the chunks the lazy layer in `home` (`lazy/HEX/`) may cache, from its
+/// TOC as the store has it (the kept tail or the local blob), checked against its digest;
+/// `None` when the store cannot tell (no kept TOC, or a bad one).
+pub fn chunk_digests(home: &Path) -> Option<std::collections::HashSet<String>> {
+    let spec = crate::estargz::LazySpec::read(&home.join("spec.json")).ok()?;
+    let toc = Sha256Digest::parse(&spec.toc).ok()?;
+    let source = super::lazy_toc::local_source(&spec).ok()?;
+    let r = reader::Reader::open(source, Some(&toc)).ok()?;
+    Some(
+        r.index()
+            .all_chunks()
+            .into_iter()
+            .map(|c| c.digest.hex().to_string())
+            .collect(),
+    )
 }
 
 /// [`prepare`] with the blob read from `source` (a local file at `blob`, or the registry
@@ -190,14 +228,22 @@ pub fn prepare_from(
     private::create(&base).map_err(io_err("create the lazy layer directory"))?;
     let home = home_of(store, &toc);
     let spec_path = home.join("spec.json");
-    if spec_path.is_file() {
-        return Ok(spec_path);
+    if let Some(spec) = pin_existing(store, layer)? {
+        return Ok(spec);
     }
     store.chunk_cache()?; // the cache directory, made private
     let tmp = store.temp_dir("lazy")?;
     let dir = tmp.path().join("root");
     std::fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-    build_dir(source, &toc, &dir, UnpackOptions::for_current_user())?;
+    // The footer and TOC read to make the directory are kept (see [`super::lazy_toc`]), so
+    // later opens of the layer need not read them from the registry again.
+    let recording = super::lazy_toc::Recording::new(source);
+    build_dir(&recording, &toc, &dir, UnpackOptions::for_current_user())?;
+    if remote.is_some() {
+        if let Some(tail) = recording.tail() {
+            super::lazy_toc::keep(tmp.path(), &tail)?;
+        }
+    }
     let spec = crate::estargz::LazySpec {
         dir: home.join("root"),
         blob,
@@ -210,11 +256,17 @@ pub fn prepare_from(
         source: e,
     })?;
     super::layout::write_atomic(&tmp.path().join("spec.json"), &json)?;
-    match std::fs::rename(tmp.path(), &home) {
-        Ok(()) => std::mem::forget(tmp),
-        // Made by another process meanwhile.
-        Err(_) if spec_path.is_file() => {}
-        Err(e) => return Err(io_err(format!("rename to {}", home.display()))(e)),
+    store.pins().locked(|p| {
+        match std::fs::rename(tmp.path(), &home) {
+            Ok(()) => {}
+            // Made by another process meanwhile.
+            Err(_) if spec_path.is_file() => {}
+            Err(e) => return Err(io_err(format!("rename to {}", home.display()))(e)),
+        }
+        p.lazy(toc.hex())
+    })?;
+    if !tmp.path().exists() {
+        std::mem::forget(tmp);
     }
     Ok(spec_path)
 }
@@ -230,7 +282,7 @@ pub fn lower_dirs(store: &Store, image: &super::Image) -> Result<Vec<PathBuf>> {
             continue;
         }
         if !store.blobs().path(&layer.digest).is_file() {
-            if let Some(spec) = existing(store, &layer) {
+            if let Some(spec) = pin_existing(store, &layer)? {
                 out.push(spec.with_file_name("root"));
                 continue;
             }
@@ -322,4 +374,79 @@ pub fn local_share(store: &Store, image: &super::Image) -> Result<Option<(u64, u
         s.1 += total;
     }
     Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estargz::writer::tests::sample_tar;
+    use crate::estargz::writer::{convert, Options};
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with(super::super::pins::TEMP_PREFIX))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn gc_keeps_a_pinned_lazy_layer_and_its_chunks_and_frees_them_after() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = sample_tar();
+        let mut blob = Vec::new();
+        let w = convert(|| Ok(&tar[..]), &mut blob, &Options::default()).unwrap();
+        // A writer's session: the blob and the lazy layer it makes are pinned.
+        let a = Store::open(t.path()).unwrap();
+        let digest = a.blobs().put(&blob).unwrap();
+        let layer = LayerDesc {
+            digest,
+            diff_id: super::super::Digest::of(b"not checked here"),
+            size: blob.len() as u64,
+            media_type: super::super::store::LAYER_TAR.into(),
+            annotations: [(
+                crate::estargz::TOC_DIGEST_ANNOTATION.to_string(),
+                w.toc_digest.to_string(),
+            )]
+            .into(),
+        };
+        let spec = prepare(&a, &layer).unwrap();
+        let home = spec.parent().unwrap().to_path_buf();
+        // Cached chunks: those of its TOC, and one no layer lists.
+        let cache = a.chunk_cache().unwrap();
+        let chunks = chunk_digests(&home).expect("the TOC is readable");
+        assert!(!chunks.is_empty());
+        for c in &chunks {
+            std::fs::write(t.path().join("chunks/sha256").join(c), b"x").unwrap();
+        }
+        let stray = "0".repeat(64);
+        std::fs::write(t.path().join("chunks/sha256").join(&stray), b"x").unwrap();
+        drop(cache);
+
+        // Collection by another process while the writer lives: the lazy layer and its
+        // chunks stay, the stray chunk goes.
+        let b = Store::open(t.path()).unwrap();
+        let stats = b.gc(|| Ok(Vec::new())).unwrap();
+        assert_eq!((stats.lazy, stats.chunks), (0, 1));
+        assert!(spec.is_file());
+        let mut want: Vec<String> = chunks.iter().cloned().collect();
+        want.sort();
+        assert_eq!(names(&t.path().join("chunks/sha256")), want);
+        // A container listing the lazy directory keeps it too.
+        drop(a);
+        let stats = b.gc(|| Ok(vec![home.join("root")])).unwrap();
+        assert_eq!((stats.lazy, stats.chunks), (0, 0));
+        // Then nothing needs it: the directory, its chunks and the blob go.
+        let stats = b.gc(|| Ok(Vec::new())).unwrap();
+        assert_eq!(stats.lazy, 1);
+        assert_eq!(stats.chunks as usize, chunks.len());
+        assert_eq!(names(&t.path().join("lazy")), Vec::<String>::new());
+        assert_eq!(names(&t.path().join("chunks/sha256")), Vec::<String>::new());
+        assert_eq!(names(&t.path().join("blobs/sha256")), Vec::<String>::new());
+    }
 }

@@ -12,6 +12,8 @@ pub mod extract;
 pub mod import;
 pub mod layout;
 pub mod lazy;
+pub mod lazy_adopt;
+pub mod lazy_toc;
 pub mod lock;
 pub mod pack;
 pub mod pins;
@@ -92,6 +94,9 @@ pub enum Error {
         /// The underlying error.
         source: crate::estargz::Error,
     },
+    /// A layer pulled lazily, whose blob is still in the registry, where its bytes are needed.
+    #[error("layer {0} was pulled lazily: its blob is in the registry, not in the store (`strata pull` the image without --lazy to fetch it)")]
+    PulledLazily(Digest),
     /// Anything else the user asked that cannot be done.
     #[error("{0}")]
     Invalid(String),

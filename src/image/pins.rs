@@ -112,6 +112,11 @@ impl Pinner<'_> {
         self.add(format!("layer {}", diff_id.hex()))
     }
 
+    /// Keep the lazy layer of TOC digest hex `toc` (`lazy/HEX/`) until this session ends.
+    pub fn lazy(&mut self, toc: &str) -> Result<()> {
+        self.add(format!("lazy {toc}"))
+    }
+
     fn add(&mut self, line: String) -> Result<()> {
         if self.session.pinned.contains(&line) {
             return Ok(());
@@ -173,6 +178,8 @@ pub struct Live {
     pub blobs: HashSet<String>,
     /// Hex diff IDs of pinned extracted layers.
     pub layers: HashSet<String>,
+    /// Hex TOC digests of pinned lazy layers.
+    pub lazy: HashSet<String>,
 }
 
 impl Live {
@@ -212,6 +219,7 @@ pub fn scan(root: &Path) -> Result<Live> {
             match line.split_once(' ') {
                 Some(("blob", hex)) => live.blobs.insert(hex.to_string()),
                 Some(("layer", hex)) => live.layers.insert(hex.to_string()),
+                Some(("lazy", hex)) => live.lazy.insert(hex.to_string()),
                 _ => continue,
             };
         }
@@ -233,6 +241,7 @@ mod tests {
             .locked(|p| {
                 p.blob(&d)?;
                 p.layer(&d)?;
+                p.lazy(d.hex())?;
                 p.blob(&d)?;
                 Ok(p.temp_name("step"))
             })
@@ -242,6 +251,7 @@ mod tests {
         let live = b.locked(|_| scan(t.path())).unwrap();
         assert_eq!(live.sessions.len(), 2, "a's session and b's own");
         assert!(live.blobs.contains(d.hex()) && live.layers.contains(d.hex()));
+        assert!(live.lazy.contains(d.hex()));
         assert!(live.owns(&tmp), "{tmp}");
         assert!(
             !live.owns(".tmp-1234-0123456789abcdef"),

@@ -193,6 +193,11 @@ impl Store {
         &self.root
     }
 
+    /// This process's session (what it pins, garbage collection keeps).
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
     /// The blob directory.
     pub fn blobs(&self) -> &Blobs {
         &self.blobs
@@ -473,7 +478,12 @@ impl Store {
         if let Some(dest) = self.pin_extracted(layer)? {
             return Ok(dest);
         }
-        let blob = self.blobs.open_blob(&layer.digest)?;
+        let blob = match self.blobs.open_blob(&layer.digest) {
+            Err(Error::MissingBlob(d)) if super::lazy::existing(self, layer).is_some() => {
+                return Err(Error::PulledLazily(d))
+            }
+            r => r?,
+        };
         // A corrupt blob mostly shows as a broken gzip or tar stream long before its end,
         // where the digest is checked: the stream below names the real cause.
         self.extract_stream(layer, blob, |_| Ok(())).map_err(|e| {
@@ -621,12 +631,30 @@ impl Store {
             let keep: HashSet<PathBuf> = keep()?.into_iter().collect();
             let mut live_blobs = std::mem::take(&mut live.blobs);
             let mut live_layers = std::mem::take(&mut live.layers);
+            let mut live_lazy = std::mem::take(&mut live.lazy);
+            // A container that lists a lazy layer made ordinary since (its path a link to the
+            // extracted layer, see `lazy_adopt`) keeps that layer.
+            for p in &keep {
+                let in_lazy = p.parent().and_then(Path::parent) == Some(&self.root.join("lazy"));
+                if let (true, Ok(target)) = (in_lazy, fs::read_link(p)) {
+                    if let Some(name) = target.file_name() {
+                        live_layers.insert(name.to_string_lossy().into_owned());
+                    }
+                }
+            }
             for img in images {
                 live_blobs.insert(img.manifest_digest.hex().to_string());
                 live_blobs.insert(img.id.hex().to_string());
                 for l in img.layers()? {
                     live_blobs.insert(l.digest.hex().to_string());
                     live_layers.insert(l.diff_id.hex().to_string());
+                    // Its lazy directory, unless the layer is extracted (then that is used).
+                    if let Some(toc) = l.toc_digest() {
+                        if !layers.join("sha256").join(l.diff_id.hex()).is_dir() {
+                            let hex = toc.strip_prefix("sha256:").unwrap_or(toc);
+                            live_lazy.insert(hex.to_string());
+                        }
+                    }
                 }
             }
             let (blobs, temps) = self.blobs.list()?;
@@ -677,6 +705,55 @@ impl Store {
                     stats.layers += 1;
                 }
             }
+            // Lazy layers no image, container or session needs, and the chunks that only
+            // they could use.
+            let lazy_dir = self.root.join("lazy");
+            let mut chunks = Some(HashSet::new());
+            if let Ok(rd) = fs::read_dir(&lazy_dir) {
+                for e in rd {
+                    let e = e.map_err(io_err("list lazy layers"))?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let home = e.path();
+                    if name.starts_with(TEMP_PREFIX) {
+                        if !live.owns(&name) {
+                            set_aside(&home, &lazy_dir);
+                        }
+                        continue;
+                    }
+                    let used = live_lazy.contains(&name) || keep.contains(&home.join("root"));
+                    if !used && set_aside(&home, &lazy_dir) {
+                        stats.lazy += 1;
+                        continue;
+                    }
+                    match (super::lazy::chunk_digests(&home), chunks.as_mut()) {
+                        (Some(mine), Some(all)) => all.extend(mine),
+                        (None, Some(_)) => {
+                            tracing::info!(
+                                "garbage collection: no TOC kept for {}: the chunk cache is kept",
+                                home.display()
+                            );
+                            chunks = None;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(live_chunks) = chunks {
+                let cache = self.root.join("chunks/sha256");
+                if let Ok(rd) = fs::read_dir(&cache) {
+                    for e in rd.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let is_chunk =
+                            name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+                        if is_chunk && !live_chunks.contains(&name) {
+                            stats.bytes += e.metadata().map_or(0, |m| m.len());
+                            if fs::remove_file(e.path()).is_ok() {
+                                stats.chunks += 1;
+                            }
+                        }
+                    }
+                }
+            }
             for dir in [&layers, &self.root.join("tmp")] {
                 for e in fs::read_dir(dir).map_err(io_err("list temp dirs"))? {
                     let e = e.map_err(io_err("list temp dirs"))?;
@@ -708,6 +785,10 @@ pub struct GcStats {
     pub bytes: u64,
     /// Extracted layers deleted.
     pub layers: u64,
+    /// Lazy layer directories deleted.
+    pub lazy: u64,
+    /// Cached chunks deleted (their bytes are in `bytes`).
+    pub chunks: u64,
 }
 
 /// A descriptor for the store's own blobs.

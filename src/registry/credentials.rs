@@ -108,36 +108,57 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 /// or helper has some.
 pub fn lookup(registry: &str) -> Result<Option<Credentials>> {
     for f in lookup_files() {
-        let Some(doc) = read_json(&f)? else { continue };
-        if let Some(helper) = doc
-            .get("credHelpers")
-            .and_then(|h| h.as_object())
-            .and_then(|h| {
-                h.iter()
-                    .find(|(k, _)| registry_host(k).ok().as_deref() == Some(registry))
-            })
-            .and_then(|(_, v)| v.as_str())
-        {
-            return helper_get(helper, registry);
+        if let Some(c) = lookup_in(&f, registry)? {
+            return Ok(Some(c));
         }
-        if let Some(auths) = doc.get("auths").and_then(|a| a.as_object()) {
-            for (k, v) in auths {
-                if registry_host(k).ok().as_deref() != Some(registry) {
-                    continue;
-                }
-                if let Some(c) = v
-                    .get("auth")
-                    .and_then(|a| a.as_str())
-                    .and_then(Credentials::decode)
-                {
-                    return Ok(Some(c));
-                }
+    }
+    Ok(None)
+}
+
+/// The auth file that [`lookup`] takes `registry`'s credentials from (a lazy layer's spec
+/// records it, so its daemon finds them whatever its environment).
+pub fn file_for(registry: &str) -> Result<Option<PathBuf>> {
+    for f in lookup_files() {
+        if lookup_in(&f, registry)?.is_some() {
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
+}
+
+/// The credentials auth file `file` holds (or names a helper for) for `registry`.
+pub fn lookup_in(file: &Path, registry: &str) -> Result<Option<Credentials>> {
+    let Some(doc) = read_json(file)? else {
+        return Ok(None);
+    };
+    if let Some(helper) = doc
+        .get("credHelpers")
+        .and_then(|h| h.as_object())
+        .and_then(|h| {
+            h.iter()
+                .find(|(k, _)| registry_host(k).ok().as_deref() == Some(registry))
+        })
+        .and_then(|(_, v)| v.as_str())
+    {
+        return helper_get(helper, registry);
+    }
+    if let Some(auths) = doc.get("auths").and_then(|a| a.as_object()) {
+        for (k, v) in auths {
+            if registry_host(k).ok().as_deref() != Some(registry) {
+                continue;
             }
-        }
-        if let Some(store) = doc.get("credsStore").and_then(|s| s.as_str()) {
-            if let Some(c) = helper_get(store, registry)? {
+            if let Some(c) = v
+                .get("auth")
+                .and_then(|a| a.as_str())
+                .and_then(Credentials::decode)
+            {
                 return Ok(Some(c));
             }
+        }
+    }
+    if let Some(store) = doc.get("credsStore").and_then(|s| s.as_str()) {
+        if let Some(c) = helper_get(store, registry)? {
+            return Ok(Some(c));
         }
     }
     Ok(None)

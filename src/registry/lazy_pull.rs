@@ -14,7 +14,8 @@ use crate::estargz::RemoteBlob;
 use crate::image::{LayerDesc, Store};
 
 /// Whether `layer` is to be pulled lazily: it has a TOC and neither its extracted directory
-/// nor its blob is here (those are used as they are).
+/// nor its blob is here (those are used as they are). A lazy directory already here is
+/// used as it is, complete or not (a pull without `--lazy` makes it an ordinary layer).
 pub fn wanted(store: &Store, layer: &LayerDesc) -> Result<bool> {
     Ok(layer.toc_digest().is_some()
         && store.pin_extracted(layer)?.is_none()
@@ -30,7 +31,7 @@ pub fn prepare(
     layer: &LayerDesc,
     opts: &Options,
 ) -> Result<PathBuf> {
-    if let Some(spec) = crate::image::lazy::existing(store, layer) {
+    if let Some(spec) = crate::image::lazy::pin_existing(store, layer)? {
         return Ok(spec);
     }
     let remote = RemoteBlob {
@@ -41,6 +42,7 @@ pub fn prepare(
         size: layer.size,
         tls_verify: opts.tls_verify,
         cert_dir: opts.cert_dir.clone(),
+        auth_file: super::credentials::file_for(&r.registry)?,
     };
     let source = RegistryBlob::with_client(remote.clone(), client.clone());
     Ok(crate::image::lazy::prepare_from(
@@ -50,6 +52,48 @@ pub fn prepare(
         PathBuf::new(),
         Some(remote),
     )?)
+}
+
+/// The source of a lazy layer's blob as stratafs (and strata, to read a file before the mount
+/// exists) opens it: the local blob file, or the registry blob with the TOC the store kept
+/// (see [`crate::image::lazy_toc`]) and the credentials of the auth files, or else of the
+/// auth file the pull recorded.
+pub fn blob_source(
+    spec: &crate::estargz::LazySpec,
+) -> std::io::Result<Box<dyn crate::estargz::BlobSource>> {
+    let Some(remote) = &spec.remote else {
+        return Ok(Box::new(crate::estargz::FileSource::open(&spec.blob)?));
+    };
+    let found = super::credentials::lookup(&remote.registry)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let source: Box<dyn crate::estargz::BlobSource> = match (&found, &remote.auth_file) {
+        (None, Some(file)) => {
+            let creds = super::credentials::lookup_in(file, &remote.registry)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if creds.is_none() {
+                tracing::warn!(
+                    "no credentials for {} in {} (recorded by the pull) or the auth files",
+                    remote.registry,
+                    file.display()
+                );
+            }
+            let opts = Options {
+                tls_verify: remote.tls_verify,
+                cert_dir: remote.cert_dir.clone(),
+                credentials: creds,
+            };
+            Box::new(RegistryBlob::with_options(remote.clone(), opts))
+        }
+        _ => Box::new(RegistryBlob::with_options(
+            remote.clone(),
+            Options {
+                tls_verify: remote.tls_verify,
+                cert_dir: remote.cert_dir.clone(),
+                credentials: found,
+            },
+        )),
+    };
+    Ok(crate::image::lazy_toc::source_for(spec, source))
 }
 
 /// The bytes of file `rel` of lower directory `dir` if it is a lazy layer's file still
@@ -70,7 +114,7 @@ pub fn read_file(dir: &std::path::Path, rel: &str) -> Result<Option<Vec<u8>>> {
     let bad = |e: String| super::Error::Invalid(format!("lazy file {}: {e}", path.display()));
     let spec = crate::estargz::LazySpec::read(&spec_path).map_err(bad)?;
     let toc = crate::estargz::Sha256Digest::parse(&spec.toc).map_err(|e| bad(e.to_string()))?;
-    let source = super::blob_source::for_spec(&spec).map_err(|e| bad(e.to_string()))?;
+    let source = blob_source(&spec).map_err(|e| bad(e.to_string()))?;
     let reader =
         crate::estargz::Reader::open(source, Some(&toc)).map_err(|e| bad(e.to_string()))?;
     let cache =

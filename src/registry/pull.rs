@@ -156,11 +156,27 @@ pub fn pull_with(
             full.push(l);
         }
     }
-    let fetched = fetch_layers(client, store, r, &full, opts.jobs.max(1), progress)?;
-    for l in &lazy {
-        super::lazy_pull::prepare(client, store, r, l, &opts.client)?;
-        progress.note(&format!("{}: TOC only (lazy)", l.digest.short()));
+    // A layer whose TOC cannot be used (a malformed or wrong digest, a blob that is not
+    // eStargz after all) is pulled in full instead: that path checks the blob and its diff
+    // ID as for any layer.
+    let mut made_lazy = 0;
+    for l in lazy {
+        match super::lazy_pull::prepare(client, store, r, &l, &opts.client) {
+            Ok(_) => {
+                made_lazy += 1;
+                progress.note(&format!("{}: TOC only (lazy)", l.digest.short()));
+            }
+            Err(_) if interrupted() => return Err(Error::Interrupted),
+            Err(e) => {
+                progress.note(&format!(
+                    "{}: not usable lazily ({e}): pulling it in full",
+                    l.digest.short()
+                ));
+                full.push(l);
+            }
+        }
     }
+    let fetched = fetch_layers(client, store, r, &full, opts.jobs.max(1), progress)?;
 
     // Every part is in place and pinned: now the manifest, then the index entry.
     let stored = store.blobs().put(&chosen.bytes)?;
@@ -177,7 +193,7 @@ pub fn pull_with(
         digest: top.digest,
         tag,
         fetched,
-        lazy: lazy.len(),
+        lazy: made_lazy,
     })
 }
 
@@ -273,9 +289,20 @@ fn one_layer(
         progress.done(&layer.digest, Done::Present);
         return Ok(false);
     }
+    let then = if layer_here {
+        Then::KeepBlob
+    } else if crate::image::lazy_adopt::ready(store, layer) {
+        progress.note(&format!(
+            "{}: lazy layer complete: checking it against its blob",
+            layer.digest.short()
+        ));
+        Then::Adopt
+    } else {
+        Then::Extract
+    };
     let mut attempt = 0;
     loop {
-        match download(client, store, r, layer, !layer_here, progress) {
+        match download(client, store, r, layer, then, progress) {
             Err(Error::Transport { .. }) if interrupted() => return Err(Error::Interrupted),
             Err(e @ Error::Transport { .. }) if attempt < RETRIES => {
                 attempt += 1;
@@ -327,23 +354,35 @@ impl Read for Tee<'_> {
     }
 }
 
-/// Download the blob of `layer`, resuming its partial file, and (if `extract`) extract it
-/// on the way.
+/// What a downloaded layer blob is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Extract it on the way.
+    Extract,
+    /// The layer is extracted already (its blob was freed): the blob alone, checked.
+    KeepBlob,
+    /// The layer's lazy directory is complete: check the blob against it and make it the
+    /// extracted layer (see [`crate::image::lazy_adopt`]).
+    Adopt,
+}
+
+/// Download the blob of `layer`, resuming its partial file, and do with it what `then` says.
 fn download(
     client: &Client,
     store: &Store,
     r: &Reference,
     layer: &LayerDesc,
-    extract: bool,
+    then: Then,
     progress: &dyn Progress,
 ) -> Result<()> {
+    let extract = then == Then::Extract;
     let d = &layer.digest;
     let what = format!("{r}: get blob {d}");
     let partial = store.blobs().partial(d)?;
     // Another process may have finished it while this one waited for the partial file.
     if store.blobs().pin_existing(d)? {
         partial.discard();
-        if extract {
+        if then != Then::KeepBlob {
             store.extracted(layer)?;
         }
         return Ok(());
@@ -389,7 +428,15 @@ fn download(
         net_error: &net_error,
     };
     let mut slot = Some(partial);
-    let result = if extract {
+    let result = if then == Then::Adopt {
+        crate::image::lazy_adopt::adopt_stream(store, layer, tee, |found| {
+            debug_assert_eq!(found, d);
+            store
+                .blobs()
+                .commit_partial(slot.take().expect("committed once"), d)
+        })
+        .map(|_| ())
+    } else if extract {
         store
             .extract_stream(layer, tee, |found| {
                 debug_assert_eq!(found, d);

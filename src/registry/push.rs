@@ -177,6 +177,11 @@ fn push_blob(
     let upload = location(client, &what, &resp)?;
     progress.start(d, b.size, 0);
     let path = store.blobs().path(d);
+    if !path.is_file() {
+        // Not in the store: its layer was pulled lazily (its source registry, if this one,
+        // would have mounted it above).
+        return Err(crate::image::Error::PulledLazily(d.clone()).into());
+    }
     let open = || File::open(&path).map_err(super::io_err(format!("open blob {d}")));
     match upload_chunks(client, &scope, &what, &upload, open()?, b, progress)? {
         Some(()) => Ok(Done::Transferred),
