@@ -58,6 +58,16 @@ pub fn unshare_user_and_mount() -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// Let `SIGPIPE` end the process (the Rust runtime ignores it, so a write to a closed pipe
+/// is an error that `println!` turns into a panic).
+pub fn default_sigpipe() {
+    // SAFETY: setting the default disposition of a signal installs no handler and touches no
+    // memory; it only changes what a later SIGPIPE does to the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Move the calling thread into a new network namespace (a container's, which is then kept
 /// by a bind mount of `/proc/thread-self/ns/net`; see `container::network::netns`).
 pub fn unshare_network() -> io::Result<()> {

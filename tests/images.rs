@@ -1114,3 +1114,41 @@ write(dock, {"manifest.json"}, docker_edit)
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(e.tags(&store3).is_empty());
 }
+
+/// A listing verb whose reader has gone (`strata images | head -0`) ends by SIGPIPE, as
+/// other command-line tools do, not with a panic about a failed print.
+#[test]
+fn listing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    need_root!();
+    let e = Env::new();
+    let rootfs = e.rootfs("rootfs", "hi\n");
+    e.import(&rootfs, "piped:1");
+    for args in [&["images"][..], &["history", "piped:1"], &["ps", "-a"]] {
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        drop(read);
+        let mut c = e.command_in(&e.store(), None, args);
+        c.stdout(std::process::Stdio::from(write));
+        let err = e.path("stderr");
+        c.stderr(std::fs::File::create(&err).unwrap());
+        let mut child = c.spawn().unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if start.elapsed() > COMMAND_DEADLINE {
+                let _ = child.kill();
+                panic!("{args:?} into a closed pipe did not end");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = std::fs::read_to_string(&err).unwrap();
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {status:?} {stderr}"
+        );
+    }
+}

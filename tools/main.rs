@@ -55,6 +55,13 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if only_reports(&cli.command) {
+        // A verb that only prints, whose reader goes away (`strata inspect X | head`), ends
+        // quietly as other command-line tools do instead of panicking on the failed print.
+        // Verbs that hold mounts, pins or containers keep ignoring SIGPIPE: they fail and
+        // clean up as on any other error.
+        strata::sys::default_sigpipe();
+    }
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -103,6 +110,22 @@ fn main() {
         report(&e);
         FAILED
     }))
+}
+
+/// The verbs that read and print, holding nothing that a sudden end would leave behind.
+fn only_reports(command: &Command) -> bool {
+    use containers::Cmd as C;
+    use images::Cmd as I;
+    matches!(
+        command,
+        Command::Images(I::Images { .. } | I::History { .. })
+            | Command::Containers(
+                C::Ps { .. } | C::Port { .. } | C::Logs { .. } | C::Inspect { .. } | C::Diff { .. }
+            )
+            | Command::Explore(
+                explore::Cmd::Ls { .. } | explore::Cmd::Cat { .. } | explore::Cmd::Which { .. }
+            )
+    )
 }
 
 /// The exit code when strata itself failed (docker's convention), also when a verb given
