@@ -126,6 +126,49 @@ pub fn decode_chunk(member: &[u8], chunk: &Chunk) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Decode `chunks` (in blob order, none before `start`) from `stream`, which yields the blob's
+/// bytes from offset `start`: each gzip member is read as it arrives, its chunks verified, and
+/// each given to `each` with its bytes before the next member is read. Bytes between members
+/// are read and dropped.
+pub fn stream_chunks<'c, E: From<Error>>(
+    stream: &mut dyn Read,
+    start: u64,
+    chunks: impl IntoIterator<Item = &'c Chunk>,
+    mut each: impl FnMut(&'c Chunk, Vec<u8>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut pos = start;
+    let mut member: (u64, Vec<u8>) = (u64::MAX, Vec::new());
+    for c in chunks {
+        if c.member != member.0 {
+            if c.member < pos || c.member_end < c.member {
+                return Err(Error::BadToc(format!(
+                    "the chunk at {} is out of order in the stream (at {pos})",
+                    c.member
+                ))
+                .into());
+            }
+            let what = || format!("read the blob at {}", c.member);
+            let gap = c.member - pos;
+            let skipped =
+                io::copy(&mut (&mut *stream).take(gap), &mut io::sink()).map_err(io_err(what()))?;
+            let len = c.member_end - c.member;
+            let mut buf = Vec::with_capacity(len as usize);
+            (&mut *stream)
+                .take(len)
+                .read_to_end(&mut buf)
+                .map_err(io_err(what()))?;
+            if skipped != gap || buf.len() as u64 != len {
+                return Err(io_err(what())(io::Error::from(io::ErrorKind::UnexpectedEof)).into());
+            }
+            pos = c.member_end;
+            member = (c.member, buf);
+        }
+        let data = decode_chunk(&member.1, c)?;
+        each(c, data)?;
+    }
+    Ok(())
+}
+
 impl<S: BlobSource> Reader<S> {
     /// Open the blob in `source`; with `expected`, its TOC must have that digest (the
     /// descriptor's [`super::TOC_DIGEST_ANNOTATION`]: always give it when serving a layer).
