@@ -11,7 +11,7 @@
 //! the files python reads at start-up (`-pf`). Two workloads: `python3 -c 'print(1)'`, timed
 //! from `pull` to its first output (the measure), and reading every file (`find / -xdev
 //! -type f -exec cat {} +`, which must succeed), timed to its end. Median of
-//! `$STRATA_BENCH_RUNS` (default 3). Needs root, docker-registry, busybox-static and python3.
+//! `$STRATA_BENCH_RUNS` (default 3); `$STRATA_BENCH_ONLY=WORD` runs the workloads named so. Needs root, docker-registry, busybox-static and python3.
 
 #[path = "../tests/common/registry.rs"]
 #[allow(dead_code)]
@@ -333,10 +333,15 @@ fn main() {
         ),
     ];
     println!(
-        "\n{:<18} {:<8} {:>9} {:>9} {:>11} {:>8}",
-        "workload", "pull", "median s", "to out s", "MB fetched", "vs full"
+        "\n{:<18} {:<8} {:>7} {:>9} {:>9} {:>11} {:>8}",
+        "workload", "pull", "pull s", "median s", "to out s", "MB fetched", "vs full"
     );
+    // `$STRATA_BENCH_ONLY`: only the workloads whose names hold it.
+    let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
     for (name, cmd) in workloads {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let mut full_t = 0.0;
         let modes: &[(&str, bool, &str)] = if name.starts_with("python") {
             &[
@@ -348,7 +353,8 @@ fn main() {
             &[("full", false, &img), ("lazy", true, &img)]
         };
         for &(mode, lazy, image) in modes {
-            let (mut ts, mut firsts, mut mb) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ts, mut firsts, mut mb, mut pulls) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for i in 0..runs {
                 let root = dir.join(format!("s-{mode}-{i}"));
                 let before = proxy.bytes.load(Ordering::Relaxed);
@@ -359,9 +365,17 @@ fn main() {
                 }
                 pull.push(image);
                 sh(&mut st(&root, &pull));
+                pulls.push(start.elapsed().as_secs_f64());
                 let mut run = vec!["run", "--rm", image];
                 run.extend_from_slice(cmd);
-                let (out, first) = run_first_output(&mut st(&root, &run), start);
+                let mut run = st(&root, &run);
+                // `$STRATA_BENCH_LOGS`: keep each run's messages (with `RUST_LOG` set, the
+                // daemon's too) in that directory.
+                if let Some(logs) = std::env::var_os("STRATA_BENCH_LOGS") {
+                    let f = std::fs::File::create(Path::new(&logs).join(format!("{mode}-{i}.log")));
+                    run.stderr(f.unwrap());
+                }
+                let (out, first) = run_first_output(&mut run, start);
                 ts.push(start.elapsed().as_secs_f64());
                 firsts.push(first);
                 assert_eq!(out.trim(), "1");
@@ -373,7 +387,8 @@ fn main() {
                 full_t = f;
             }
             println!(
-                "{name:<18} {mode:<8} {m:>9.2} {f:>9.2} {:>11.1} {:>7.2}x",
+                "{name:<18} {mode:<8} {:>7.2} {m:>9.2} {f:>9.2} {:>11.1} {:>7.2}x",
+                median(pulls),
                 median(mb),
                 f / full_t
             );

@@ -157,8 +157,18 @@ pub fn pull_with(
         }
     }
     let fetched = fetch_layers(client, store, r, &full, opts.jobs.max(1), progress)?;
-    for l in &lazy {
-        super::lazy_pull::prepare(client, store, r, l, &opts.client)?;
+    // The lazy layers' TOCs are read and their directories made at once, one thread each.
+    let prepared: Vec<Result<std::path::PathBuf>> = std::thread::scope(|s| {
+        let hs: Vec<_> = lazy
+            .iter()
+            .map(|l| s.spawn(move || super::lazy_pull::prepare(client, store, r, l, &opts.client)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    for (l, p) in lazy.iter().zip(prepared) {
+        p?;
         progress.note(&format!("{}: TOC only (lazy)", l.digest.short()));
     }
 

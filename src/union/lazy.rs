@@ -35,7 +35,7 @@ use crate::overlay::format::{self, XattrNamespace};
 const MARKS: [&str; 2] = [XattrNamespace::Trusted.lazy(), XattrNamespace::User.lazy()];
 
 /// How the daemon turns a spec into the source of its blob's bytes.
-pub type OpenSource<'a> = &'a dyn Fn(&LazySpec) -> Result<Box<dyn BlobSource>, String>;
+pub type OpenSource<'a> = &'a (dyn Fn(&LazySpec) -> Result<Box<dyn BlobSource>, String> + Sync);
 
 /// The source of a spec whose blob is a local file (a spec naming a registry needs a daemon
 /// that can reach one: see `stratafs`).
