@@ -13,7 +13,7 @@
 //! through a [`BlobSource`] only, which the daemon makes (see [`OpenSource`]): a local file,
 //! or the registry client's range requests. `union` knows nothing of HTTP.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -75,7 +75,20 @@ pub struct LazyLayer {
     fills: Mutex<Fills>,
     /// Signalled when a file's bytes are written or its filler gives up.
     changed: Condvar,
+    /// The regular files with data in blob order, and each one's place in it.
+    order: std::sync::OnceLock<Order>,
+    /// The place in [`LazyLayer::order`] of the last file an opener fetched, and the
+    /// readahead it fetched with it.
+    sequence: Mutex<(usize, u64)>,
 }
+
+/// The regular files with data (TOC inode, path) in blob order, and each inode's place.
+type Order = (Vec<(u32, String)>, HashMap<u32, usize>);
+
+/// Largest readahead of an opener reading the files in blob order.
+const READAHEAD: u64 = 4 << 20;
+/// The first readahead once an opener is seen reading the files in blob order.
+const READAHEAD_START: u64 = 256 << 10;
 
 /// A file claimed for filling (busy): released, and its waiters woken, on drop.
 struct Claim<'a> {
@@ -124,6 +137,8 @@ impl LazyLayer {
             root,
             fills: Mutex::new(Fills::default()),
             changed: Condvar::new(),
+            order: std::sync::OnceLock::new(),
+            sequence: Mutex::new((usize::MAX, 0)),
         })
     }
 
@@ -253,7 +268,7 @@ impl LazyLayer {
             tracing::warn!("lazy file {name:?} names {path:?}, which its TOC lacks");
             Errno::IO
         })?;
-        let claim = {
+        let mut claims = {
             let mut fills = self.fills.lock();
             loop {
                 if fills.written.contains(&ino) {
@@ -268,8 +283,59 @@ impl LazyLayer {
                 return Ok(()); // filled while we waited
             }
             let file = self.open_file(&path)?;
-            self.claim_locked(&mut fills, ino, &path, file)
+            let mut claims = vec![self.claim_locked(&mut fills, ino, &path, file)];
+            // Reading in blob order: the next files too, in the same request.
+            let (files, place) = self.order();
+            let at = place.get(&ino).copied().unwrap_or(usize::MAX);
+            let window = if at == usize::MAX {
+                0
+            } else {
+                self.readahead(at)
+            };
+            let (start, mut end) = self.span(ino);
+            let mut last = at;
+            let cached = |i: u32| {
+                let ch = &self.layer.index().node(i).chunks;
+                ch.iter().any(|c| self.layer.cache().contains(&c.digest))
+            };
+            if window > 0 && end - start <= window && !cached(ino) {
+                for (j, (next, p)) in files.iter().enumerate().skip(at + 1) {
+                    let (s2, e2) = self.span(*next);
+                    if s2 > end + GAP || e2 - start > window {
+                        break;
+                    }
+                    if fills.busy.contains(next) || fills.written.contains(next) || cached(*next) {
+                        break;
+                    }
+                    match self.open_file(p) {
+                        Ok(f) if matches!(Self::marked(f.as_fd()), Ok(Some(_))) => {
+                            claims.push(self.claim_locked(&mut fills, *next, p, f));
+                            (end, last) = (e2, j);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            if at != usize::MAX {
+                *self.sequence.lock() = (last, window);
+            }
+            claims
         };
+        if claims.len() > 1 {
+            let mut done = vec![false; claims.len()];
+            let r = self.stream_segment(&claims, &mut done, false);
+            let written: Vec<Claim<'_>> = claims
+                .into_iter()
+                .zip(&done)
+                .filter_map(|(c, d)| d.then_some(c))
+                .collect();
+            let synced = Self::sync_and_unmark(&written);
+            if let Err(e) = r.and(synced) {
+                tracing::warn!("lazy file {path:?}: {e}");
+            }
+            return if done[0] { Ok(()) } else { Err(Errno::IO) };
+        }
+        let claim = claims.pop().ok_or(Errno::IO)?;
         let chunks = self.layer.file_chunks(ino)?;
         for (c, bytes) in self.layer.index().node(ino).chunks.iter().zip(&chunks) {
             Self::write_chunk(&claim, c, bytes)?;
@@ -279,21 +345,47 @@ impl LazyLayer {
         Self::unmark(std::slice::from_ref(&claim))
     }
 
-    /// The regular files of the layer that have data (one path per inode), in blob order.
-    fn files_in_blob_order(&self) -> Vec<(u32, String)> {
-        let ix = self.layer.index();
-        let mut seen = HashSet::new();
-        let mut files: Vec<(u32, String)> = ix
-            .walk_all()
-            .into_iter()
-            .filter(|(_, ino)| {
-                let n = ix.node(*ino);
-                n.kind == NodeKind::Reg && !n.chunks.is_empty() && seen.insert(*ino)
-            })
-            .filter_map(|(p, ino)| Some((ino, p.into_string().ok()?)))
-            .collect();
-        files.sort_by_key(|(ino, _)| ix.node(*ino).chunks[0].member);
-        files
+    /// The regular files of the layer that have data (one path per inode), in blob order,
+    /// and each one's place in that order.
+    fn order(&self) -> &Order {
+        self.order.get_or_init(|| {
+            let ix = self.layer.index();
+            let mut seen = HashSet::new();
+            let mut files: Vec<(u32, String)> = ix
+                .walk_all()
+                .into_iter()
+                .filter(|(_, ino)| {
+                    let n = ix.node(*ino);
+                    n.kind == NodeKind::Reg && !n.chunks.is_empty() && seen.insert(*ino)
+                })
+                .filter_map(|(p, ino)| Some((ino, p.into_string().ok()?)))
+                .collect();
+            files.sort_by_key(|(ino, _)| ix.node(*ino).chunks[0].member);
+            let place = files
+                .iter()
+                .enumerate()
+                .map(|(i, (ino, _))| (*ino, i))
+                .collect();
+            (files, place)
+        })
+    }
+
+    /// The span of the blob holding the chunks of file `ino` (which has some).
+    fn span(&self, ino: u32) -> (u64, u64) {
+        let c = &self.layer.index().node(ino).chunks;
+        (c[0].member, c[c.len() - 1].member_end)
+    }
+
+    /// How far past the file at place `at` an opener fetches: nothing for a file read out of
+    /// order; for one that follows the last file an opener fetched (a program reading a
+    /// directory's files, or all of them), a window that doubles up to [`READAHEAD`].
+    fn readahead(&self, at: usize) -> u64 {
+        let (last, window) = *self.sequence.lock();
+        if at > last && at <= last.saturating_add(16) {
+            (window * 2).clamp(READAHEAD_START, READAHEAD)
+        } else {
+            0
+        }
     }
 
     /// Fill every file still marked, streaming the blob in order: one request per
@@ -305,17 +397,17 @@ impl LazyLayer {
     /// past it. Returns how many files are still not filled (each logged; they are on their
     /// next open).
     pub fn fill_all(&self) -> usize {
-        let files = self.files_in_blob_order();
+        let files = &self.order().0;
         let (mut i, mut tries) = (0, 0);
         while i < files.len() {
             let from = i;
-            let (seg, fetch) = self.claim_segment(&files, &mut i);
+            let (seg, fetch) = self.claim_segment(files, &mut i);
             if seg.is_empty() {
                 continue;
             }
             let mut done = vec![false; seg.len()];
             let r = if fetch {
-                self.stream_segment(&seg, &mut done)
+                self.stream_segment(&seg, &mut done, true)
             } else {
                 self.fill_from_cache(&seg, &mut done)
             };
@@ -368,10 +460,7 @@ impl LazyLayer {
         let ix = self.layer.index();
         let mut seg: Vec<Claim<'a>> = Vec::new();
         let mut fills = self.fills.lock();
-        let span = |ino: u32| {
-            let c = &ix.node(ino).chunks;
-            (c[0].member, c[c.len() - 1].member_end)
-        };
+        let span = |ino: u32| self.span(ino);
         while *i < files.len() {
             let (ino, path) = &files[*i];
             let (start, end) = span(*ino);
@@ -419,7 +508,14 @@ impl LazyLayer {
 
     /// Fetch the files `seg` claims in one streamed request; `done[k]` says which have all
     /// their bytes written (those before a failure).
-    fn stream_segment(&self, seg: &[Claim<'_>], done: &mut [bool]) -> Result<(), Failure> {
+    /// With `cache_now` false, the chunks are cached only once all are here (a failed
+    /// request caches nothing).
+    fn stream_segment(
+        &self,
+        seg: &[Claim<'_>],
+        done: &mut [bool],
+        cache_now: bool,
+    ) -> Result<(), Failure> {
         let ix = self.layer.index();
         let chunks: Vec<(usize, &Chunk)> = seg
             .iter()
@@ -435,6 +531,7 @@ impl LazyLayer {
             .open_range(first.member, last.member_end - first.member)
             .map_err(|e| what(&e))?;
         let mut n = 0;
+        let mut later = Vec::new();
         reader::stream_chunks(
             &mut stream,
             first.member,
@@ -442,13 +539,17 @@ impl LazyLayer {
             |c, bytes| {
                 let k = chunks[n].0;
                 n += 1;
-                self.layer.keep(c, &bytes);
                 let claim = &seg[k];
                 let fail = |e: Errno| crate::estargz::Error::Io {
                     what: format!("fill {}", claim.path),
                     source: std::io::Error::from_raw_os_error(e.raw_os_error()),
                 };
                 Self::write_chunk(claim, c, &bytes).map_err(fail)?;
+                if cache_now {
+                    self.layer.keep(c, &bytes);
+                } else {
+                    later.push((c, bytes));
+                }
                 if chunks.get(n).is_none_or(|(next, _)| *next != k) {
                     self.written(claim).map_err(fail)?;
                     done[k] = true;
@@ -456,7 +557,11 @@ impl LazyLayer {
                 Ok::<(), crate::estargz::Error>(())
             },
         )
-        .map_err(|e| what(&e))
+        .map_err(|e| what(&e))?;
+        for (c, bytes) in later {
+            self.layer.keep(c, &bytes);
+        }
+        Ok(())
     }
 
     /// Fill the files `seg` claims from the chunk cache.
