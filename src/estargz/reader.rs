@@ -306,6 +306,42 @@ mod tests {
     }
 
     #[test]
+    fn chunks_stream_from_one_read_skipping_gaps_and_a_short_stream_is_an_error() {
+        let (b, toc) = blob();
+        let r = Reader::open(MemSource(b.clone()), Some(&toc)).unwrap();
+        // Every other chunk, from one stream of the blob's data: the ones between are read
+        // and dropped.
+        let chunks: Vec<&Chunk> = r.index().all_chunks().into_iter().step_by(2).collect();
+        assert!(chunks.len() >= 2);
+        let start = chunks[0].member;
+        let end = chunks.last().unwrap().member_end;
+        let mut stream = &b[start as usize..end as usize];
+        let mut got = Vec::new();
+        stream_chunks(&mut stream, start, chunks.iter().copied(), |c, bytes| {
+            got.push((c.clone(), bytes));
+            Ok::<(), Error>(())
+        })
+        .unwrap();
+        assert_eq!(got.len(), chunks.len());
+        for (c, bytes) in &got {
+            assert_eq!(bytes, &r.read_chunk(c).unwrap());
+        }
+        // Cut short: the chunks before the cut arrive, then an error.
+        let mut cut = &b[start as usize..(end - 1) as usize];
+        let mut n = 0;
+        let e = stream_chunks(&mut cut, start, chunks.iter().copied(), |_, _| {
+            n += 1;
+            Ok::<(), Error>(())
+        });
+        assert!(e.is_err());
+        assert_eq!(n, chunks.len() - 1);
+        // Out of order: refused.
+        let mut whole = &b[start as usize..end as usize];
+        let backwards = [chunks[1], chunks[0]];
+        assert!(stream_chunks(&mut whole, start, backwards, |_, _| Ok::<(), Error>(())).is_err());
+    }
+
+    #[test]
     fn a_toc_with_another_digest_is_refused() {
         let (b, _) = blob();
         let other = Sha256Digest::of(b"another toc");
