@@ -52,6 +52,14 @@ pub fn local_source(spec: &LazySpec) -> Result<Box<dyn BlobSource>, String> {
 const SEGMENT: u64 = 8 << 20;
 /// Largest run of bytes of no use (entries without data) a segment reads rather than end.
 const GAP: u64 = 64 << 10;
+/// The background fetch syncs the files it wrote (and drops their marks) once this many
+/// wait, or this long after its last sync.
+const SYNC_FILES: usize = 1024;
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Requests the background fetch of a layer keeps under way at once (each its own segment):
+/// files filled by openers cut the stream into shorter requests, whose round trips then
+/// overlap.
+const STREAMS: usize = 2;
 /// Attempts at one place of the blob before the background fetch goes past it.
 const TRIES: u32 = 6;
 
@@ -77,9 +85,9 @@ pub struct LazyLayer {
     changed: Condvar,
     /// The regular files with data in blob order, and each one's place in it.
     order: std::sync::OnceLock<Order>,
-    /// The place in [`LazyLayer::order`] of the last file an opener fetched, and the
-    /// readahead it fetched with it.
-    sequence: Mutex<(usize, u64)>,
+    /// The place in [`LazyLayer::order`] of the last file an opener fetched, the readahead
+    /// it fetched with it, and its directory.
+    sequence: Mutex<(usize, u64, String)>,
 }
 
 /// The regular files with data (TOC inode, path) in blob order, and each inode's place.
@@ -106,6 +114,11 @@ impl Drop for Claim<'_> {
         self.lazy.fills.lock().busy.remove(&self.ino);
         self.lazy.changed.notify_all();
     }
+}
+
+/// The directory part of TOC path `path` (`""` at the root).
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
 /// Why the background fetch stopped at a place of the blob.
@@ -138,7 +151,7 @@ impl LazyLayer {
             fills: Mutex::new(Fills::default()),
             changed: Condvar::new(),
             order: std::sync::OnceLock::new(),
-            sequence: Mutex::new((usize::MAX, 0)),
+            sequence: Mutex::new((usize::MAX, 0, String::new())),
         })
     }
 
@@ -290,7 +303,7 @@ impl LazyLayer {
             let window = if at == usize::MAX {
                 0
             } else {
-                self.readahead(at)
+                self.readahead(at, &path)
             };
             let (start, mut end) = self.span(ino);
             let mut last = at;
@@ -317,7 +330,7 @@ impl LazyLayer {
                 }
             }
             if at != usize::MAX {
-                *self.sequence.lock() = (last, window);
+                *self.sequence.lock() = (last, window, parent(&path).to_string());
             }
             claims
         };
@@ -376,12 +389,14 @@ impl LazyLayer {
         (c[0].member, c[c.len() - 1].member_end)
     }
 
-    /// How far past the file at place `at` an opener fetches: nothing for a file read out of
-    /// order; for one that follows the last file an opener fetched (a program reading a
-    /// directory's files, or all of them), a window that doubles up to [`READAHEAD`].
-    fn readahead(&self, at: usize) -> u64 {
-        let (last, window) = *self.sequence.lock();
-        if at > last && at <= last.saturating_add(16) {
+    /// How far past the file at place `at` (TOC path `path`) an opener fetches: nothing for
+    /// a file read out of order; for one that follows the last file an opener fetched, or is
+    /// in the same directory (a program reading a directory's files, in whatever order, or
+    /// all of them), a window that doubles up to [`READAHEAD`].
+    fn readahead(&self, at: usize, path: &str) -> u64 {
+        let s = self.sequence.lock();
+        let (last, window, dir) = (s.0, s.1, &s.2);
+        if (at > last && at <= last.saturating_add(16)) || parent(path) == dir {
             (window * 2).clamp(READAHEAD_START, READAHEAD)
         } else {
             0
@@ -389,50 +404,21 @@ impl LazyLayer {
     }
 
     /// Fill every file still marked, streaming the blob in order: one request per
-    /// [`SEGMENT`] of it, each gzip member decoded and verified as it arrives, each file
-    /// given to its waiters as soon as it is written; the files an opener fills (or filled)
-    /// end a segment, so no byte is fetched twice. What the daemon does in the background,
-    /// so that a layer left alone ends up whole. A failed request is tried again from where
-    /// it stopped after a pause (the registry may come back), [`TRIES`] times before going
-    /// past it. Returns how many files are still not filled (each logged; they are on their
-    /// next open).
+    /// [`SEGMENT`] of it, [`STREAMS`] at once, each gzip member decoded and verified as it
+    /// arrives, each file given to its waiters as soon as it is written (its mark dropped
+    /// after the next batched sync); the files an opener fills (or filled) end a segment, so
+    /// no byte is fetched twice. What the daemon does in the background, so that a layer left
+    /// alone ends up whole. A failed request is tried again from where it stopped after a
+    /// pause (the registry may come back), [`TRIES`] times before going past it. Returns how
+    /// many files are still not filled (each logged; they are on their next open).
     pub fn fill_all(&self) -> usize {
         let files = &self.order().0;
-        let (mut i, mut tries) = (0, 0);
-        while i < files.len() {
-            let from = i;
-            let (seg, fetch) = self.claim_segment(files, &mut i);
-            if seg.is_empty() {
-                continue;
+        let cursor = Mutex::new(0usize);
+        std::thread::scope(|s| {
+            for _ in 0..STREAMS {
+                s.spawn(|| self.stream_worker(files, &cursor));
             }
-            let mut done = vec![false; seg.len()];
-            let r = if fetch {
-                self.stream_segment(&seg, &mut done, true)
-            } else {
-                self.fill_from_cache(&seg, &mut done)
-            };
-            let written: Vec<Claim<'_>> = seg
-                .into_iter()
-                .zip(&done)
-                .filter_map(|(c, d)| d.then_some(c))
-                .collect();
-            let synced = Self::sync_and_unmark(&written);
-            drop(written);
-            match r.and(synced) {
-                Ok(()) => tries = 0,
-                Err(e) => {
-                    tries += 1;
-                    if tries >= TRIES {
-                        tracing::warn!("lazy layer: background fetch: {e}; going on past it");
-                        tries = 0;
-                    } else {
-                        tracing::warn!("lazy layer: background fetch: {e}; trying again");
-                        i = from;
-                        std::thread::sleep(std::time::Duration::from_millis(125 << tries));
-                    }
-                }
-            }
-        }
+        });
         let written = std::mem::take(&mut self.fills.lock().written);
         let left = files
             .iter()
@@ -446,6 +432,67 @@ impl LazyLayer {
             .count();
         self.fills.lock().written.extend(written);
         left
+    }
+
+    /// One stream of the background fetch: claims the next segment at `cursor`, fetches it,
+    /// and so on to the end of `files`.
+    fn stream_worker(&self, files: &[(u32, String)], cursor: &Mutex<usize>) {
+        let mut tries = 0;
+        let mut pending: Vec<Claim<'_>> = Vec::new();
+        let mut last_sync = std::time::Instant::now();
+        loop {
+            let (seg, fetch, from) = {
+                let mut i = cursor.lock();
+                if *i >= files.len() {
+                    break;
+                }
+                let from = *i;
+                let (seg, fetch) = self.claim_segment(files, &mut i);
+                (seg, fetch, from)
+            };
+            if seg.is_empty() {
+                continue;
+            }
+            let mut done = vec![false; seg.len()];
+            let r = if fetch {
+                self.stream_segment(&seg, &mut done, true)
+            } else {
+                self.fill_from_cache(&seg, &mut done)
+            };
+            pending.extend(
+                seg.into_iter()
+                    .zip(&done)
+                    .filter_map(|(c, d)| d.then_some(c)),
+            );
+            // Written files are served at once; their marks go in batches, after one sync.
+            let synced =
+                if r.is_err() || pending.len() >= SYNC_FILES || last_sync.elapsed() >= SYNC_EVERY {
+                    last_sync = std::time::Instant::now();
+                    Self::sync_and_unmark(&std::mem::take(&mut pending))
+                } else {
+                    Ok(())
+                };
+            match r.and(synced) {
+                Ok(()) => tries = 0,
+                Err(e) => {
+                    tries += 1;
+                    if tries >= TRIES {
+                        tracing::warn!("lazy layer: background fetch: {e}; going on past it");
+                        tries = 0;
+                    } else {
+                        tracing::warn!("lazy layer: background fetch: {e}; trying again");
+                        {
+                            let mut i = cursor.lock();
+                            *i = (*i).min(from);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(125 << tries));
+                    }
+                }
+            }
+        }
+        if let Err(e) = Self::sync_and_unmark(&pending) {
+            tracing::warn!("lazy layer: background fetch: {e}");
+        }
     }
 
     /// Claim the next files of `files` from `*i` (moved past them) that one request can
