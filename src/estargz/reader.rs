@@ -126,6 +126,49 @@ pub fn decode_chunk(member: &[u8], chunk: &Chunk) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Decode `chunks` (in blob order, none before `start`) from `stream`, which yields the blob's
+/// bytes from offset `start`: each gzip member is read as it arrives, its chunks verified, and
+/// each given to `each` with its bytes before the next member is read. Bytes between members
+/// are read and dropped.
+pub fn stream_chunks<'c, E: From<Error>>(
+    stream: &mut dyn Read,
+    start: u64,
+    chunks: impl IntoIterator<Item = &'c Chunk>,
+    mut each: impl FnMut(&'c Chunk, Vec<u8>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut pos = start;
+    let mut member: (u64, Vec<u8>) = (u64::MAX, Vec::new());
+    for c in chunks {
+        if c.member != member.0 {
+            if c.member < pos || c.member_end < c.member {
+                return Err(Error::BadToc(format!(
+                    "the chunk at {} is out of order in the stream (at {pos})",
+                    c.member
+                ))
+                .into());
+            }
+            let what = || format!("read the blob at {}", c.member);
+            let gap = c.member - pos;
+            let skipped =
+                io::copy(&mut (&mut *stream).take(gap), &mut io::sink()).map_err(io_err(what()))?;
+            let len = c.member_end - c.member;
+            let mut buf = Vec::with_capacity(len as usize);
+            (&mut *stream)
+                .take(len)
+                .read_to_end(&mut buf)
+                .map_err(io_err(what()))?;
+            if skipped != gap || buf.len() as u64 != len {
+                return Err(io_err(what())(io::Error::from(io::ErrorKind::UnexpectedEof)).into());
+            }
+            pos = c.member_end;
+            member = (c.member, buf);
+        }
+        let data = decode_chunk(&member.1, c)?;
+        each(c, data)?;
+    }
+    Ok(())
+}
+
 impl<S: BlobSource> Reader<S> {
     /// Open the blob in `source`; with `expected`, its TOC must have that digest (the
     /// descriptor's [`super::TOC_DIGEST_ANNOTATION`]: always give it when serving a layer).
@@ -260,6 +303,42 @@ mod tests {
             before
         );
         assert_eq!(cache.usage().unwrap().chunks, 1);
+    }
+
+    #[test]
+    fn chunks_stream_from_one_read_skipping_gaps_and_a_short_stream_is_an_error() {
+        let (b, toc) = blob();
+        let r = Reader::open(MemSource(b.clone()), Some(&toc)).unwrap();
+        // Every other chunk, from one stream of the blob's data: the ones between are read
+        // and dropped.
+        let chunks: Vec<&Chunk> = r.index().all_chunks().into_iter().step_by(2).collect();
+        assert!(chunks.len() >= 2);
+        let start = chunks[0].member;
+        let end = chunks.last().unwrap().member_end;
+        let mut stream = &b[start as usize..end as usize];
+        let mut got = Vec::new();
+        stream_chunks(&mut stream, start, chunks.iter().copied(), |c, bytes| {
+            got.push((c.clone(), bytes));
+            Ok::<(), Error>(())
+        })
+        .unwrap();
+        assert_eq!(got.len(), chunks.len());
+        for (c, bytes) in &got {
+            assert_eq!(bytes, &r.read_chunk(c).unwrap());
+        }
+        // Cut short: the chunks before the cut arrive, then an error.
+        let mut cut = &b[start as usize..(end - 1) as usize];
+        let mut n = 0;
+        let e = stream_chunks(&mut cut, start, chunks.iter().copied(), |_, _| {
+            n += 1;
+            Ok::<(), Error>(())
+        });
+        assert!(e.is_err());
+        assert_eq!(n, chunks.len() - 1);
+        // Out of order: refused.
+        let mut whole = &b[start as usize..end as usize];
+        let backwards = [chunks[1], chunks[0]];
+        assert!(stream_chunks(&mut whole, start, backwards, |_, _| Ok::<(), Error>(())).is_err());
     }
 
     #[test]

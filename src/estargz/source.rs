@@ -4,7 +4,7 @@
 //! reader checks it against the TOC digest or the chunk digests.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,59 @@ pub trait BlobSource: Send + Sync {
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
     /// A name for messages (a path, a registry URL).
     fn describe(&self) -> String;
+    /// The `len` bytes at `offset` as a stream, for one long sequential read (the registry
+    /// sends them as one answer, read as they arrive). A stream that ends early is an error.
+    /// By default, one [`BlobSource::read_range`].
+    fn open_range(&self, offset: u64, len: u64) -> io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(io::Cursor::new(self.read_range(offset, len)?)))
+    }
+}
+
+/// A reader of exactly `left` bytes of `inner`: ending sooner is an `UnexpectedEof` error.
+pub struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Exact<R> {
+    /// The next `len` bytes of `inner`.
+    pub fn new(inner: R, len: u64) -> Exact<R> {
+        Exact { inner, left: len }
+    }
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the stream ended {} bytes short", self.left),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A file read from an offset by `pread`, so readers of one file do not share a position.
+struct At<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 /// A blob in a local file (a store blob, a file being converted, a test fixture).
@@ -50,6 +103,14 @@ impl BlobSource for FileSource {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+
+    fn open_range(&self, offset: u64, len: u64) -> io::Result<Box<dyn Read + Send + '_>> {
+        let at = At {
+            file: &self.file,
+            at: offset,
+        };
+        Ok(Box::new(Exact::new(at, len)))
+    }
 }
 
 impl<S: BlobSource + ?Sized> BlobSource for Box<S> {
@@ -61,5 +122,8 @@ impl<S: BlobSource + ?Sized> BlobSource for Box<S> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn open_range(&self, offset: u64, len: u64) -> io::Result<Box<dyn Read + Send + '_>> {
+        (**self).open_range(offset, len)
     }
 }

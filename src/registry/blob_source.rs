@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::sync::Mutex;
 
 use super::client::{registry_message, Client, Options};
+use crate::estargz::source::Exact;
 use crate::estargz::{BlobSource, RemoteBlob};
 
 /// Largest single range read (a chunk is 4 MiB by default; a prefetch span may be larger).
@@ -69,7 +70,9 @@ impl RegistryBlob {
         Ok(c)
     }
 
-    fn get(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    /// The answer to a GET of `len` bytes at `offset`, as a stream of exactly those bytes,
+    /// and what it is (for messages).
+    fn request(&self, offset: u64, len: u64) -> io::Result<(Box<dyn Read + Send>, String)> {
         let r = &self.remote;
         let end = offset
             .checked_add(len)
@@ -80,19 +83,16 @@ impl RegistryBlob {
                     r.size
                 ))
             })?;
-        if len > MAX_RANGE {
-            return Err(err(format!("range of {len} bytes is too large")));
-        }
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        let client = self.client()?;
         let what = format!(
             "{}: get bytes {offset}-{} of blob {}",
             r.api_host,
-            end - 1,
+            end.saturating_sub(1),
             r.digest
         );
+        if len == 0 {
+            return Ok((Box::new(io::empty()), what));
+        }
+        let client = self.client()?;
         let url = client.url(&format!("/v2/{}/blobs/{}", r.repository, r.digest));
         let scope = format!("repository:{}:pull", r.repository);
         let resp = client
@@ -133,18 +133,38 @@ impl RegistryBlob {
             .reader();
         io::copy(&mut (&mut body).take(skip), &mut io::sink())
             .map_err(|e| err(format!("{what}: {e}")))?;
-        let mut buf = Vec::with_capacity(len as usize);
-        (&mut body)
-            .take(len)
-            .read_to_end(&mut buf)
-            .map_err(|e| err(format!("{what}: {e}")))?;
-        if buf.len() as u64 != len {
-            return Err(err(format!(
-                "{what}: the registry sent {} of {len} bytes",
-                buf.len()
-            )));
+        Ok((Box::new(Exact::new(body, len)), what))
+    }
+
+    fn get(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        if len > MAX_RANGE {
+            return Err(err(format!("range of {len} bytes is too large")));
         }
+        let (mut body, what) = self.request(offset, len)?;
+        let mut buf = Vec::with_capacity(len as usize);
+        body.read_to_end(&mut buf)
+            .map_err(|e| err(format!("{what}: {e}")))?;
         Ok(buf)
+    }
+
+    /// Forget the connection after a failure: the next read connects anew (the registry may
+    /// have moved to plain HTTP, or restarted).
+    fn reset(&self) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// A streamed answer: its errors name the request.
+struct Named {
+    body: Box<dyn Read + Send>,
+    what: String,
+}
+
+impl Read for Named {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.body
+            .read(buf)
+            .map_err(|e| err(format!("{}: {e}", self.what)))
     }
 }
 
@@ -156,11 +176,19 @@ impl BlobSource for RegistryBlob {
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
         let r = self.get(offset, len);
         if r.is_err() {
-            // The next read connects anew (the registry may have moved to plain HTTP, or
-            // restarted).
-            *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.reset();
         }
         r
+    }
+
+    fn open_range(&self, offset: u64, len: u64) -> io::Result<Box<dyn Read + Send + '_>> {
+        match self.request(offset, len) {
+            Ok((body, what)) => Ok(Box::new(Named { body, what })),
+            Err(e) => {
+                self.reset();
+                Err(e)
+            }
+        }
     }
 
     fn describe(&self) -> String {

@@ -156,12 +156,22 @@ pub fn pull_with(
             full.push(l);
         }
     }
-    // A layer whose TOC cannot be used (a malformed or wrong digest, a blob that is not
-    // eStargz after all) is pulled in full instead: that path checks the blob and its diff
-    // ID as for any layer.
+    // The lazy layers' TOCs are read and their directories made at once, one thread each. A
+    // layer whose TOC cannot be used (a malformed or wrong digest, a blob that is not eStargz
+    // after all) is pulled in full instead: that path checks the blob and its diff ID as for
+    // any layer.
+    let prepared: Vec<Result<std::path::PathBuf>> = std::thread::scope(|s| {
+        let hs: Vec<_> = lazy
+            .iter()
+            .map(|l| s.spawn(move || super::lazy_pull::prepare(client, store, r, l, &opts.client)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
     let mut made_lazy = 0;
-    for l in lazy {
-        match super::lazy_pull::prepare(client, store, r, &l, &opts.client) {
+    for (l, p) in lazy.into_iter().zip(prepared) {
+        match p {
             Ok(_) => {
                 made_lazy += 1;
                 progress.note(&format!("{}: TOC only (lazy)", l.digest.short()));

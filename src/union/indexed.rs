@@ -22,6 +22,11 @@ use crate::estargz::index::{Chunk, ROOT};
 use crate::estargz::{self, reader, BlobSource, NodeKind, Reader, Sha256Digest};
 use crate::overlay::format::{self, EntryKind, WhiteoutForm};
 
+/// Largest span of the blob one request of [`IndexedLayer::file_chunks`] fetches.
+pub const PART: u64 = 4 << 20;
+/// How many requests for one file run at once.
+pub const PARALLEL: usize = 4;
+
 /// An eStargz layer read through its TOC.
 pub struct IndexedLayer {
     reader: Reader<Box<dyn BlobSource>>,
@@ -222,17 +227,106 @@ impl IndexedLayer {
         Ok(out)
     }
 
-    /// Write the whole of regular file `ino` to `out` (a copy-up), chunk by chunk.
+    /// Write the whole of regular file `ino` to `out` (a copy-up): see
+    /// [`IndexedLayer::file_chunks`].
     pub fn copy_to(&self, ino: u32, out: &mut dyn Write) -> Result<u64, Errno> {
+        for c in self.file_chunks(ino)? {
+            out.write_all(&c).map_err(|e| super::errno_of(&e))?;
+        }
+        Ok(self.index().node(ino).size)
+    }
+
+    /// The verified bytes of every chunk of regular file `ino`, in file order: the cached
+    /// ones from the cache, the others fetched (then cached) with as few requests as their
+    /// places in the blob allow: adjacent members in one range, a large file in parts of at
+    /// most [`PART`] bytes fetched in parallel, [`PARALLEL`] at a time.
+    pub fn file_chunks(&self, ino: u32) -> Result<Vec<Vec<u8>>, Errno> {
         let n = self.index().node(ino);
         if n.kind != NodeKind::Reg {
             return Err(Errno::INVAL);
         }
-        for c in &n.chunks {
-            out.write_all(&self.chunk(c)?)
-                .map_err(|e| super::errno_of(&e))?;
+        let chunks = &n.chunks;
+        let mut out: Vec<Option<Vec<u8>>> = chunks
+            .iter()
+            .map(|c| self.cache.get(&c.digest).ok().flatten())
+            .collect();
+        // Runs of missing chunks whose members follow each other, cut at PART bytes.
+        let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+        for i in (0..chunks.len()).filter(|&i| out[i].is_none()) {
+            match parts.last_mut() {
+                Some(p)
+                    if p.end == i
+                        && chunks[i - 1].member_end >= chunks[i].member
+                        && chunks[i].member_end - chunks[p.start].member <= PART =>
+                {
+                    p.end = i + 1
+                }
+                _ => parts.push(i..i + 1),
+            }
         }
-        Ok(n.size)
+        let fetch = |p: &std::ops::Range<usize>| self.fetch_run(&chunks[p.clone()]);
+        let mut fetched = Vec::with_capacity(parts.len());
+        if parts.len() == 1 {
+            fetched.push(fetch(&parts[0]));
+        } else {
+            for batch in parts.chunks(PARALLEL) {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = batch.iter().map(|p| s.spawn(|| fetch(p))).collect();
+                    for h in handles {
+                        fetched.push(h.join().unwrap_or(Err(Errno::IO)));
+                    }
+                });
+            }
+        }
+        // Cached once the whole file is here: a failed fill leaves the cache as it was.
+        let fetched: Vec<Vec<Vec<u8>>> = fetched.into_iter().collect::<Result<_, _>>()?;
+        for (p, got) in parts.iter().zip(fetched) {
+            for (i, bytes) in p.clone().zip(got) {
+                self.keep(&chunks[i], &bytes);
+                out[i] = Some(bytes);
+            }
+        }
+        out.into_iter().map(|c| c.ok_or(Errno::IO)).collect()
+    }
+
+    /// Fetch `run` (chunks whose members follow each other in the blob) in one request;
+    /// each chunk verified.
+    fn fetch_run(&self, run: &[Chunk]) -> Result<Vec<Vec<u8>>, Errno> {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Ok(Vec::new());
+        };
+        let source = self.reader.source();
+        let fail = |e: &dyn std::fmt::Display| {
+            tracing::warn!("lazy layer {}: {e}", source.describe());
+            Errno::IO
+        };
+        let mut stream = source
+            .open_range(first.member, last.member_end - first.member)
+            .map_err(|e| fail(&e))?;
+        let mut got = Vec::with_capacity(run.len());
+        reader::stream_chunks(&mut stream, first.member, run, |_, bytes| {
+            got.push(bytes);
+            Ok::<(), estargz::Error>(())
+        })
+        .map_err(|e| fail(&e))?;
+        Ok(got)
+    }
+
+    /// Keep verified chunk `c` in the cache (a full disk only costs the cache).
+    pub fn keep(&self, c: &Chunk, bytes: &[u8]) {
+        if let Err(e) = self.cache.put(&c.digest, bytes) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// The blob's source.
+    pub fn source(&self) -> &dyn BlobSource {
+        self.reader.source()
+    }
+
+    /// The chunk cache.
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
     }
 
     /// Fetch the files before the prefetch landmark in one request and cache their chunks;

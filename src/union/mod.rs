@@ -156,36 +156,40 @@ impl Union {
         }
     }
 
-    /// Start filling the lazy layers' files in the background (one thread per lazy layer).
-    /// Call once serving: threads must not exist before the daemon forks.
+    /// Start filling the lazy layers' files in the background: one thread streaming one
+    /// layer at a time, the lowest first (the base image's programs and libraries are what a
+    /// container reads first), so that the container's own reads share the link with one
+    /// stream only. Call once serving: threads must not exist before the daemon forks.
     pub fn start_lazy_fetch(&self) {
         if !self.options.lazy_fetch {
             return;
         }
-        for layer in &self.layers {
-            let Some(lazy) = layer.lazy.clone() else {
-                continue;
-            };
-            let path = layer.path.clone();
-            let spawned = std::thread::Builder::new()
-                .name("lazy-fetch".into())
-                .spawn(move || {
-                    let failed = lazy.fill_all();
-                    if failed == 0 {
+        let lazy: Vec<_> = self
+            .layers
+            .iter()
+            .rev()
+            .filter_map(|l| Some((l.lazy.clone()?, l.path.clone())))
+            .collect();
+        if lazy.is_empty() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("lazy-fetch".into())
+            .spawn(move || {
+                for (lazy, path) in lazy {
+                    let left = lazy.fill_all();
+                    if left == 0 {
                         tracing::info!("lazy layer {}: complete", path.display());
                     } else {
                         tracing::warn!(
-                            "lazy layer {}: {failed} files not fetched (they are on first open)",
+                            "lazy layer {}: {left} files not fetched (they are on first open)",
                             path.display()
                         );
                     }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(
-                    "lazy layer {}: no background fetch: {e}",
-                    layer.path.display()
-                );
-            }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("lazy layers: no background fetch: {e}");
         }
     }
 

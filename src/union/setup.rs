@@ -162,13 +162,14 @@ fn attach_lazy(
     open_source: super::lazy::OpenSource<'_>,
 ) -> Result<(), SetupError> {
     let lowers = if has_upper { &mut layers[1..] } else { layers };
+    let mut found = Vec::new();
     for path in specs {
         let spec = crate::estargz::LazySpec::read(path).map_err(|e| SetupError::lazy(path, e))?;
         let st = rustix::fs::stat(&spec.dir)
             .map_err(|e| SetupError::lazy(path, format!("{}: {e}", spec.dir.display())))?;
         let lower = lowers
-            .iter_mut()
-            .find(|l| {
+            .iter()
+            .position(|l| {
                 rustix::fs::fstat(&l.root)
                     .is_ok_and(|r| (r.st_dev, r.st_ino) == (st.st_dev, st.st_ino))
             })
@@ -178,9 +179,22 @@ fn attach_lazy(
                     format!("{} is not one of the lowerdirs", spec.dir.display()),
                 )
             })?;
-        let lazy = super::lazy::LazyLayer::open(&spec, open_source)
-            .map_err(|e| SetupError::lazy(path, e))?;
-        lower.lazy = Some(std::sync::Arc::new(lazy));
+        found.push((path, spec, lower));
+    }
+    // Each layer's TOC and prefetch are read at once, one thread each (the threads end here,
+    // before the daemon forks).
+    let opened: Vec<Result<super::lazy::LazyLayer, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = found
+            .iter()
+            .map(|(_, spec, _)| s.spawn(move || super::lazy::LazyLayer::open(spec, open_source)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    for ((path, _, lower), lazy) in found.iter().zip(opened) {
+        let lazy = lazy.map_err(|e| SetupError::lazy(path, e))?;
+        lowers[*lower].lazy = Some(std::sync::Arc::new(lazy));
     }
     Ok(())
 }

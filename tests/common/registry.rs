@@ -270,6 +270,9 @@ pub enum Fault {
     TruncateBlob(String),
     /// Close the connection half way through the blob `DIGEST`, the first `n` times.
     DropBlob(String, usize),
+    /// As [`Fault::DropBlob`], for answers of at least `min` bytes only (a long read of the
+    /// blob, not its footer or TOC).
+    DropLongRead(String, usize, usize),
     /// Change the bytes of every manifest served (its digest no longer matches).
     BadManifest,
     /// Answer every `PATCH` (a chunk of an upload) 405, as registries without chunked
@@ -547,6 +550,18 @@ fn serve(
         Fault::DropBlob(d, n) if this_blob(&d) && n > 0 => {
             *fault.lock().unwrap() = Fault::DropBlob(d, n - 1);
             // The full length announced, half sent, then the connection closed.
+            resp.write(
+                &mut cw,
+                &keep,
+                &[("Content-Length".into(), rbody.len().to_string()), close],
+            );
+            let _ = cw.write_all(&rbody[..rbody.len() / 2]);
+            let _ = cw.flush();
+            let _ = cw.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        Fault::DropLongRead(d, min, n) if this_blob(&d) && n > 0 && rbody.len() >= min => {
+            *fault.lock().unwrap() = Fault::DropLongRead(d, min, n - 1);
             resp.write(
                 &mut cw,
                 &keep,
