@@ -62,6 +62,11 @@ const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const STREAMS: usize = 2;
 /// Attempts at one place of the blob before the background fetch goes past it.
 const TRIES: u32 = 6;
+/// While openers fetch (and this long after the last one, or after the mount), the background
+/// fetch keeps one request of at most [`YIELD_SEGMENT`] under way: on a slow link the files a
+/// program waits for must not queue behind megabytes it has not asked for.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(1000);
+const YIELD_SEGMENT: u64 = 256 << 10;
 
 /// Who fills what, now.
 #[derive(Debug, Default)]
@@ -88,6 +93,20 @@ pub struct LazyLayer {
     /// The place in [`LazyLayer::order`] of the last file an opener fetched, the readahead
     /// it fetched with it, and its directory.
     sequence: Mutex<(usize, u64, String)>,
+    /// Openers fetching now, and when the last one finished (or the layer was opened): the
+    /// background fetch yields to them (see [`QUIET`]).
+    openers: Mutex<(usize, std::time::Instant)>,
+}
+
+/// An opener's fetch under way (see [`LazyLayer::openers`]).
+struct OpenerFetch<'a>(&'a LazyLayer);
+
+impl Drop for OpenerFetch<'_> {
+    fn drop(&mut self) {
+        let mut o = self.0.openers.lock();
+        o.0 -= 1;
+        o.1 = std::time::Instant::now();
+    }
 }
 
 /// The regular files with data (TOC inode, path) in blob order, and each inode's place.
@@ -152,6 +171,7 @@ impl LazyLayer {
             changed: Condvar::new(),
             order: std::sync::OnceLock::new(),
             sequence: Mutex::new((usize::MAX, 0, String::new())),
+            openers: Mutex::new((0, std::time::Instant::now())),
         })
     }
 
@@ -337,6 +357,7 @@ impl LazyLayer {
             }
             claims
         };
+        let _fetching = self.opener_fetch();
         if claims.len() > 1 {
             let mut done = vec![false; claims.len()];
             let r = self.stream_segment(&claims, &mut done, false);
@@ -406,6 +427,18 @@ impl LazyLayer {
         }
     }
 
+    /// Count an opener's fetch until the guard drops.
+    fn opener_fetch(&self) -> OpenerFetch<'_> {
+        self.openers.lock().0 += 1;
+        OpenerFetch(self)
+    }
+
+    /// Whether openers fetch now or did within [`QUIET`].
+    fn openers_active(&self) -> bool {
+        let o = self.openers.lock();
+        o.0 > 0 || o.1.elapsed() < QUIET
+    }
+
     /// Fill every file still marked, streaming the blob in order: one request per
     /// [`SEGMENT`] of it, [`STREAMS`] at once, each gzip member decoded and verified as it
     /// arrives, each file given to its waiters as soon as it is written (its mark dropped
@@ -416,10 +449,10 @@ impl LazyLayer {
     /// many files are still not filled (each logged; they are on their next open).
     pub fn fill_all(&self) -> usize {
         let files = &self.order().0;
-        let cursor = Mutex::new(0usize);
+        let cursor = &Mutex::new(0usize);
         std::thread::scope(|s| {
-            for _ in 0..STREAMS {
-                s.spawn(|| self.stream_worker(files, &cursor));
+            for n in 0..STREAMS {
+                s.spawn(move || self.stream_worker(files, cursor, n));
             }
         });
         let written = std::mem::take(&mut self.fills.lock().written);
@@ -439,18 +472,34 @@ impl LazyLayer {
 
     /// One stream of the background fetch: claims the next segment at `cursor`, fetches it,
     /// and so on to the end of `files`.
-    fn stream_worker(&self, files: &[(u32, String)], cursor: &Mutex<usize>) {
+    fn stream_worker(&self, files: &[(u32, String)], cursor: &Mutex<usize>, n: usize) {
         let mut tries = 0;
         let mut pending: Vec<Claim<'_>> = Vec::new();
         let mut last_sync = std::time::Instant::now();
         loop {
+            let yielding = self.openers_active();
+            if yielding && n > 0 {
+                // One small request at a time while openers fetch.
+                if !pending.is_empty() && last_sync.elapsed() >= SYNC_EVERY {
+                    last_sync = std::time::Instant::now();
+                    if let Err(e) = Self::sync_and_unmark(&std::mem::take(&mut pending)) {
+                        tracing::warn!("lazy layer: background fetch: {e}");
+                    }
+                }
+                if *cursor.lock() >= files.len() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            let limit = if yielding { YIELD_SEGMENT } else { SEGMENT };
             let (seg, fetch, from) = {
                 let mut i = cursor.lock();
                 if *i >= files.len() {
                     break;
                 }
                 let from = *i;
-                let (seg, fetch) = self.claim_segment(files, &mut i);
+                let (seg, fetch) = self.claim_segment(files, &mut i, limit);
                 (seg, fetch, from)
             };
             if seg.is_empty() {
@@ -500,12 +549,13 @@ impl LazyLayer {
 
     /// Claim the next files of `files` from `*i` (moved past them) that one request can
     /// fetch: marked, nobody filling them, following each other in the blob within
-    /// [`SEGMENT`] bytes. A file whose chunks are all cached is a segment of its own, filled
+    /// `limit` bytes. A file whose chunks are all cached is a segment of its own, filled
     /// from the cache (`false`).
     fn claim_segment<'a>(
         &'a self,
         files: &[(u32, String)],
         i: &mut usize,
+        limit: u64,
     ) -> (Vec<Claim<'a>>, bool) {
         let ix = self.layer.index();
         let mut seg: Vec<Claim<'a>> = Vec::new();
@@ -515,7 +565,7 @@ impl LazyLayer {
             let (ino, path) = &files[*i];
             let (start, end) = span(*ino);
             if let (Some(first), Some(last)) = (seg.first(), seg.last()) {
-                if start > span(last.ino).1 + GAP || end - span(first.ino).0 > SEGMENT {
+                if start > span(last.ino).1 + GAP || end - span(first.ino).0 > limit {
                     break;
                 }
             }
