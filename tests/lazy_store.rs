@@ -64,6 +64,16 @@ fn ok(env: &StrataEnv, store: &str, args: &[&str], envs: &[(&str, &str)]) -> Str
 }
 
 /// Names in a directory, temporaries left out (none if it does not exist).
+/// Nothing lazy, no chunk and no blob is left in `store` (nor any layer, with `layers`).
+fn assert_collected(store: &Path, layers: bool) {
+    assert_eq!(lazy_homes(store), Vec::<PathBuf>::new());
+    assert_eq!(names(&store.join("chunks/sha256")), Vec::<String>::new());
+    if layers {
+        assert_eq!(names(&store.join("layers/sha256")), Vec::<String>::new());
+    }
+    assert_eq!(names(&store.join("blobs/sha256")), Vec::<String>::new());
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -180,9 +190,7 @@ fn kept_toc_runs_without_the_registry_and_rmi_frees_lazy_dirs_and_chunks() {
     ok(&env, "lazy", &["rm", "keeper"], &[]);
     let (_, _, err) = strata(&env, "lazy", &["rmi", "no-such-image"], &[]);
     assert!(err.contains("no-such-image"), "{err}");
-    assert_eq!(lazy_homes(&store), Vec::<PathBuf>::new());
-    assert_eq!(names(&store.join("chunks/sha256")), Vec::<String>::new());
-    assert_eq!(names(&store.join("blobs/sha256")), Vec::<String>::new());
+    assert_collected(&store, false);
     drop(reg);
     env.assert_no_leaks();
 }
@@ -260,10 +268,7 @@ fn a_complete_lazy_layer_becomes_an_ordinary_layer_at_the_next_pull() {
     // Once the container goes, the next collection frees everything.
     ok(&env, "lazy", &["rm", "old"], &[]);
     strata(&env, "lazy", &["rmi", "no-such-image"], &[]);
-    assert_eq!(lazy_homes(&store), Vec::<PathBuf>::new());
-    assert_eq!(names(&store.join("chunks/sha256")), Vec::<String>::new());
-    assert_eq!(names(&store.join("layers/sha256")), Vec::<String>::new());
-    assert_eq!(names(&store.join("blobs/sha256")), Vec::<String>::new());
+    assert_collected(&store, true);
     drop(reg);
     env.assert_no_leaks();
 }

@@ -182,7 +182,8 @@ fn differential_test_passes_in_a_user_namespace() {
         .expect("the differential test binary is built");
     let script = format!(
         "STRATA_TEST_TMP=$PWD STRATA_DIFF_SEEDS=20 STRATA_DIFF_OPS=500 \
-         unshare --map-root-user --map-auto --mount --propagation private {} --test-threads=1",
+         unshare --map-root-user --map-auto --mount --propagation private {} \
+         random_operations_match_kernel_overlayfs --exact --test-threads=1",
         binary.display()
     );
     let o = as_user(&script, dir.path());

@@ -334,6 +334,25 @@ fn read_head(r: &mut impl BufRead) -> Option<Head> {
     })
 }
 
+/// Answer with `resp`'s head announcing all of `body`, send half of it, then close the
+/// connection (a transfer cut mid-way).
+fn cut_half(
+    resp: &Head,
+    w: &mut std::net::TcpStream,
+    keep: &[&str],
+    close: (String, String),
+    body: &[u8],
+) {
+    resp.write(
+        w,
+        keep,
+        &[("Content-Length".into(), body.len().to_string()), close],
+    );
+    let _ = w.write_all(&body[..body.len() / 2]);
+    let _ = w.flush();
+    let _ = w.shutdown(std::net::Shutdown::Both);
+}
+
 impl Head {
     fn get(&self, k: &str) -> Option<&str> {
         self.headers
@@ -549,27 +568,12 @@ fn serve(
         }
         Fault::DropBlob(d, n) if this_blob(&d) && n > 0 => {
             *fault.lock().unwrap() = Fault::DropBlob(d, n - 1);
-            // The full length announced, half sent, then the connection closed.
-            resp.write(
-                &mut cw,
-                &keep,
-                &[("Content-Length".into(), rbody.len().to_string()), close],
-            );
-            let _ = cw.write_all(&rbody[..rbody.len() / 2]);
-            let _ = cw.flush();
-            let _ = cw.shutdown(std::net::Shutdown::Both);
+            cut_half(&resp, &mut cw, &keep, close, &rbody);
             return;
         }
         Fault::DropLongRead(d, min, n) if this_blob(&d) && n > 0 && rbody.len() >= min => {
             *fault.lock().unwrap() = Fault::DropLongRead(d, min, n - 1);
-            resp.write(
-                &mut cw,
-                &keep,
-                &[("Content-Length".into(), rbody.len().to_string()), close],
-            );
-            let _ = cw.write_all(&rbody[..rbody.len() / 2]);
-            let _ = cw.flush();
-            let _ = cw.shutdown(std::net::Shutdown::Both);
+            cut_half(&resp, &mut cw, &keep, close, &rbody);
             return;
         }
         Fault::SlowBlob(d) if this_blob(&d) => {
