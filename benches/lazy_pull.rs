@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[path = "common/host_files.rs"]
-mod host_files;
-use host_files::{fill, sh};
+#[path = "common/registry_bench.rs"]
+mod registry_bench;
+use registry_bench::{fill, median, runs, scratch, sh};
 
 /// The files of shared library dependencies of `exe` that ldd names (the dynamic loader too).
 fn libraries(exe: &str) -> Vec<PathBuf> {
@@ -203,34 +203,19 @@ impl Drop for Throttle {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("lazy_pull: run with `cargo bench --bench lazy_pull`");
         return;
     }
-    let runs: usize = std::env::var("STRATA_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let runs = runs();
     let mbit: f64 = std::env::var("STRATA_BENCH_MBIT")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100.0);
     let strata = PathBuf::from(env!("CARGO_BIN_EXE_strata"));
     let stratafs = PathBuf::from(env!("CARGO_BIN_EXE_stratafs"));
-    let base = std::env::var_os("STRATA_BENCH_TMP")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base).unwrap();
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-lazy-bench-")
-        .tempdir_in(&base)
-        .unwrap();
+    let tmp = scratch("strata-lazy-bench-");
     let dir = tmp.path();
     let reg = registry::Registry::start(dir);
     let st = |root: &Path, args: &[&str]| {

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-#[path = "common/host_files.rs"]
-mod host_files;
-use host_files::{fill, sh};
+#[path = "common/registry_bench.rs"]
+mod registry_bench;
+use registry_bench::{fill, median, runs, scratch, sh};
 
 /// One timed run of `cmd` under GNU time: (seconds, peak RSS in MiB).
 fn measure(cmd: Command) -> (f64, f64) {
@@ -48,30 +48,15 @@ fn measure(cmd: Command) -> (f64, f64) {
     (secs, kib / 1024.0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("registry_pull: run with `cargo bench --bench registry_pull`");
         return;
     }
-    let runs: usize = std::env::var("STRATA_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let runs = runs();
     let strata = PathBuf::from(env!("CARGO_BIN_EXE_strata"));
     let stratafs = PathBuf::from(env!("CARGO_BIN_EXE_stratafs"));
-    let base = std::env::var_os("STRATA_BENCH_TMP")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base).unwrap();
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-pull-bench-")
-        .tempdir_in(&base)
-        .unwrap();
+    let tmp = scratch("strata-pull-bench-");
     let dir = tmp.path();
     let reg = registry::Registry::start(dir);
     let st = |root: &Path, args: &[&str]| {

@@ -213,13 +213,7 @@ impl Pair {
     /// Options of the lazy mount; files are filled on first open only, so what a test
     /// reads is what gets fetched.
     fn lazy_spec(&self) -> MountSpec {
-        MountSpec {
-            writable: true,
-            extra: vec![
-                format!("lazy={}", self.spec.display()),
-                "lazyfetch=off".into(),
-            ],
-        }
+        MountSpec::lazy(&self.spec, false)
     }
 
     fn cached(&self) -> usize {

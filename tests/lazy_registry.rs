@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::registry::{Fault, FaultProxy, Registry};
-use common::{Backend, Fixture, MountSpec};
+use common::{entries, Backend, Fixture, MountSpec};
 use strata::estargz::writer::{convert, Options};
 use strata::estargz::{FileSource, LazySpec, RemoteBlob, Sha256Digest};
 use strata::image::extract::{unpack, UnpackOptions};
@@ -185,21 +185,12 @@ impl Lazy {
 
     /// Files are filled on first open only: what a test reads is what gets fetched.
     fn mount_spec(&self) -> MountSpec {
-        MountSpec {
-            writable: true,
-            extra: vec![
-                format!("lazy={}", self.spec.display()),
-                "lazyfetch=off".into(),
-            ],
-        }
+        MountSpec::lazy(&self.spec, false)
     }
 
     /// Files are filled on first open and by the background fetch.
     fn mount_fetching(&self) -> MountSpec {
-        MountSpec {
-            writable: true,
-            extra: vec![format!("lazy={}", self.spec.display())],
-        }
+        MountSpec::lazy(&self.spec, true)
     }
 
     /// How many files of the lazy directory still wait for their bytes.
@@ -344,17 +335,6 @@ fn in_store(env: &common::cli::StrataEnv, store: &str, args: &[&str]) -> String 
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Entries of a directory (none if it does not exist).
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

@@ -7,9 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::cli::StrataEnv;
+use common::entries;
 use common::registry::{Fault, FaultProxy, Registry};
 use serde_json::Value;
 
@@ -86,17 +87,6 @@ fn fails2(env: &StrataEnv, args: &[&str]) -> String {
         text(&o.stdout)
     );
     text(&o.stderr)
-}
-
-/// Entries of `dir` (none if it does not exist).
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The store has no image, no temp blob and no half-extracted layer.

@@ -190,6 +190,33 @@ pub struct MountSpec {
     pub extra: Vec<String>,
 }
 
+impl MountSpec {
+    /// A writable mount whose lowers include the lazy layer described by the spec file
+    /// `spec`; with `fetch` false its files are filled on first open only (what a test reads is
+    /// what gets fetched), with `fetch` also by the daemon's background fetch.
+    pub fn lazy(spec: &Path, fetch: bool) -> MountSpec {
+        let mut extra = vec![format!("lazy={}", spec.display())];
+        if !fetch {
+            extra.push("lazyfetch=off".into());
+        }
+        MountSpec {
+            writable: true,
+            extra,
+        }
+    }
+}
+
+/// Names in `dir`, unsorted (none if it does not exist).
+pub fn entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Default for MountSpec {
     fn default() -> Self {
         MountSpec {

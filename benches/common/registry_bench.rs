@@ -1,8 +1,34 @@
-//! Pieces the registry benches share: running a command, and a test image's files copied
-//! from this machine.
+//! What the registry benches (`registry_pull`, `lazy_pull`) share: their scratch directory
+//! and run count, running a command, a test image's files copied from this machine, medians.
 
 use std::path::Path;
 use std::process::Command;
+
+/// `$STRATA_BENCH_RUNS` (default 3).
+pub fn runs() -> usize {
+    std::env::var("STRATA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// A temp dir named `prefix...` under `$STRATA_BENCH_TMP` (default: the system's).
+pub fn scratch(prefix: &str) -> tempfile::TempDir {
+    let base = std::env::var_os("STRATA_BENCH_TMP")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .unwrap()
+}
+
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
 
 /// Run `c`; its stdout, or a panic naming the command and its output.
 pub fn sh(c: &mut Command) -> String {
