@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::deadline::{kill, run_command};
 use super::error::{io_err, BenchError, Result};
 use super::fixture::{mkdirs, LayerSet};
+use super::graveyard::Graveyard;
 use super::procfs;
 use crate::union::stats::StatsSnapshot;
 
@@ -153,6 +154,7 @@ impl Backend {
                 daemon: None,
                 kernel: false,
                 stats: None,
+                graveyard: None,
                 _pin: Some(pin),
             });
         }
@@ -172,6 +174,7 @@ impl Backend {
             daemon: None,
             kernel: false,
             stats: None,
+            graveyard: Some(Graveyard::within(scratch)),
             _pin: None,
         };
         match self {
@@ -249,6 +252,8 @@ pub struct Mount {
     kernel: bool,
     /// Where a stratafs daemon writes its request counts (on SIGUSR1).
     stats: Option<PathBuf>,
+    /// Where its upper and work directories go once it is unmounted.
+    graveyard: Option<Graveyard>,
     _pin: Option<fs::File>,
 }
 
@@ -330,7 +335,8 @@ impl Mount {
         self.kernel = false;
     }
 
-    /// Unmounts, waits for the daemon to exit and removes the upper and work directories.
+    /// Unmounts, waits for the daemon to exit and buries the upper and work directories
+    /// (see [`super::graveyard`]).
     pub fn unmount(mut self) -> Result<()> {
         self.release()
     }
@@ -370,7 +376,10 @@ impl Mount {
                 thread::sleep(Duration::from_millis(5));
             }
         }
-        fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        match &self.graveyard {
+            Some(g) => g.bury(&dir)?,
+            None => fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?,
+        }
         result
     }
 }

@@ -15,15 +15,14 @@ use std::fs;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rustix::fs::{FileType, Mode, XattrFlags, CWD};
 use serde::{Deserialize, Serialize};
 
-use super::error::{io_err, BenchError, Result};
+use super::error::{io_err, Result};
 
 /// Bumped whenever the generator changes what it writes, so old fixtures are rebuilt.
-const GENERATOR_VERSION: u32 = 1;
+const GENERATOR_VERSION: u32 = 2;
 
 /// The xattr that marks a directory opaque in kernel overlayfs's format.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -336,41 +335,47 @@ impl Fixture {
         Ok(())
     }
 
+    /// Writes the untar archive directly, without making its files on disk first: removing
+    /// 10,000 staged files would slow the first runs' file creations (see
+    /// [`super::graveyard`]).
     fn build_untar_archive(&self) -> Result<()> {
-        let staging = self.root.join("untar-staging");
-        for i in 0..self.spec.untar_files {
-            let path = staging.join(format!("untar/u{:03}/f{i:05}", i / 100));
-            if i % 100 == 0 {
-                mkdirs(path.parent().expect("has parent"))?;
-            }
-            write_file(&path, &small_content(i, 512, b'u'))?;
-        }
-        let out = Command::new("tar")
-            .args([
-                "--sort=name",
-                "--mtime=@0",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "-cf",
-            ])
-            .arg(&self.untar_archive)
-            .arg("-C")
-            .arg(&staging)
-            .arg("untar")
-            .output()
-            .map_err(|e| BenchError::Command {
-                program: "tar".into(),
-                message: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(BenchError::Command {
-                program: "tar".into(),
-                message: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        fs::remove_dir_all(&staging).map_err(io_err("remove", &staging))
+        let path = &self.untar_archive;
+        let file = fs::File::create(path).map_err(io_err("create", path))?;
+        write_untar_archive(std::io::BufWriter::new(file), self.spec.untar_files)
+            .map_err(io_err("write", path))
     }
+}
+
+/// The untar archive of `files` files of 512 bytes, 100 to a directory, sorted, owned by root
+/// and dated 1970, as `tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner` would.
+fn write_untar_archive(out: std::io::BufWriter<fs::File>, files: u32) -> std::io::Result<()> {
+    let mut tar = tar::Builder::new(out);
+    let mut add = |name: &str, kind, mode, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        tar.append_data(&mut h, name, data)
+    };
+    add("untar/", tar::EntryType::Directory, 0o755, &[])?;
+    for i in 0..files {
+        let dir = format!("untar/u{:03}/", i / 100);
+        if i % 100 == 0 {
+            add(&dir, tar::EntryType::Directory, 0o755, &[])?;
+        }
+        let data = small_content(i, 512, b'u');
+        add(
+            &format!("{dir}f{i:05}"),
+            tar::EntryType::Regular,
+            0o644,
+            &data,
+        )?;
+    }
+    let out = tar.into_inner()?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
 /// Writes the merged view of `rel` in `bottom_up` layers to `dest/rel`, as overlayfs shows it:

@@ -3,13 +3,16 @@
 //! deterministic fixture, and reports medians, ratios, a table, JSON and an SVG chart.
 //!
 //! The rooms: [`fixture`] builds the layers once, [`backend`] mounts them, [`workload`] is
-//! what is timed, [`runner`] puts them together, [`report`] and [`chart`] present the numbers.
+//! what is timed, [`runner`] puts them together, [`graveyard`] keeps finished trees until the
+//! end, [`report`] and [`chart`] present the numbers.
 
 pub mod backend;
 pub mod chart;
 pub mod deadline;
 pub mod error;
 pub mod fixture;
+pub mod graveyard;
+pub mod journal;
 pub mod procfs;
 pub mod report;
 pub mod runner;

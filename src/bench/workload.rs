@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::deadline::run_command;
 use super::error::{io_err, BenchError, Result};
 use super::fixture::{materialize, Fixture, LayerSet};
+use super::graveyard::Graveyard;
 
 /// How one external command of a workload may take at most.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(600);
@@ -368,7 +369,10 @@ impl Workload {
     pub fn restore_native(self, set: &LayerSet, fixture: &Fixture) -> Result<()> {
         let root = &set.native;
         match self {
-            Workload::Untar | Workload::RmUntarred => rm_rf(&root.join("untar")),
+            // Not removed: see [`super::graveyard`].
+            Workload::Untar | Workload::RmUntarred => {
+                Graveyard::within(&fixture.root).bury(&root.join("untar"))
+            }
             Workload::RmLower => {
                 let bottom_up: Vec<&Path> = set.layers.iter().rev().map(PathBuf::as_path).collect();
                 materialize(&bottom_up, root, Path::new("tree/g00"))
