@@ -261,11 +261,11 @@ fn lazy_union_shows_what_the_extracted_union_shows() {
     // One small file read: only its chunk is fetched.
     assert_eq!(std::fs::read(ml.path("etc/conf")).unwrap(), b"key=value\n");
     assert_eq!(p.cached(), 1);
-    assert_eq!(marked(&p.lazy.lowers[0]).len(), 3);
+    wait_marked(&p.lazy.lowers[0], 3);
 
     // Everything else, compared with the extracted union (reads fill the rest).
     assert_eq!(tree(&ml.path("")), tree(&mr.path("")));
-    assert!(marked(&p.lazy.lowers[0]).is_empty());
+    wait_marked(&p.lazy.lowers[0], 0);
     assert_eq!(
         p.cached(),
         1 + 3 + 1,
@@ -287,6 +287,51 @@ fn lazy_union_shows_what_the_extracted_union_shows() {
     );
     // The private mark is never shown.
     assert!(common::get_xattr(&ml.path("etc/conf"), MARK).is_err());
+}
+
+/// Wait (at most 20 s) until `n` files of the lazy layer directory `dir` are marked: the
+/// marks of filled files go after a batched sync.
+fn wait_marked(dir: &Path, n: usize) {
+    let start = std::time::Instant::now();
+    while marked(dir).len() != n {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "want {n} marked, have {:?}",
+            marked(dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_filled_file_is_served_at_once_and_loses_its_mark_after_a_batched_sync_or_at_unmount() {
+    if skip() {
+        return;
+    }
+    let p = Pair::new();
+    let ml = p.lazy.mount_with(Backend::Stratafs, &p.lazy_spec());
+    assert_eq!(marked(&p.lazy.lowers[0]).len(), 4);
+    // Served from what was written, before the sync that lets its mark go.
+    assert_eq!(std::fs::read(ml.path("etc/conf")).unwrap(), b"key=value\n");
+    assert_eq!(std::fs::read(ml.path("etc/conf")).unwrap(), b"key=value\n");
+    assert_eq!(p.cached(), 1, "fetched once");
+    wait_marked(&p.lazy.lowers[0], 3);
+    assert!(!marked(&p.lazy.lowers[0]).contains(&PathBuf::from("etc/conf")));
+
+    // A file filled just before unmount: its mark goes as the daemon leaves.
+    let tool = std::fs::read(ml.path("bin/tool")).unwrap();
+    assert_eq!(tool.len(), (9 << 20) + 77);
+    drop(ml);
+    let left = marked(&p.lazy.lowers[0]);
+    assert!(
+        !left.contains(&PathBuf::from("bin/tool")) && !left.contains(&PathBuf::from("etc/hard")),
+        "synced and unmarked at unmount: {left:?}"
+    );
+    // What was synced is whole: a new mount serves it with nothing fetched.
+    let before = p.cached();
+    let ml = p.lazy.mount_with(Backend::Stratafs, &p.lazy_spec());
+    assert_eq!(std::fs::read(ml.path("bin/tool")).unwrap(), tool);
+    assert_eq!(p.cached(), before);
 }
 
 #[test]
@@ -400,6 +445,7 @@ fn a_corrupt_chunk_is_eio_and_reads_resume_when_the_blob_is_good() {
             .iter()
             .map(PathBuf::from)
             .collect();
+        wait_marked(&p.lazy.lowers[0], still.len());
         assert_eq!(marked(&p.lazy.lowers[0]), still);
         // The blob is good again (the registry is back): the read resumes in the same mount.
         std::fs::write(&p.blob, &p.good_blob).unwrap();

@@ -93,17 +93,35 @@ impl BlobSource for WithTail {
     }
 
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        match offset.checked_add(len) {
-            Some(end) if offset >= self.start && end <= self.size => {
-                let at = (offset - self.start) as usize;
-                Ok(self.tail[at..at + len as usize].to_vec())
-            }
-            _ => self.inner.read_range(offset, len),
+        match self.kept(offset, len) {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => self.inner.read_range(offset, len),
         }
     }
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    /// A range outside the kept tail streams from the inner source as it arrives (the files
+    /// a lazy layer fills are all before the tail): never buffered whole first.
+    fn open_range(&self, offset: u64, len: u64) -> io::Result<Box<dyn io::Read + Send + '_>> {
+        match self.kept(offset, len) {
+            Some(bytes) => Ok(Box::new(bytes)),
+            None => self.inner.open_range(offset, len),
+        }
+    }
+}
+
+impl WithTail {
+    /// The `len` bytes at `offset` if they all lie in the kept tail.
+    fn kept(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if offset < self.start || end > self.size {
+            return None;
+        }
+        let at = (offset - self.start) as usize;
+        Some(&self.tail[at..at + len as usize])
     }
 }
 
@@ -199,6 +217,7 @@ mod tests {
     use super::*;
     use crate::estargz::writer::tests::{sample_tar, MemSource};
     use crate::estargz::writer::{convert, Options};
+    use std::io::Read;
 
     /// A source that counts its reads and can be made to fail.
     struct Counted(MemSource, std::sync::Arc<std::sync::atomic::AtomicUsize>);
@@ -213,6 +232,59 @@ mod tests {
         fn describe(&self) -> String {
             "counted".into()
         }
+    }
+
+    /// A source that streams ranges and refuses to read one whole.
+    struct StreamOnly(MemSource, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl BlobSource for StreamOnly {
+        fn size(&self) -> io::Result<u64> {
+            self.0.size()
+        }
+        fn read_range(&self, _: u64, _: u64) -> io::Result<Vec<u8>> {
+            Err(io::Error::other("read whole"))
+        }
+        fn describe(&self) -> String {
+            "stream only".into()
+        }
+        fn open_range(&self, o: u64, l: u64) -> io::Result<Box<dyn io::Read + Send + '_>> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Box::new(io::Cursor::new(self.0.read_range(o, l)?)))
+        }
+    }
+
+    #[test]
+    fn a_range_outside_the_kept_tail_is_streamed_from_the_blob_and_one_inside_is_not() {
+        let tar = sample_tar();
+        let mut blob = Vec::new();
+        let w = convert(|| Ok(&tar[..]), &mut blob, &Options::default()).unwrap();
+        let src = MemSource(blob.clone());
+        let rec = Recording::new(&src);
+        reader::read_toc(&rec, Some(&w.toc_digest)).unwrap();
+        let tail = rec.tail().unwrap();
+        let streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let kept = WithTail {
+            inner: Box::new(StreamOnly(MemSource(blob.clone()), streams.clone())),
+            size: blob.len() as u64,
+            start: (blob.len() - tail.len()) as u64,
+            tail: tail.clone(),
+        };
+        let read = |o: usize, l: usize| {
+            let mut out = Vec::new();
+            kept.open_range(o as u64, l as u64)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            out
+        };
+        let before = blob.len() - tail.len();
+        assert_eq!(read(0, before), blob[..before]);
+        assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(read(before, tail.len()), tail);
+        assert_eq!(
+            streams.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the tail is answered from what is kept"
+        );
     }
 
     #[test]

@@ -1072,6 +1072,7 @@ pub fn finish_and_exit(union: &Union, stats: &RequestStats) -> ! {
         Err(e) => tracing::error!("completing metadata-only copies: {e}"),
     }
     union.discards.finish();
+    union.flush_lazy();
     union.drop_shared_whiteout();
     write_stats(union, stats);
     std::process::exit(0);

@@ -6,7 +6,10 @@
 //! TOC path); the
 //! daemon fills it from verified chunks (through the [`IndexedLayer`] and its chunk cache),
 //! syncs it, and only then drops the mark, so a file without the mark is whole, across
-//! crashes and restarts, and a file with it is never served. A directory layer has no lazy
+//! crashes and restarts, and a file with it is never served unless this daemon wrote it.
+//! Syncs come in batches (one `syncfs` for up to [`SYNC_FILES`] files, at most
+//! [`SYNC_EVERY`] after the first): a file is served as soon as it is written, and a daemon
+//! that dies before the sync leaves it marked, to be fetched again. A directory layer has no lazy
 //! part: the only cost on its path is the check that it has none.
 //!
 //! The layer reaches the daemon as `lazy=SPEC` (see [`LazySpec`]); `union` reads the blob
@@ -96,6 +99,18 @@ pub struct LazyLayer {
     /// Openers fetching now, and when the last one finished (or the layer was opened): the
     /// background fetch yields to them (see [`QUIET`]).
     openers: Mutex<(usize, std::time::Instant)>,
+    /// Files openers filled whose marks wait for the next batched sync (see
+    /// [`LazyLayer::sync_deferred`]).
+    deferred: Mutex<Deferred>,
+    /// Signalled when a file is deferred.
+    deferred_added: Condvar,
+}
+
+/// The TOC paths of files written by openers but not yet synced, and when the first came.
+#[derive(Debug, Default)]
+struct Deferred {
+    paths: Vec<String>,
+    since: Option<std::time::Instant>,
 }
 
 /// An opener's fetch under way (see [`LazyLayer::openers`]).
@@ -172,6 +187,8 @@ impl LazyLayer {
             order: std::sync::OnceLock::new(),
             sequence: Mutex::new((usize::MAX, 0, String::new())),
             openers: Mutex::new((0, std::time::Instant::now())),
+            deferred: Mutex::new(Deferred::default()),
+            deferred_added: Condvar::new(),
         })
     }
 
@@ -274,17 +291,23 @@ impl LazyLayer {
     /// mark is whole, across crashes and restarts.
     fn unmark(claims: &[Claim<'_>]) -> Result<(), Errno> {
         for c in claims {
-            for mark in MARKS {
-                match rfs::fremovexattr(&c.file, mark) {
-                    Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) => {}
-                    // Root of a user namespace may not touch trusted xattrs (reading one gives
-                    // NODATA, removing one PERM): such a daemon's layers use the user mark.
-                    Err(Errno::PERM) if mark == XattrNamespace::Trusted.lazy() => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            tracing::debug!("lazy file {:?} filled", c.path);
+            Self::unmark_file(&c.file, &c.path)?;
         }
+        Ok(())
+    }
+
+    /// Drop the mark of `file` (TOC path `path`), whose bytes are written and synced.
+    fn unmark_file(file: &File, path: &str) -> Result<(), Errno> {
+        for mark in MARKS {
+            match rfs::fremovexattr(file, mark) {
+                Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) => {}
+                // Root of a user namespace may not touch trusted xattrs (reading one gives
+                // NODATA, removing one PERM): such a daemon's layers use the user mark.
+                Err(Errno::PERM) if mark == XattrNamespace::Trusted.lazy() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::debug!("lazy file {path:?} filled");
         Ok(())
     }
 
@@ -361,13 +384,14 @@ impl LazyLayer {
         if claims.len() > 1 {
             let mut done = vec![false; claims.len()];
             let r = self.stream_segment(&claims, &mut done, false);
-            let written: Vec<Claim<'_>> = claims
-                .into_iter()
-                .zip(&done)
-                .filter_map(|(c, d)| d.then_some(c))
-                .collect();
-            let synced = Self::sync_and_unmark(&written);
-            if let Err(e) = r.and(synced) {
+            self.defer(
+                claims
+                    .iter()
+                    .zip(&done)
+                    .filter(|(_, d)| **d)
+                    .map(|(c, _)| c.path.clone()),
+            );
+            if let Err(e) = r {
                 tracing::warn!("lazy file {path:?}: {e}");
             }
             return if done[0] { Ok(()) } else { Err(Errno::IO) };
@@ -377,9 +401,78 @@ impl LazyLayer {
         for (c, bytes) in self.layer.index().node(ino).chunks.iter().zip(&chunks) {
             Self::write_chunk(&claim, c, bytes)?;
         }
-        rfs::fdatasync(&claim.file)?;
         self.written(&claim)?;
-        Self::unmark(std::slice::from_ref(&claim))
+        self.defer(std::iter::once(claim.path.clone()));
+        Ok(())
+    }
+
+    /// Queue the marks of files an opener wrote for the next batched sync: the opener is
+    /// served at once (a written file is, marked or not), and one `syncfs` covers many
+    /// files instead of one `fdatasync` each on the opener's path.
+    fn defer(&self, paths: impl Iterator<Item = String>) {
+        let mut d = self.deferred.lock();
+        let before = d.paths.len();
+        d.paths.extend(paths);
+        if d.paths.len() > before {
+            d.since.get_or_insert_with(std::time::Instant::now);
+            self.deferred_added.notify_all();
+        }
+    }
+
+    /// Sync the files openers filled and drop their marks, in batches of [`SYNC_FILES`] or
+    /// every [`SYNC_EVERY`]: what the `lazy-sync` thread runs, for ever.
+    pub fn sync_deferred(&self) -> ! {
+        loop {
+            let batch = {
+                let mut d = self.deferred.lock();
+                loop {
+                    match d.since {
+                        None => self.deferred_added.wait(&mut d),
+                        Some(t) if d.paths.len() < SYNC_FILES && t.elapsed() < SYNC_EVERY => {
+                            let left = SYNC_EVERY.saturating_sub(t.elapsed());
+                            self.deferred_added.wait_for(&mut d, left);
+                        }
+                        Some(_) => break,
+                    }
+                }
+                d.since = None;
+                std::mem::take(&mut d.paths)
+            };
+            if let Err(e) = self.sync_and_unmark_paths(&batch) {
+                tracing::warn!("lazy layer: {e} (those files are fetched again on next open)");
+            }
+        }
+    }
+
+    /// Sync and unmark the files openers filled that still wait, now (at unmount).
+    pub fn flush_deferred(&self) {
+        let batch = {
+            let mut d = self.deferred.lock();
+            d.since = None;
+            std::mem::take(&mut d.paths)
+        };
+        if let Err(e) = self.sync_and_unmark_paths(&batch) {
+            tracing::warn!("lazy layer: {e} (those files are fetched again on next open)");
+        }
+    }
+
+    /// [`LazyLayer::sync_and_unmark`] for files named by their TOC paths.
+    fn sync_and_unmark_paths(&self, paths: &[String]) -> Result<(), Failure> {
+        let Some(first) = paths.first() else {
+            return Ok(());
+        };
+        let file = self
+            .open_file(first)
+            .map_err(|e| format!("open {first:?} to sync the lazy layer: {e}"))?;
+        rfs::syncfs(&file).map_err(|e| format!("sync the lazy layer: {e}"))?;
+        for path in paths {
+            let file = self
+                .open_file(path)
+                .map_err(|e| format!("open {path:?} to drop its mark: {e}"))?;
+            Self::unmark_file(&file, path)
+                .map_err(|e| format!("drop the mark of {path:?}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The regular files of the layer that have data (one path per inode), in blob order,

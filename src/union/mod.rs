@@ -156,21 +156,30 @@ impl Union {
         }
     }
 
-    /// Start filling the lazy layers' files in the background: one thread streaming one
-    /// layer at a time, the lowest first (the base image's programs and libraries are what a
-    /// container reads first), so that the container's own reads share the link with one
-    /// stream only. Call once serving: threads must not exist before the daemon forks.
+    /// Start the lazy layers' threads: for each, one that syncs the files openers filled (see
+    /// [`lazy::LazyLayer::sync_deferred`]); and unless `lazyfetch=off`, one thread filling
+    /// their files in the background, streaming one layer at a time, the lowest first (the
+    /// base image's programs and libraries are what a container reads first), so that the
+    /// container's own reads share the link with one stream only. Call once serving: threads
+    /// must not exist before the daemon forks.
     pub fn start_lazy_fetch(&self) {
-        if !self.options.lazy_fetch {
-            return;
-        }
         let lazy: Vec<_> = self
             .layers
             .iter()
             .rev()
             .filter_map(|l| Some((l.lazy.clone()?, l.path.clone())))
             .collect();
-        if lazy.is_empty() {
+        for (layer, _) in &lazy {
+            let layer = layer.clone();
+            let spawned = std::thread::Builder::new()
+                .name("lazy-sync".into())
+                .spawn(move || layer.sync_deferred());
+            if let Err(e) = spawned {
+                // Unsynced files keep their marks: they are fetched again by the next daemon.
+                tracing::warn!("lazy layers: no thread to sync filled files: {e}");
+            }
+        }
+        if !self.options.lazy_fetch || lazy.is_empty() {
             return;
         }
         let spawned = std::thread::Builder::new()
@@ -190,6 +199,16 @@ impl Union {
             });
         if let Err(e) = spawned {
             tracing::warn!("lazy layers: no background fetch: {e}");
+        }
+    }
+
+    /// Sync the lazy layers' filled files that still wait for it, and drop their marks (at
+    /// unmount).
+    pub fn flush_lazy(&self) {
+        for layer in &self.layers {
+            if let Some(lazy) = &layer.lazy {
+                lazy.flush_deferred();
+            }
         }
     }
 
