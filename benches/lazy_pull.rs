@@ -288,7 +288,7 @@ fn main() {
     );
     // `$STRATA_BENCH_ONLY`: only the workloads whose names hold it.
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
-    for (name, cmd) in workloads {
+    for (w, (name, cmd)) in workloads.into_iter().enumerate() {
         if !name.contains(only.as_str()) {
             continue;
         }
@@ -306,7 +306,8 @@ fn main() {
             let (mut ts, mut firsts, mut mb, mut pulls) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for i in 0..runs {
-                let root = dir.join(format!("s-{mode}-{i}"));
+                // A store of its own for every workload, pull mode and run.
+                let root = dir.join(format!("s{w}-{mode}-{i}"));
                 let before = proxy.bytes.load(Ordering::Relaxed);
                 let start = Instant::now();
                 let mut pull = vec!["pull", "-q"];

@@ -294,6 +294,10 @@ fn run_workload(
             for _ in 0..config.runs {
                 let mut m = mount()?;
                 let ran = workload.setup(&m.root, fixture).and_then(|()| {
+                    // No run pays for what an earlier one left dirty: fuse-overlayfs and
+                    // unionfs-fuse do not fsync their copy-ups, and the next fsync (a
+                    // journal commit) would write their GiB back.
+                    rustix::fs::sync();
                     let counted = workload.request_metric(fixture);
                     let before = counted.and_then(|_| m.request_counts());
                     let mut samples = timed_run(config, fixture, workload, &mut m)?;
