@@ -252,15 +252,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_range_outside_the_kept_tail_is_streamed_from_the_blob_and_one_inside_is_not() {
+    /// An eStargz blob of the sample tar, its tail as a first open records it (footer and
+    /// TOC member), and its TOC digest.
+    fn blob_and_tail() -> (Vec<u8>, Vec<u8>, Sha256Digest) {
         let tar = sample_tar();
         let mut blob = Vec::new();
         let w = convert(|| Ok(&tar[..]), &mut blob, &Options::default()).unwrap();
         let src = MemSource(blob.clone());
         let rec = Recording::new(&src);
         reader::read_toc(&rec, Some(&w.toc_digest)).unwrap();
-        let tail = rec.tail().unwrap();
+        let tail = rec.tail().expect("footer and TOC are contiguous");
+        (blob, tail, w.toc_digest)
+    }
+
+    #[test]
+    fn a_range_outside_the_kept_tail_is_streamed_from_the_blob_and_one_inside_is_not() {
+        let (blob, tail, _) = blob_and_tail();
         let streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let kept = WithTail {
             inner: Box::new(StreamOnly(MemSource(blob.clone()), streams.clone())),
@@ -289,20 +296,14 @@ mod tests {
 
     #[test]
     fn a_kept_tail_answers_the_toc_reads_and_a_bad_one_is_ignored() {
-        let tar = sample_tar();
-        let mut blob = Vec::new();
-        let w = convert(|| Ok(&tar[..]), &mut blob, &Options::default()).unwrap();
-        let src = MemSource(blob.clone());
-        let rec = Recording::new(&src);
-        reader::read_toc(&rec, Some(&w.toc_digest)).unwrap();
-        let tail = rec.tail().expect("footer and TOC are contiguous");
+        let (blob, tail, toc_digest) = blob_and_tail();
         assert!(tail.len() < blob.len() && blob.ends_with(&tail));
 
         let dir = tempfile::tempdir().unwrap();
         let spec = LazySpec {
             dir: dir.path().join("root"),
             blob: PathBuf::new(),
-            toc: w.toc_digest.to_string(),
+            toc: toc_digest.to_string(),
             cache: dir.path().join("cache"),
             remote: None,
         };
@@ -310,7 +311,7 @@ mod tests {
         let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = Box::new(Counted(MemSource(blob.clone()), reads.clone()));
         let s = source_for(&spec, counted);
-        reader::read_toc(&*s, Some(&w.toc_digest)).unwrap();
+        reader::read_toc(&*s, Some(&toc_digest)).unwrap();
         assert_eq!(
             reads.load(std::sync::atomic::Ordering::SeqCst),
             0,
@@ -326,7 +327,7 @@ mod tests {
         keep(dir.path(), &bad).unwrap();
         let counted = Box::new(Counted(MemSource(blob.clone()), reads.clone()));
         let s = source_for(&spec, counted);
-        reader::read_toc(&*s, Some(&w.toc_digest)).unwrap();
+        reader::read_toc(&*s, Some(&toc_digest)).unwrap();
         assert!(
             reads.load(std::sync::atomic::Ordering::SeqCst) > 0,
             "from the blob"
@@ -336,6 +337,6 @@ mod tests {
         long.extend_from_slice(&tail);
         keep(dir.path(), &long).unwrap();
         let s = source_for(&spec, Box::new(MemSource(blob.clone())));
-        reader::read_toc(&*s, Some(&w.toc_digest)).unwrap();
+        reader::read_toc(&*s, Some(&toc_digest)).unwrap();
     }
 }
