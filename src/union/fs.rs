@@ -329,7 +329,7 @@ impl StrataFs {
 
 impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        self.union.start_lazy_fetch();
+        self.union.start_lazy_threads();
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_READAHEAD);
         // With HANDLE_KILLPRIV_V2 the kernel leaves killing set-id bits to us (it says when, by

@@ -9,8 +9,8 @@
 //! crashes and restarts, and a file with it is never served unless this daemon wrote it.
 //! Syncs come in batches (one `syncfs` for up to [`SYNC_FILES`] files, at most
 //! [`SYNC_EVERY`] after the first): a file is served as soon as it is written, and a daemon
-//! that dies before the sync leaves it marked, to be fetched again. A directory layer has no lazy
-//! part: the only cost on its path is the check that it has none.
+//! that dies before the sync leaves it marked, to be fetched again. A directory layer has no
+//! lazy part: the only cost on its path is the check that it has none.
 //!
 //! The layer reaches the daemon as `lazy=SPEC` (see [`LazySpec`]); `union` reads the blob
 //! through a [`BlobSource`] only, which the daemon makes (see [`OpenSource`]): a local file,
@@ -456,7 +456,8 @@ impl LazyLayer {
         }
     }
 
-    /// [`LazyLayer::sync_and_unmark`] for files named by their TOC paths.
+    /// [`LazyLayer::sync_and_unmark`] for files named by their TOC paths. A mark that cannot
+    /// be dropped stays (the others still go); the first such failure is returned.
     fn sync_and_unmark_paths(&self, paths: &[String]) -> Result<(), Failure> {
         let Some(first) = paths.first() else {
             return Ok(());
@@ -465,14 +466,16 @@ impl LazyLayer {
             .open_file(first)
             .map_err(|e| format!("open {first:?} to sync the lazy layer: {e}"))?;
         rfs::syncfs(&file).map_err(|e| format!("sync the lazy layer: {e}"))?;
+        let mut failed = None;
         for path in paths {
-            let file = self
+            let dropped = self
                 .open_file(path)
-                .map_err(|e| format!("open {path:?} to drop its mark: {e}"))?;
-            Self::unmark_file(&file, path)
-                .map_err(|e| format!("drop the mark of {path:?}: {e}"))?;
+                .and_then(|file| Self::unmark_file(&file, path));
+            if let Err(e) = dropped {
+                failed.get_or_insert_with(|| format!("drop the mark of {path:?}: {e}"));
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// The regular files of the layer that have data (one path per inode), in blob order,

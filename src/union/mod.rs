@@ -162,7 +162,7 @@ impl Union {
     /// base image's programs and libraries are what a container reads first), so that the
     /// container's own reads share the link with one stream only. Call once serving: threads
     /// must not exist before the daemon forks.
-    pub fn start_lazy_fetch(&self) {
+    pub fn start_lazy_threads(&self) {
         let lazy: Vec<_> = self
             .layers
             .iter()
