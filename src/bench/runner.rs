@@ -295,8 +295,8 @@ fn run_workload(
                 let mut m = mount()?;
                 let ran = workload.setup(&m.root, fixture).and_then(|()| {
                     // No run pays for what an earlier one left dirty: fuse-overlayfs and
-                    // unionfs-fuse do not fsync their copy-ups, and the next fsync (a
-                    // journal commit) would write their GiB back.
+                    // unionfs-fuse do not fsync their copy-ups, and the next backend's fsync
+                    // (a journal commit) could write their data back in its timed part.
                     rustix::fs::sync();
                     let counted = workload.request_metric(fixture);
                     let before = counted.and_then(|_| m.request_counts());

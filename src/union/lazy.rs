@@ -99,14 +99,14 @@ pub struct LazyLayer {
     /// Openers fetching now, and when the last one finished (or the layer was opened): the
     /// background fetch yields to them (see [`QUIET`]).
     openers: Mutex<(usize, std::time::Instant)>,
-    /// Files openers filled whose marks wait for the next batched sync (see
-    /// [`LazyLayer::sync_deferred`]).
+    /// Written files (by openers or the background fetch) whose marks wait for the next
+    /// batched sync (see [`LazyLayer::sync_deferred`]).
     deferred: Mutex<Deferred>,
     /// Signalled when a file is deferred.
     deferred_added: Condvar,
 }
 
-/// The TOC paths of files written by openers but not yet synced, and when the first came.
+/// The TOC paths of files written but not yet synced, and when the first came.
 #[derive(Debug, Default)]
 struct Deferred {
     paths: Vec<String>,
@@ -287,16 +287,8 @@ impl LazyLayer {
         Ok(())
     }
 
-    /// Drop the marks of `claims`, whose bytes are written and synced: a file without the
-    /// mark is whole, across crashes and restarts.
-    fn unmark(claims: &[Claim<'_>]) -> Result<(), Errno> {
-        for c in claims {
-            Self::unmark_file(&c.file, &c.path)?;
-        }
-        Ok(())
-    }
-
-    /// Drop the mark of `file` (TOC path `path`), whose bytes are written and synced.
+    /// Drop the mark of `file` (TOC path `path`), whose bytes are written and synced: a file
+    /// without the mark is whole, across crashes and restarts.
     fn unmark_file(file: &File, path: &str) -> Result<(), Errno> {
         for mark in MARKS {
             match rfs::fremovexattr(file, mark) {
@@ -384,13 +376,7 @@ impl LazyLayer {
         if claims.len() > 1 {
             let mut done = vec![false; claims.len()];
             let r = self.stream_segment(&claims, &mut done, false);
-            self.defer(
-                claims
-                    .iter()
-                    .zip(&done)
-                    .filter(|(_, d)| **d)
-                    .map(|(c, _)| c.path.clone()),
-            );
+            self.defer_done(&claims, &done);
             if let Err(e) = r {
                 tracing::warn!("lazy file {path:?}: {e}");
             }
@@ -406,9 +392,9 @@ impl LazyLayer {
         Ok(())
     }
 
-    /// Queue the marks of files an opener wrote for the next batched sync: the opener is
-    /// served at once (a written file is, marked or not), and one `syncfs` covers many
-    /// files instead of one `fdatasync` each on the opener's path.
+    /// Queue the marks of written files (by an opener or the background fetch) for the next
+    /// batched sync: they are served at once (a written file is, marked or not), and one
+    /// `syncfs` covers many files instead of one `fdatasync` each on the filler's path.
     fn defer(&self, paths: impl Iterator<Item = String>) {
         let mut d = self.deferred.lock();
         let before = d.paths.len();
@@ -419,46 +405,53 @@ impl LazyLayer {
         }
     }
 
-    /// Sync the files openers filled and drop their marks, in batches of [`SYNC_FILES`] or
-    /// every [`SYNC_EVERY`]: what the `lazy-sync` thread runs, for ever.
+    /// [`LazyLayer::defer`] the claims of `claims` whose `done` is set.
+    fn defer_done(&self, claims: &[Claim<'_>], done: &[bool]) {
+        self.defer(
+            claims
+                .iter()
+                .zip(done)
+                .filter(|(_, d)| **d)
+                .map(|(c, _)| c.path.clone()),
+        );
+    }
+
+    /// Sync the written files and drop their marks, in batches of [`SYNC_FILES`] or every
+    /// [`SYNC_EVERY`]: what the `lazy-sync` thread runs, for ever.
     pub fn sync_deferred(&self) -> ! {
         loop {
-            let batch = {
-                let mut d = self.deferred.lock();
-                loop {
-                    match d.since {
-                        None => self.deferred_added.wait(&mut d),
-                        Some(t) if d.paths.len() < SYNC_FILES && t.elapsed() < SYNC_EVERY => {
-                            let left = SYNC_EVERY.saturating_sub(t.elapsed());
-                            self.deferred_added.wait_for(&mut d, left);
-                        }
-                        Some(_) => break,
+            let mut d = self.deferred.lock();
+            loop {
+                match d.since {
+                    None => self.deferred_added.wait(&mut d),
+                    Some(t) if d.paths.len() < SYNC_FILES && t.elapsed() < SYNC_EVERY => {
+                        let left = SYNC_EVERY.saturating_sub(t.elapsed());
+                        self.deferred_added.wait_for(&mut d, left);
                     }
+                    Some(_) => break,
                 }
-                d.since = None;
-                std::mem::take(&mut d.paths)
-            };
-            if let Err(e) = self.sync_and_unmark_paths(&batch) {
-                tracing::warn!("lazy layer: {e} (those files are fetched again on next open)");
             }
+            drop(d);
+            self.flush_deferred();
         }
     }
 
-    /// Sync and unmark the files openers filled that still wait, now (at unmount).
+    /// Sync the written files that still wait, and drop their marks, now (also at unmount).
     pub fn flush_deferred(&self) {
         let batch = {
             let mut d = self.deferred.lock();
             d.since = None;
             std::mem::take(&mut d.paths)
         };
-        if let Err(e) = self.sync_and_unmark_paths(&batch) {
+        if let Err(e) = self.sync_and_unmark(&batch) {
             tracing::warn!("lazy layer: {e} (those files are fetched again on next open)");
         }
     }
 
-    /// [`LazyLayer::sync_and_unmark`] for files named by their TOC paths. A mark that cannot
-    /// be dropped stays (the others still go); the first such failure is returned.
-    fn sync_and_unmark_paths(&self, paths: &[String]) -> Result<(), Failure> {
+    /// Sync the filesystem of the written files at TOC paths `paths` (one sync for them
+    /// all), then drop their marks. A mark that cannot be dropped stays (the others still
+    /// go); the first such failure is returned.
+    fn sync_and_unmark(&self, paths: &[String]) -> Result<(), Failure> {
         let Some(first) = paths.first() else {
             return Ok(());
         };
@@ -570,18 +563,10 @@ impl LazyLayer {
     /// and so on to the end of `files`.
     fn stream_worker(&self, files: &[(u32, String)], cursor: &Mutex<usize>, n: usize) {
         let mut tries = 0;
-        let mut pending: Vec<Claim<'_>> = Vec::new();
-        let mut last_sync = std::time::Instant::now();
         loop {
             let yielding = self.openers_active();
             if yielding && n > 0 {
                 // One small request at a time while openers fetch.
-                if !pending.is_empty() && last_sync.elapsed() >= SYNC_EVERY {
-                    last_sync = std::time::Instant::now();
-                    if let Err(e) = Self::sync_and_unmark(&std::mem::take(&mut pending)) {
-                        tracing::warn!("lazy layer: background fetch: {e}");
-                    }
-                }
                 if *cursor.lock() >= files.len() {
                     break;
                 }
@@ -607,20 +592,8 @@ impl LazyLayer {
             } else {
                 self.fill_from_cache(&seg, &mut done)
             };
-            pending.extend(
-                seg.into_iter()
-                    .zip(&done)
-                    .filter_map(|(c, d)| d.then_some(c)),
-            );
-            // Written files are served at once; their marks go in batches, after one sync.
-            let synced =
-                if r.is_err() || pending.len() >= SYNC_FILES || last_sync.elapsed() >= SYNC_EVERY {
-                    last_sync = std::time::Instant::now();
-                    Self::sync_and_unmark(&std::mem::take(&mut pending))
-                } else {
-                    Ok(())
-                };
-            match r.and(synced) {
+            self.defer_done(&seg, &done);
+            match r {
                 Ok(()) => tries = 0,
                 Err(e) => {
                     tries += 1;
@@ -637,9 +610,6 @@ impl LazyLayer {
                     }
                 }
             }
-        }
-        if let Err(e) = Self::sync_and_unmark(&pending) {
-            tracing::warn!("lazy layer: background fetch: {e}");
         }
     }
 
@@ -777,15 +747,5 @@ impl LazyLayer {
             done[k] = true;
         }
         Ok(())
-    }
-
-    /// Sync the filesystem of the written files `claims` (one sync for them all), then drop
-    /// their marks.
-    fn sync_and_unmark(claims: &[Claim<'_>]) -> Result<(), Failure> {
-        let Some(first) = claims.first() else {
-            return Ok(());
-        };
-        rfs::syncfs(&first.file).map_err(|e| format!("sync the lazy layer: {e}"))?;
-        Self::unmark(claims).map_err(|e| format!("drop the marks of filled files: {e}"))
     }
 }

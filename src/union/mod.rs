@@ -156,7 +156,7 @@ impl Union {
         }
     }
 
-    /// Start the lazy layers' threads: for each, one that syncs the files openers filled (see
+    /// Start the lazy layers' threads: for each, one that syncs the files filled (see
     /// [`lazy::LazyLayer::sync_deferred`]); and unless `lazyfetch=off`, one thread filling
     /// their files in the background, streaming one layer at a time, the lowest first (the
     /// base image's programs and libraries are what a container reads first), so that the
